@@ -1,0 +1,70 @@
+"""Domain errors: one base class, each refusal with a stable machine-readable code.
+
+Errors carry only non-secret identifiers (key names, version numbers, states) in
+``details``; the API turns them into the error envelope in exactly one place.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class KeyledgerError(Exception):
+    """Base of every refusal the product reports to a caller."""
+
+    code = "KEYLEDGER_ERROR"
+
+    def __init__(self, message: str, *, code: str | None = None, **details: Any):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.details = details
+
+
+class InvalidArgumentError(KeyledgerError):
+    """A well-formed request whose values break a rule (HTTP 422)."""
+
+    code = "INVALID_ARGUMENT"
+
+
+class KeyNotFoundError(KeyledgerError):
+    """No key has that name (HTTP 404)."""
+
+    code = "KEY_NOT_FOUND"
+
+
+class VersionNotFoundError(KeyledgerError):
+    """The key has no such version (HTTP 404)."""
+
+    code = "VERSION_NOT_FOUND"
+
+
+class KeyLifecycleError(KeyledgerError):
+    """A lifecycle rule refuses the action; nothing is recorded (HTTP 409)."""
+
+    code = "INVALID_TRANSITION"
+
+
+class KeyExistsError(KeyLifecycleError):
+    """A key with that name already exists (HTTP 409)."""
+
+    code = "KEY_EXISTS"
+
+
+class ExpectedVersionMismatchError(KeyLifecycleError):
+    """The caller's ``expected_version`` is not the key's stream version (HTTP 409)."""
+
+    code = "EXPECTED_VERSION_MISMATCH"
+
+
+class ConcurrentModificationError(KeyLifecycleError):
+    """Another command on the same key was recorded first (HTTP 409)."""
+
+    code = "CONCURRENT_MODIFICATION"
+
+
+class LedgerUnavailableError(KeyledgerError):
+    """The ledger could not durably record the event; the action did not happen."""
+
+    code = "LEDGER_UNAVAILABLE"

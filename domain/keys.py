@@ -1,0 +1,566 @@
+"""The managed key aggregate: its versions, its lifecycle rules and its events.
+
+Command methods check the rules and raise a domain error on refusal; only then do
+they trigger an event, whose ``apply`` changes state and nothing else. Replaying
+history therefore never consults a rule, so tightening a rule later cannot make
+old history fail to load.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal, get_args
+
+from eventsourcing.domain import Aggregate
+
+from domain.clock import format_time
+from domain.errors import (
+    InvalidArgumentError,
+    KeyLifecycleError,
+    VersionNotFoundError,
+)
+
+Algorithm = Literal["aes-256-gcm"]
+ALGORITHMS: tuple[str, ...] = get_args(Algorithm)
+
+VersionState = Literal[
+    "enabled", "disabled", "destroy_scheduled", "destroyed", "compromised"
+]
+
+MAX_VERSION = 2**31 - 1
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_KEY_NAMESPACE = uuid.UUID("6f1d3a52-8c0e-4d6b-9a52-4b1f0e3c7d21")
+
+
+def validate_key_name(name: object) -> str:
+    """Return ``name`` if it is a valid key name, else raise ``InvalidArgumentError``.
+
+    A name is 1 to 64 ASCII letters, digits, ``.``, ``_`` or ``-``, starting
+    with a letter or digit.
+    """
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise InvalidArgumentError(
+            "A key name is 1 to 64 ASCII letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit.",
+            code="INVALID_KEY_NAME",
+        )
+    return name
+
+
+def key_id_for(name: str) -> uuid.UUID:
+    """The stream id of the key called ``name``: the same name always maps to it."""
+    return uuid.uuid5(_KEY_NAMESPACE, name)
+
+
+@dataclass
+class KeyVersion:
+    """One version of a key: its state and the fingerprint of its material."""
+
+    version: int
+    state: VersionState
+    fingerprint: str
+    created_at: str
+    compromised: bool = False
+    compromise_reason: str | None = None
+    scheduled_at: str | None = None
+    destroy_at: str | None = None
+    destroyed_at: str | None = None
+
+
+class ManagedKey(Aggregate):
+    """A named key with an ordered list of versions, one of them primary."""
+
+    class Generated(Aggregate.Created):
+        """The key was created and its version 1 generated."""
+
+        TOPIC = "keyledger.key.Generated"
+        name: str
+        algorithm: str
+        description: str
+        fingerprint: str
+
+    class Rotated(Aggregate.Event):
+        """A new version was generated and made primary."""
+
+        TOPIC = "keyledger.key.Rotated"
+        version: int
+        fingerprint: str
+
+        def apply(self, aggregate: ManagedKey) -> None:
+            at = format_time(self.timestamp)
+            aggregate.versions[self.version] = KeyVersion(
+                self.version, "enabled", self.fingerprint, at
+            )
+            aggregate.primary = self.version
+
+    class Disabled(Aggregate.Event):
+        """The key as a whole was disabled."""
+
+        TOPIC = "keyledger.key.Disabled"
+
+        def apply(self, aggregate: ManagedKey) -> None:
+            aggregate.enabled = False
+
+    class Enabled(Aggregate.Event):
+        """The key as a whole was enabled again."""
+
+        TOPIC = "keyledger.key.Enabled"
+
+        def apply(self, aggregate: ManagedKey) -> None:
+            aggregate.enabled = True
+
+    class VersionDisabled(Aggregate.Event):
+        """A version was disabled."""
+
+        TOPIC = "keyledger.key.VersionDisabled"
+        version: int
+
+        def apply(self, aggregate: ManagedKey) -> None:
+            aggregate.versions[self.version].state = "disabled"
+
+    class VersionEnabled(Aggregate.Event):
+        """A disabled version was enabled again."""
+
+        TOPIC = "keyledger.key.VersionEnabled"
+        version: int
+
+        def apply(self, aggregate: ManagedKey) -> None:
+            aggregate.versions[self.version].state = "enabled"
+
+    class MarkedCompromised(Aggregate.Event):
+        """A version was declared compromised; it can never be used again."""
+
+        TOPIC = "keyledger.key.MarkedCompromised"
+        version: int
+        reason: str
+
+        def apply(self, aggregate: ManagedKey) -> None:
+            record = aggregate.versions[self.version]
+            record.compromised = True
+            record.compromise_reason = self.reason
+            if record.state != "destroy_scheduled":
+                record.state = "compromised"
+
+    class DestructionScheduled(Aggregate.Event):
+        """A version's destruction was scheduled after a waiting period."""
+
+        TOPIC = "keyledger.key.DestructionScheduled"
+        version: int
+        days: int
+        scheduled_at: str
+        destroy_at: str
+
+        def apply(self, aggregate: ManagedKey) -> None:
+            record = aggregate.versions[self.version]
+            record.state = "destroy_scheduled"
+            record.scheduled_at = self.scheduled_at
+            record.destroy_at = self.destroy_at
+
+    class DestructionCancelled(Aggregate.Event):
+        """A scheduled destruction was cancelled; the version is not usable yet."""
+
+        TOPIC = "keyledger.key.DestructionCancelled"
+        version: int
+        restored_state: str
+
+        def apply(self, aggregate: ManagedKey) -> None:
+            record = aggregate.versions[self.version]
+            record.state = _as_state(self.restored_state)
+            record.scheduled_at = None
+            record.destroy_at = None
+
+    class VersionDestroyed(Aggregate.Event):
+        """A version's material was erased; destroyed is final."""
+
+        TOPIC = "keyledger.key.VersionDestroyed"
+        version: int
+
+        def apply(self, aggregate: ManagedKey) -> None:
+            record = aggregate.versions[self.version]
+            record.state = "destroyed"
+            record.destroyed_at = format_time(self.timestamp)
+
+    class PrimaryRolledBack(Aggregate.Event):
+        """An earlier, still enabled version was made primary again."""
+
+        TOPIC = "keyledger.key.PrimaryRolledBack"
+        version: int
+        previous_primary: int
+
+        def apply(self, aggregate: ManagedKey) -> None:
+            aggregate.primary = self.version
+
+    class RolledBack(Aggregate.Event):
+        """The key returned to its state at an earlier point of its history.
+
+        The event carries the resulting primary and version states, so applying it
+        never needs to replay anything.
+        """
+
+        TOPIC = "keyledger.key.RolledBack"
+        to_stream_version: int
+        primary: int
+        version_states: dict[str, str]
+
+        def apply(self, aggregate: ManagedKey) -> None:
+            aggregate.primary = self.primary
+            for number, state in self.version_states.items():
+                aggregate.versions[int(number)].state = _as_state(state)
+
+    def __init__(
+        self, name: str, algorithm: str, description: str, fingerprint: str
+    ) -> None:
+        self.name = name
+        self.algorithm = algorithm
+        self.description = description
+        self.enabled = True
+        self.primary = 1
+        created_at = format_time(self.created_on)
+        self.versions: dict[int, KeyVersion] = {
+            1: KeyVersion(1, "enabled", fingerprint, created_at)
+        }
+
+    # Commands --------------------------------------------------------------
+
+    @classmethod
+    def generate(
+        cls,
+        *,
+        name: str,
+        algorithm: str,
+        description: str,
+        fingerprint: str,
+        now: datetime,
+    ) -> ManagedKey:
+        """Create a key whose version 1 is enabled and primary."""
+        validate_key_name(name)
+        if algorithm not in ALGORITHMS:
+            raise InvalidArgumentError(
+                f"Algorithm {algorithm!r} is not supported.",
+                code="UNSUPPORTED_ALGORITHM",
+                supported=list(ALGORITHMS),
+            )
+        return cls._create(
+            cls.Generated,
+            id=key_id_for(name),
+            name=name,
+            algorithm=algorithm,
+            description=description,
+            fingerprint=fingerprint,
+            timestamp=now,
+        )
+
+    @property
+    def next_version(self) -> int:
+        """The number the next rotation will give its new version."""
+        return max(self.versions) + 1
+
+    def rotate(self, *, fingerprint: str, now: datetime) -> int:
+        """Add a new enabled version and make it primary; refused while disabled."""
+        self._require_key_enabled()
+        version = self.next_version
+        self.trigger_event(
+            self.Rotated, version=version, fingerprint=fingerprint, timestamp=now
+        )
+        return version
+
+    def disable(self, *, now: datetime) -> None:
+        """Disable the key as a whole."""
+        if not self.enabled:
+            raise KeyLifecycleError(
+                f"Key {self.name!r} is already disabled.",
+                code="KEY_ALREADY_DISABLED",
+                key=self.name,
+            )
+        self.trigger_event(self.Disabled, timestamp=now)
+
+    def enable(self, *, now: datetime) -> None:
+        """Enable the key as a whole."""
+        if self.enabled:
+            raise KeyLifecycleError(
+                f"Key {self.name!r} is already enabled.",
+                code="KEY_ALREADY_ENABLED",
+                key=self.name,
+            )
+        self.trigger_event(self.Enabled, timestamp=now)
+
+    def disable_version(self, version: int, *, now: datetime) -> None:
+        """Disable an enabled version other than the primary."""
+        record = self._get_version(version)
+        if version == self.primary:
+            raise KeyLifecycleError(
+                f"Version {version} is the primary of {self.name!r}; rotate or "
+                "roll back before disabling it.",
+                code="CANNOT_DISABLE_PRIMARY",
+                key=self.name,
+                version=version,
+            )
+        self._require_state(record, "enabled", "disable")
+        self.trigger_event(self.VersionDisabled, version=version, timestamp=now)
+
+    def enable_version(self, version: int, *, now: datetime) -> None:
+        """Enable a disabled version."""
+        record = self._get_version(version)
+        self._require_state(record, "disabled", "enable")
+        self.trigger_event(self.VersionEnabled, version=version, timestamp=now)
+
+    def mark_compromised(self, version: int, *, reason: str, now: datetime) -> bool:
+        """Declare a version compromised; return whether it was the primary.
+
+        Marking the primary is allowed and leaves the key with no usable primary
+        until it is rotated.
+        """
+        record = self._get_version(version)
+        self._require_not_destroyed(record)
+        if record.compromised:
+            raise KeyLifecycleError(
+                f"Version {version} of {self.name!r} is already compromised.",
+                code="ALREADY_COMPROMISED",
+                key=self.name,
+                version=version,
+            )
+        self.trigger_event(
+            self.MarkedCompromised, version=version, reason=reason, timestamp=now
+        )
+        return version == self.primary
+
+    def schedule_destruction(
+        self,
+        version: int,
+        *,
+        days: int,
+        min_days: int,
+        max_days: int,
+        now: datetime,
+    ) -> None:
+        """Schedule a non-primary version for destruction after ``days`` days."""
+        record = self._get_version(version)
+        if not min_days <= days <= max_days:
+            raise InvalidArgumentError(
+                f"The waiting period must be {min_days} to {max_days} days.",
+                code="DESTRUCTION_PERIOD_OUT_OF_RANGE",
+                days=days,
+                min_days=min_days,
+                max_days=max_days,
+            )
+        if version == self.primary:
+            raise KeyLifecycleError(
+                f"Version {version} is the primary of {self.name!r} and cannot "
+                "be destroyed; rotate first.",
+                code="CANNOT_DESTROY_PRIMARY",
+                key=self.name,
+                version=version,
+            )
+        self._require_not_destroyed(record)
+        if record.state == "destroy_scheduled":
+            raise KeyLifecycleError(
+                f"Version {version} of {self.name!r} is already scheduled for "
+                "destruction.",
+                code="DESTRUCTION_ALREADY_SCHEDULED",
+                key=self.name,
+                version=version,
+                destroy_at=record.destroy_at,
+            )
+        self.trigger_event(
+            self.DestructionScheduled,
+            version=version,
+            days=days,
+            scheduled_at=format_time(now),
+            destroy_at=format_time(now + timedelta(days=days)),
+            timestamp=now,
+        )
+
+    def cancel_destruction(self, version: int, *, now: datetime) -> None:
+        """Cancel a scheduled destruction; the version returns to ``disabled``.
+
+        A compromised version returns to ``compromised``; neither is ever put
+        straight back to ``enabled``.
+        """
+        record = self._get_version(version)
+        self._require_scheduled(record)
+        restored = "compromised" if record.compromised else "disabled"
+        self.trigger_event(
+            self.DestructionCancelled,
+            version=version,
+            restored_state=restored,
+            timestamp=now,
+        )
+
+    def destroy_version(self, version: int, *, now: datetime) -> None:
+        """Destroy a version whose waiting period has passed."""
+        record = self._get_version(version)
+        self._require_scheduled(record)
+        assert record.destroy_at is not None
+        if format_time(now) < record.destroy_at:
+            raise KeyLifecycleError(
+                f"Version {version} of {self.name!r} is not due for destruction "
+                f"until {record.destroy_at}.",
+                code="DESTRUCTION_NOT_DUE",
+                key=self.name,
+                version=version,
+                destroy_at=record.destroy_at,
+            )
+        self.trigger_event(self.VersionDestroyed, version=version, timestamp=now)
+
+    def roll_back_primary(self, version: int, *, now: datetime) -> None:
+        """Make an earlier, still enabled version primary again."""
+        self._require_key_enabled()
+        record = self._get_version(version)
+        if version == self.primary:
+            raise KeyLifecycleError(
+                f"Version {version} is already the primary of {self.name!r}.",
+                code="ALREADY_PRIMARY",
+                key=self.name,
+                version=version,
+            )
+        self._require_not_destroyed(record)
+        self._require_not_compromised(record)
+        self._require_state(record, "enabled", "make primary")
+        self.trigger_event(
+            self.PrimaryRolledBack,
+            version=version,
+            previous_primary=self.primary,
+            timestamp=now,
+        )
+
+    def roll_back_to(self, past: ManagedKey, *, now: datetime) -> None:
+        """Return to the state ``past`` had, recording the return as a new event.
+
+        ``past`` is this key replayed to an earlier stream version. Destroyed,
+        compromised and destroy-scheduled versions keep their current state, and
+        versions created after that point are disabled, so nothing destroyed or
+        compromised ever comes back.
+        """
+        self._require_key_enabled()
+        if past.id != self.id or past.version >= self.version:
+            raise KeyLifecycleError(
+                "A rollback target must be an earlier point of the same key.",
+                code="ROLLBACK_TARGET_NOT_IN_PAST",
+                key=self.name,
+                stream_version=self.version,
+                target=past.version,
+            )
+        states: dict[str, str] = {}
+        for number, record in self.versions.items():
+            if record.state in ("destroyed", "compromised", "destroy_scheduled"):
+                state = record.state
+            elif number in past.versions:
+                state = past.versions[number].state
+            else:
+                state = "disabled"
+            if state != record.state:
+                states[str(number)] = state
+        primary = self.versions[past.primary]
+        new_primary_state = states.get(str(past.primary), primary.state)
+        if primary.compromised or new_primary_state != "enabled":
+            raise KeyLifecycleError(
+                f"At stream version {past.version} the primary of {self.name!r} was "
+                f"version {past.primary}, which is now {primary.state}.",
+                code="ROLLBACK_TARGET_UNUSABLE",
+                key=self.name,
+                version=past.primary,
+                state=primary.state,
+            )
+        self.trigger_event(
+            self.RolledBack,
+            to_stream_version=past.version,
+            primary=past.primary,
+            version_states=states,
+            timestamp=now,
+        )
+
+    # Queries ---------------------------------------------------------------
+
+    @property
+    def primary_usable(self) -> bool:
+        """Whether the primary version can be used (not compromised)."""
+        return self.versions[self.primary].state == "enabled"
+
+    def to_view(self) -> dict[str, Any]:
+        """The key as the read side shows it: plain JSON types, no material."""
+        return {
+            "name": self.name,
+            "key_id": str(self.id),
+            "algorithm": self.algorithm,
+            "description": self.description,
+            "state": "enabled" if self.enabled else "disabled",
+            "primary_version": self.primary,
+            "primary_usable": self.primary_usable,
+            "stream_version": self.version,
+            "created_at": format_time(self.created_on),
+            "updated_at": format_time(self.modified_on),
+            "versions": [
+                {**asdict(record), "primary": number == self.primary}
+                for number, record in sorted(self.versions.items())
+            ],
+        }
+
+    # Guards ----------------------------------------------------------------
+
+    def _get_version(self, version: int) -> KeyVersion:
+        try:
+            return self.versions[version]
+        except KeyError:
+            raise VersionNotFoundError(
+                f"Key {self.name!r} has no version {version}.",
+                key=self.name,
+                version=version,
+            ) from None
+
+    def _require_key_enabled(self) -> None:
+        if not self.enabled:
+            raise KeyLifecycleError(
+                f"Key {self.name!r} is disabled.", code="KEY_DISABLED", key=self.name
+            )
+
+    def _require_not_destroyed(self, record: KeyVersion) -> None:
+        if record.state == "destroyed":
+            raise KeyLifecycleError(
+                f"Version {record.version} of {self.name!r} is destroyed.",
+                code="VERSION_DESTROYED",
+                key=self.name,
+                version=record.version,
+            )
+
+    def _require_not_compromised(self, record: KeyVersion) -> None:
+        if record.compromised:
+            raise KeyLifecycleError(
+                f"Version {record.version} of {self.name!r} is compromised.",
+                code="VERSION_COMPROMISED",
+                key=self.name,
+                version=record.version,
+            )
+
+    def _require_scheduled(self, record: KeyVersion) -> None:
+        if record.state != "destroy_scheduled":
+            raise KeyLifecycleError(
+                f"Version {record.version} of {self.name!r} is not scheduled for "
+                "destruction.",
+                code="DESTRUCTION_NOT_SCHEDULED",
+                key=self.name,
+                version=record.version,
+                state=record.state,
+            )
+
+    def _require_state(self, record: KeyVersion, wanted: str, action: str) -> None:
+        if record.state == wanted:
+            return
+        self._require_not_destroyed(record)
+        self._require_not_compromised(record)
+        raise KeyLifecycleError(
+            f"Cannot {action} version {record.version} of {self.name!r}: it is "
+            f"{record.state}.",
+            code="INVALID_TRANSITION",
+            key=self.name,
+            version=record.version,
+            state=record.state,
+        )
+
+
+def _as_state(text: str) -> VersionState:
+    if text not in get_args(VersionState):
+        raise ValueError(f"Unknown version state {text!r}.")
+    return text  # type: ignore[return-value]

@@ -1,0 +1,582 @@
+"""The key service: runs lifecycle commands and records them on the ledger.
+
+Each command loads the key, lets the domain decide, and appends the resulting
+events together with every side write (wrapped material, projections, an
+idempotency record) in one transaction. A command MUST NOT report success unless
+that transaction committed; if the ledger cannot record, the action did not
+happen and ``LedgerUnavailableError`` is raised.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.persistence import IntegrityError, PersistenceError
+
+from domain.clock import Clock, format_time, parse_time
+from domain.errors import (
+    ConcurrentModificationError,
+    ExpectedVersionMismatchError,
+    InvalidArgumentError,
+    KeyExistsError,
+    KeyLifecycleError,
+    KeyNotFoundError,
+    LedgerUnavailableError,
+)
+from domain.keys import ManagedKey, key_id_for, validate_key_name
+from ledger.application import KeyLedger, storage_env
+from ledger.material import KeyEncryptionKey, fingerprint, generate_material
+from ledger.signing import LedgerSigner
+from ledger.store import (
+    SYSTEM_ACTOR,
+    Actor,
+    LedgerWrite,
+    Receipt,
+    Sequencer,
+    Statement,
+)
+from projections import key_view
+
+logger = logging.getLogger(__name__)
+
+MATERIAL_DDL = [
+    "CREATE TABLE IF NOT EXISTS key_material ("
+    "key_id TEXT NOT NULL, version INTEGER NOT NULL, wrapped TEXT NOT NULL, "
+    "PRIMARY KEY (key_id, version))",
+    "CREATE TABLE IF NOT EXISTS idempotency_keys ("
+    "idempotency_key TEXT PRIMARY KEY, request_hash TEXT NOT NULL, "
+    "status INTEGER NOT NULL, body TEXT NOT NULL, created_at TEXT NOT NULL)",
+]
+
+
+@dataclass(frozen=True)
+class DestructionBounds:
+    """The deployment's allowed waiting period before a version is destroyed."""
+
+    min_days: int = 7
+    max_days: int = 30
+    default_days: int = 30
+
+
+@dataclass(frozen=True)
+class CommandContext:
+    """Who asked, under which request id, and what they expect the key to be at."""
+
+    actor: Actor
+    request_id: str
+    expected_version: int | None = None
+    idempotency: IdempotencyRecord | None = None
+
+
+@dataclass
+class IdempotencyRecord:
+    """Saves a command's response with its events, so a retry replays it."""
+
+    key: str
+    request_hash: str
+    status: int
+    render: Callable[[CommandResult], dict[str, Any]]
+
+
+@dataclass
+class CommandResult:
+    """What a command did: the key afterwards and the receipts of its events."""
+
+    key: dict[str, Any]
+    receipts: list[Receipt]
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def position(self) -> int:
+        return self.receipts[-1].position if self.receipts else 0
+
+
+@dataclass(frozen=True)
+class ReplayedResponse:
+    """A response saved under an idempotency key."""
+
+    status: int
+    body: dict[str, Any]
+
+
+class KeyService:
+    """Lifecycle commands and the queries the API and the CLI need."""
+
+    def __init__(
+        self,
+        app: KeyLedger,
+        *,
+        kek: KeyEncryptionKey,
+        clock: Clock,
+        bounds: DestructionBounds,
+        signer: LedgerSigner,
+    ) -> None:
+        self.app = app
+        self.ledger = app.ledger
+        self.kek = kek
+        self.clock = clock
+        self.bounds = bounds
+        self.signer = signer
+
+    @classmethod
+    def open(
+        cls,
+        *,
+        database_url: str,
+        signer: LedgerSigner,
+        kek: KeyEncryptionKey,
+        clock: Clock,
+        bounds: DestructionBounds | None = None,
+        checkpoint_interval: int = 100,
+    ) -> KeyService:
+        """Open (creating its tables if needed) the ledger at ``database_url``."""
+        sequencer = Sequencer(signer, clock, checkpoint_interval)
+        try:
+            app = KeyLedger(
+                sequencer=sequencer,
+                extra_ddl=[*key_view.DDL, *MATERIAL_DDL],
+                env=storage_env(database_url),
+            )
+        except PersistenceError as error:
+            raise LedgerUnavailableError(
+                "The ledger's database could not be opened.", reason=str(error)
+            ) from error
+        return cls(
+            app, kek=kek, clock=clock, bounds=bounds or DestructionBounds(), signer=signer
+        )
+
+    def close(self) -> None:
+        self.app.close()
+
+    # Commands --------------------------------------------------------------
+
+    def create_key(
+        self,
+        context: CommandContext,
+        *,
+        name: str,
+        algorithm: str = "aes-256-gcm",
+        description: str = "",
+    ) -> CommandResult:
+        """Create a key; its version 1 is generated, enabled and primary."""
+        validate_key_name(name)
+        self._replay(context)
+        if self._exists(name):
+            raise KeyExistsError(f"A key named {name!r} already exists.", key=name)
+        key_id = str(key_id_for(name))
+        material = generate_material(algorithm) if algorithm == "aes-256-gcm" else b""
+        key = ManagedKey.generate(
+            name=name,
+            algorithm=algorithm,
+            description=description,
+            fingerprint=fingerprint(material),
+            now=self.clock.now(),
+        )
+        statements = [self._put_material(key_id, 1, material)]
+        try:
+            return self._save(key, context, statements)
+        except ConcurrentModificationError:
+            raise KeyExistsError(
+                f"A key named {name!r} already exists.", key=name
+            ) from None
+
+    def rotate(self, context: CommandContext, name: str) -> CommandResult:
+        """Add a new enabled version and make it primary."""
+        key = self._load_for_command(name, context)
+        material = generate_material(key.algorithm)
+        version = key.rotate(fingerprint=fingerprint(material), now=self.clock.now())
+        statement = self._put_material(str(key.id), version, material)
+        return self._save(key, context, [statement], version=version)
+
+    def disable_key(self, context: CommandContext, name: str) -> CommandResult:
+        return self._simple(name, context, lambda key, now: key.disable(now=now))
+
+    def enable_key(self, context: CommandContext, name: str) -> CommandResult:
+        return self._simple(name, context, lambda key, now: key.enable(now=now))
+
+    def disable_version(
+        self, context: CommandContext, name: str, version: int
+    ) -> CommandResult:
+        return self._simple(
+            name, context, lambda key, now: key.disable_version(version, now=now)
+        )
+
+    def enable_version(
+        self, context: CommandContext, name: str, version: int
+    ) -> CommandResult:
+        return self._simple(
+            name, context, lambda key, now: key.enable_version(version, now=now)
+        )
+
+    def mark_compromised(
+        self, context: CommandContext, name: str, version: int, *, reason: str
+    ) -> CommandResult:
+        """Declare a version compromised; say so when the key lost its primary."""
+        key = self._load_for_command(name, context)
+        was_primary = key.mark_compromised(version, reason=reason, now=self.clock.now())
+        notes = {"primary_compromised": was_primary}
+        if was_primary:
+            notes["warning"] = (
+                "The primary version is compromised: the key has no usable primary "
+                "until it is rotated."
+            )
+        return self._save(key, context, [], notes=notes)
+
+    def schedule_destruction(
+        self, context: CommandContext, name: str, version: int, *, days: int | None
+    ) -> CommandResult:
+        bounds = self.bounds
+        period = bounds.default_days if days is None else days
+        return self._simple(
+            name,
+            context,
+            lambda key, now: key.schedule_destruction(
+                version,
+                days=period,
+                min_days=bounds.min_days,
+                max_days=bounds.max_days,
+                now=now,
+            ),
+        )
+
+    def cancel_destruction(
+        self, context: CommandContext, name: str, version: int
+    ) -> CommandResult:
+        return self._simple(
+            name, context, lambda key, now: key.cancel_destruction(version, now=now)
+        )
+
+    def destroy_version(
+        self, context: CommandContext, name: str, version: int
+    ) -> CommandResult:
+        """Destroy a version that is due, erasing its material in the same commit."""
+        key = self._load_for_command(name, context)
+        key.destroy_version(version, now=self.clock.now())
+        erase = (
+            "DELETE FROM key_material WHERE key_id = %s AND version = %s",
+            (str(key.id), version),
+        )
+        return self._save(key, context, [erase])
+
+    def roll_back(
+        self,
+        context: CommandContext,
+        name: str,
+        *,
+        version: int | None = None,
+        to_stream_version: int | None = None,
+        to_time: datetime | None = None,
+    ) -> CommandResult:
+        """Make an earlier version primary, or return the key to an earlier point."""
+        if sum(option is not None for option in (version, to_stream_version, to_time)) != 1:
+            raise InvalidArgumentError(
+                "Give exactly one of version, to_stream_version or to_time.",
+                code="INVALID_ROLLBACK_TARGET",
+            )
+        key = self._load_for_command(name, context)
+        now = self.clock.now()
+        if version is not None:
+            key.roll_back_primary(version, now=now)
+            return self._save(key, context, [])
+        if to_time is not None:
+            to_stream_version = self.stream_version_at(key, to_time)
+        assert to_stream_version is not None
+        if not 1 <= to_stream_version < key.version:
+            raise KeyLifecycleError(
+                f"Stream version {to_stream_version} is not an earlier point of "
+                f"{name!r} (now at {key.version}).",
+                code="ROLLBACK_TARGET_NOT_IN_PAST",
+                key=name,
+                stream_version=key.version,
+                target=to_stream_version,
+            )
+        past = self.app.repository.get(key.id, version=to_stream_version)
+        key.roll_back_to(past, now=now)
+        return self._save(key, context, [])
+
+    def destroy_due(self, limit: int = 100) -> list[CommandResult]:
+        """Destroy every version whose waiting period has passed, each exactly once.
+
+        Safe to run in several processes at once: a version another process
+        destroyed first is skipped.
+        """
+        done = []
+        now = format_time(self.clock.now())
+        for name, version in key_view.due_destructions(self.ledger, now, limit):
+            context = CommandContext(SYSTEM_ACTOR, f"scheduler-{secrets.token_hex(8)}")
+            try:
+                done.append(self.destroy_version(context, name, version))
+            except KeyLifecycleError as refusal:
+                logger.debug(
+                    "destruction_skipped",
+                    extra={"key": name, "version": version, "code": refusal.code},
+                )
+        return done
+
+    # Queries ---------------------------------------------------------------
+
+    def get_key(self, name: str, *, at: datetime | None = None) -> dict[str, Any]:
+        """The key's current view, or its state at time ``at``."""
+        validate_key_name(name)
+        if at is None:
+            view = key_view.get_key(self.ledger, name)
+            if view is None:
+                raise KeyNotFoundError(f"No key named {name!r}.", key=name)
+            return view
+        key = self._load(name)
+        stream_version = self.stream_version_at(key, at)
+        past = self.app.repository.get(key.id, version=stream_version)
+        view = past.to_view()
+        view["as_of"] = format_time(at)
+        return view
+
+    def stream_version_at(self, key: ManagedKey, at: datetime) -> int:
+        """The key's stream version as recorded at time ``at``."""
+        rows = self.ledger.query(
+            f"SELECT max(originator_version) AS v FROM {self.ledger.events_table_name} "
+            "WHERE originator_id = %s AND recorded_at <= %s",
+            (self._stream_param(key.id), format_time(at)),
+        )
+        found = rows[0]["v"] if rows else None
+        if found is None:
+            raise KeyNotFoundError(
+                f"Key {key.name!r} did not exist at {format_time(at)}.",
+                key=key.name,
+                at=format_time(at),
+            )
+        return int(found)
+
+    def history(
+        self, name: str, *, after: int = 0, limit: int = 100
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """One page of the key's events in stream order, and the next cursor."""
+        key_id = key_id_for(validate_key_name(name))
+        if not self._exists(name):
+            raise KeyNotFoundError(f"No key named {name!r}.", key=name)
+        rows = self.ledger.query(
+            "SELECT notification_id, state, entry_hash, signature, kid "
+            f"FROM {self.ledger.events_table_name} "
+            "WHERE originator_id = %s AND originator_version > %s "
+            "ORDER BY originator_version LIMIT %s",
+            (self._stream_param(key_id), after, limit + 1),
+        )
+        items = [entry_json(row) for row in rows[:limit]]
+        cursor = items[-1]["stream_version"] if len(rows) > limit else None
+        return items, cursor
+
+    def events(self, *, after: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+        """The ledger feed: entries in position order after ``after``."""
+        rows = self.ledger.query(
+            "SELECT notification_id, state, entry_hash, signature, kid "
+            f"FROM {self.ledger.events_table_name} WHERE notification_id > %s "
+            "ORDER BY notification_id LIMIT %s",
+            (after, limit),
+        )
+        return [entry_json(row) for row in rows]
+
+    def head_position(self) -> int:
+        return self.ledger.head().position
+
+    # Internals -------------------------------------------------------------
+
+    def _stream_param(self, key_id: Any) -> Any:
+        # SQLite keeps stream ids as hex text, PostgreSQL as uuid.
+        return key_id.hex if self.ledger.__class__.__name__.startswith("SQLite") else key_id
+
+    def _exists(self, name: str) -> bool:
+        try:
+            self.app.repository.get(key_id_for(name))
+        except AggregateNotFoundError:
+            return False
+        except PersistenceError as error:
+            raise _unavailable(error) from error
+        return True
+
+    def _load(self, name: str) -> ManagedKey:
+        validate_key_name(name)
+        try:
+            key: ManagedKey = self.app.repository.get(key_id_for(name))
+        except AggregateNotFoundError:
+            raise KeyNotFoundError(f"No key named {name!r}.", key=name) from None
+        except PersistenceError as error:
+            raise _unavailable(error) from error
+        return key
+
+    def _load_for_command(self, name: str, context: CommandContext) -> ManagedKey:
+        key = self._load(name)
+        self._replay(context)
+        expected = context.expected_version
+        if expected is not None and expected != key.version:
+            raise ExpectedVersionMismatchError(
+                f"Key {name!r} is at stream version {key.version}, not {expected}.",
+                key=name,
+                expected=expected,
+                actual=key.version,
+            )
+        return key
+
+    def _simple(
+        self,
+        name: str,
+        context: CommandContext,
+        action: Callable[[ManagedKey, datetime], object],
+    ) -> CommandResult:
+        key = self._load_for_command(name, context)
+        action(key, self.clock.now())
+        return self._save(key, context, [])
+
+    def _replay(self, context: CommandContext) -> None:
+        """Raise ``Replay`` if this idempotency key already has a saved response."""
+        record = context.idempotency
+        if record is None:
+            return
+        saved = self.saved_response(record.key)
+        if saved is not None:
+            raise _Replay(self._check_replay(record, saved))
+
+    def saved_response(self, idempotency_key: str) -> dict[str, Any] | None:
+        rows = self.ledger.query(
+            "SELECT request_hash, status, body FROM idempotency_keys "
+            "WHERE idempotency_key = %s",
+            (idempotency_key,),
+        )
+        return rows[0] if rows else None
+
+    @staticmethod
+    def _check_replay(
+        record: IdempotencyRecord, saved: dict[str, Any]
+    ) -> ReplayedResponse:
+        if saved["request_hash"] != record.request_hash:
+            raise InvalidArgumentError(
+                "This Idempotency-Key was already used with a different request.",
+                code="IDEMPOTENCY_KEY_REUSED",
+            )
+        return ReplayedResponse(int(saved["status"]), json.loads(saved["body"]))
+
+    def _put_material(self, key_id: str, version: int, material: bytes) -> Statement:
+        wrapped = self.kek.wrap(material, key_id=key_id, version=version)
+        return (
+            "INSERT INTO key_material (key_id, version, wrapped) VALUES (%s, %s, %s)",
+            (key_id, version, base64.b64encode(wrapped).decode("ascii")),
+        )
+
+    def _save(
+        self,
+        key: ManagedKey,
+        context: CommandContext,
+        statements: list[Statement],
+        *,
+        notes: dict[str, Any] | None = None,
+        version: int | None = None,
+    ) -> CommandResult:
+        result_notes = dict(notes or {})
+        if version is not None:
+            result_notes["version"] = version
+        view = key.to_view()
+        write = LedgerWrite(
+            actor=context.actor,
+            request_id=context.request_id,
+            subjects={str(key.id): f"key:{key.name}"},
+            statements=statements,
+        )
+        write.after_sealed.append(
+            lambda receipts: key_view.view_statements(key, receipts[-1].position)
+        )
+        record = context.idempotency
+        if record is not None:
+            write.after_sealed.append(
+                lambda receipts: [
+                    (
+                        "INSERT INTO idempotency_keys (idempotency_key, request_hash, "
+                        "status, body, created_at) VALUES (%s, %s, %s, %s, %s)",
+                        (
+                            record.key,
+                            record.request_hash,
+                            record.status,
+                            json.dumps(
+                                record.render(
+                                    CommandResult(
+                                        {**view, "last_position": receipts[-1].position},
+                                        receipts,
+                                        result_notes,
+                                    )
+                                )
+                            ),
+                            format_time(self.clock.now()),
+                        ),
+                    )
+                ]
+            )
+        try:
+            self.app.save(key, ledger=write)
+        except IntegrityError as error:
+            if record is not None:
+                saved = self.saved_response(record.key)
+                if saved is not None:
+                    raise _Replay(self._check_replay(record, saved)) from None
+            current = self._load(key.name).version
+            raise ConcurrentModificationError(
+                f"Another command on {key.name!r} was recorded first.",
+                key=key.name,
+                expected=key.version - 1,
+                actual=current,
+            ) from error
+        except PersistenceError as error:
+            raise _unavailable(error) from error
+        view["last_position"] = write.receipts[-1].position
+        return CommandResult(view, write.receipts, result_notes)
+
+
+class _Replay(Exception):  # noqa: N818 - control flow, never reaches a caller
+    """Carries a saved response out of a command that must not run again."""
+
+    def __init__(self, response: ReplayedResponse) -> None:
+        super().__init__("replay")
+        self.response = response
+
+
+Replay = _Replay
+
+
+def entry_json(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored entry as the API shows it: the entry, its hash and signature."""
+    state = row["state"]
+    entry: dict[str, Any] = json.loads(state)
+    entry["hash"] = row["entry_hash"]
+    entry["signature"] = bytes(row["signature"]).hex()
+    entry["kid"] = row["kid"]
+    return entry
+
+
+def _unavailable(error: Exception) -> LedgerUnavailableError:
+    logger.warning("ledger_unavailable", extra={"error_type": type(error).__name__})
+    return LedgerUnavailableError(
+        "The ledger could not record or read; the action did not happen."
+    )
+
+
+def parse_optional_time(text: str | None) -> datetime | None:
+    """Parse an API time, refusing one without a UTC offset."""
+    if text is None:
+        return None
+    try:
+        return parse_time(text)
+    except ValueError as error:
+        raise InvalidArgumentError(str(error), code="INVALID_TIME") from None
+
+
+def load_local_secrets(data_dir: Path) -> tuple[LedgerSigner, KeyEncryptionKey, bool]:
+    """Load the signing key and KEK from ``data_dir``, generating them on first use."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    signer, new_signer = LedgerSigner.load_or_create(data_dir / "signing-key.pem")
+    kek, new_kek = KeyEncryptionKey.load_or_create(data_dir / "kek.bin")
+    return signer, kek, new_signer or new_kek

@@ -1,0 +1,746 @@
+"""Recorders that turn the eventsourcing library's stored events into a signed chain.
+
+The library maps each domain event to a ``StoredEvent`` and hands a batch to the
+application recorder. The recorders here give each event a gap-free position,
+link it to the previous entry's hash, stamp a recorded time that never goes
+backwards, sign it, and write it in one transaction together with the side
+writes the command asked for (wrapped material, projections, idempotency
+records). Nothing is written unless all of it is.
+
+On PostgreSQL the library's table lock serialises writers so that positions
+commit in order; the entry is sealed (hashed and signed) before the lock is taken,
+against the head this process last wrote, and the insert only succeeds if that is
+still the head. On SQLite, sealing happens under the write lock.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from eventsourcing.persistence import (
+    DatabaseError,
+    IntegrityError,
+    InterfaceError,
+    Notification,
+    OperationalError,
+    PersistenceError,
+    StoredEvent,
+)
+from eventsourcing.postgres import PostgresApplicationRecorder
+from eventsourcing.sqlite import SQLiteApplicationRecorder
+from psycopg.sql import SQL, Identifier
+
+from domain.clock import Clock, format_time
+from ledger.entry import (
+    GENESIS_HASH,
+    canonical_json,
+    checkpoint_document,
+    checkpoint_signing_message,
+    entry_hash,
+    entry_signing_message,
+)
+from ledger.signing import LedgerSigner
+
+Statement = tuple[str, tuple[Any, ...]]
+"""A side write: SQL with ``%s`` placeholders, and its parameters."""
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who asked for an action: a principal and the id of the token it used."""
+
+    principal: str
+    token_id: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"principal": self.principal, "token_id": self.token_id}
+
+
+SYSTEM_ACTOR = Actor(principal="system", token_id="-")
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """Proof that an event was recorded: its position and its entry hash."""
+
+    position: int
+    hash: str
+    stream_id: str
+    stream_version: int
+    type: str
+    recorded_at: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "position": self.position,
+            "hash": self.hash,
+            "stream_version": self.stream_version,
+            "type": self.type,
+            "recorded_at": self.recorded_at,
+        }
+
+
+@dataclass
+class LedgerWrite:
+    """The context of one append: attribution, and what else to write with it.
+
+    ``statements`` run in the same transaction as the events; ``after_sealed``
+    callbacks get the receipts before the transaction commits and return more
+    statements (used for idempotency records that quote the receipts).
+    The recorder fills in ``receipts``.
+    """
+
+    actor: Actor
+    request_id: str
+    subjects: dict[str, str] = field(default_factory=dict)
+    statements: list[Statement] = field(default_factory=list)
+    after_sealed: list[Callable[[list[Receipt]], list[Statement]]] = field(
+        default_factory=list
+    )
+    receipts: list[Receipt] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Head:
+    """The last entry of the chain, or the genesis head of an empty ledger."""
+
+    position: int
+    hash: str
+    recorded_at: str
+
+
+EMPTY_HEAD = Head(0, GENESIS_HASH, "")
+
+
+@dataclass(frozen=True)
+class SealedEntry:
+    """A stored event with its place in the chain, its hash and its signature."""
+
+    position: int
+    originator_id: uuid.UUID
+    originator_version: int
+    topic: str
+    entry_bytes: bytes
+    hash: str
+    signature: bytes
+    kid: str
+    recorded_at: str
+
+    def receipt(self) -> Receipt:
+        return Receipt(
+            self.position,
+            self.hash,
+            str(self.originator_id),
+            self.originator_version,
+            self.topic,
+            self.recorded_at,
+        )
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A signed statement of the head at a position."""
+
+    position: int
+    hash: str
+    recorded_at: str
+    kid: str
+    signature: bytes
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "position": self.position,
+            "hash": self.hash,
+            "recorded_at": self.recorded_at,
+            "kid": self.kid,
+            "signature": self.signature.hex(),
+        }
+
+
+class Sequencer:
+    """Seals stored events into chain entries after a given head."""
+
+    def __init__(
+        self, signer: LedgerSigner, clock: Clock, checkpoint_interval: int
+    ) -> None:
+        self.signer = signer
+        self.clock = clock
+        self.checkpoint_interval = checkpoint_interval
+
+    def seal(
+        self, head: Head, stored_events: Sequence[StoredEvent], write: LedgerWrite
+    ) -> list[SealedEntry]:
+        # Recorded time never goes backwards along the chain, whatever the clock does.
+        recorded_at = max(format_time(self.clock.now()), head.recorded_at)
+        position, previous = head.position, head.hash
+        sealed = []
+        for stored in stored_events:
+            position += 1
+            stream_id = str(stored.originator_id)
+            entry = {
+                "format": 1,
+                "position": position,
+                "prev_hash": previous,
+                "stream_id": stream_id,
+                "stream_version": stored.originator_version,
+                "type": stored.topic,
+                "subject": write.subjects.get(stream_id),
+                "recorded_at": recorded_at,
+                "actor": write.actor.as_json(),
+                "request_id": write.request_id,
+                "payload": json.loads(stored.state),
+            }
+            entry_bytes = canonical_json(entry)
+            hash_hex = entry_hash(entry_bytes)
+            sealed.append(
+                SealedEntry(
+                    position=position,
+                    originator_id=uuid.UUID(stream_id),
+                    originator_version=stored.originator_version,
+                    topic=stored.topic,
+                    entry_bytes=entry_bytes,
+                    hash=hash_hex,
+                    signature=self.signer.sign(entry_signing_message(hash_hex)),
+                    kid=self.signer.kid,
+                    recorded_at=recorded_at,
+                )
+            )
+            previous = hash_hex
+        return sealed
+
+    def checkpoint(self, position: int, hash_hex: str, recorded_at: str) -> Checkpoint:
+        document = checkpoint_document(
+            position=position,
+            hash_hex=hash_hex,
+            recorded_at=recorded_at,
+            kid=self.signer.kid,
+        )
+        signature = self.signer.sign(checkpoint_signing_message(document))
+        return Checkpoint(position, hash_hex, recorded_at, self.signer.kid, signature)
+
+    def due_checkpoints(self, sealed: Iterable[SealedEntry]) -> list[Checkpoint]:
+        """Checkpoints for every entry whose position is a multiple of the interval."""
+        return [
+            self.checkpoint(entry.position, entry.hash, entry.recorded_at)
+            for entry in sealed
+            if entry.position % self.checkpoint_interval == 0
+        ]
+
+
+class _HeadMovedError(Exception):
+    """Another process appended since this one last saw the head."""
+
+
+class LedgerRecorder(Protocol):
+    """What the rest of the product needs from either recorder."""
+
+    events_table_name: str
+
+    def attach(self, sequencer: Sequencer, extra_ddl: Sequence[str]) -> None: ...
+    def create_table(self) -> None: ...
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None: ...
+    def head(self) -> Head: ...
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]: ...
+    def execute(self, statements: Sequence[Statement]) -> None: ...
+    def insert_checkpoint(self, checkpoint: Checkpoint) -> None: ...
+    def select_notifications(
+        self,
+        start: int | None,
+        limit: int,
+        stop: int | None = None,
+        topics: Sequence[str] = (),
+        *,
+        inclusive_of_start: bool = True,
+    ) -> Sequence[Notification]: ...
+    def max_notification_id(self) -> int | None: ...
+    def select_events(
+        self,
+        originator_id: uuid.UUID | str,
+        *,
+        gt: int | None = None,
+        lte: int | None = None,
+        desc: bool = False,
+        limit: int | None = None,
+    ) -> Sequence[StoredEvent]: ...
+
+
+def checkpoint_table(events_table_name: str) -> str:
+    return f"{events_table_name}_checkpoints"
+
+
+# PostgreSQL ----------------------------------------------------------------
+
+
+class PostgresLedgerRecorder(PostgresApplicationRecorder):
+    """The ledger on PostgreSQL: append-only tables, enforced by the database."""
+
+    def __init__(
+        self, datastore: Any, *, events_table_name: str = "stored_events"
+    ) -> None:
+        super().__init__(datastore, events_table_name=events_table_name)
+        self.sequencer: Sequencer | None = None
+        self.extra_ddl: list[str] = []
+        self._head_cache: Head | None = None
+        self._append_lock = threading.Lock()
+        schema, table = datastore.schema, events_table_name
+        checkpoints = checkpoint_table(table)
+        self.checkpoints_table_name = checkpoints
+        ident = {
+            "schema": Identifier(schema),
+            "table": Identifier(table),
+            "checkpoints": Identifier(checkpoints),
+            "refuse": Identifier(f"{table}_refuse_change"),
+        }
+        self.sql_create_statements = [
+            SQL("SELECT pg_advisory_xact_lock(7236410591)"),
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {schema}.{table} ("
+                "originator_id uuid NOT NULL, "
+                "originator_version bigint NOT NULL, "
+                "topic text NOT NULL, "
+                "state bytea NOT NULL, "
+                "notification_id bigint NOT NULL CHECK (notification_id > 0), "
+                "entry_hash text NOT NULL, "
+                "signature bytea NOT NULL, "
+                "kid text NOT NULL, "
+                "recorded_at text NOT NULL, "
+                "PRIMARY KEY (originator_id, originator_version))"
+            ).format(**ident),
+            SQL(
+                "CREATE UNIQUE INDEX IF NOT EXISTS {index} "
+                "ON {schema}.{table} (notification_id)"
+            ).format(index=Identifier(f"{table}_position_idx"), **ident),
+            SQL(
+                "CREATE INDEX IF NOT EXISTS {index} "
+                "ON {schema}.{table} (originator_id, recorded_at)"
+            ).format(index=Identifier(f"{table}_stream_time_idx"), **ident),
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {schema}.{checkpoints} ("
+                "position bigint PRIMARY KEY, hash text NOT NULL, "
+                "recorded_at text NOT NULL, kid text NOT NULL, "
+                "signature bytea NOT NULL)"
+            ).format(**ident),
+            SQL(
+                "CREATE OR REPLACE FUNCTION {schema}.{refuse}() RETURNS trigger "
+                "LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION "
+                "'ledger table % is append-only: % refused', TG_TABLE_NAME, TG_OP "
+                "USING ERRCODE = 'insufficient_privilege'; END $$"
+            ).format(**ident),
+        ]
+        for target in (table, checkpoints):
+            names = {"target": Identifier(target), **ident}
+            self.sql_create_statements += [
+                SQL(
+                    "CREATE OR REPLACE TRIGGER {trigger} BEFORE UPDATE OR DELETE "
+                    "ON {schema}.{target} FOR EACH ROW EXECUTE FUNCTION "
+                    "{schema}.{refuse}()"
+                ).format(trigger=Identifier(f"{target}_append_only_rows"), **names),
+                SQL(
+                    "CREATE OR REPLACE TRIGGER {trigger} BEFORE TRUNCATE "
+                    "ON {schema}.{target} FOR EACH STATEMENT EXECUTE FUNCTION "
+                    "{schema}.{refuse}()"
+                ).format(trigger=Identifier(f"{target}_append_only_truncate"), **names),
+            ]
+        self._insert_guarded = SQL(
+            "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, "
+            "state, notification_id, entry_hash, signature, kid, recorded_at) "
+            "SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], "
+            "%s::bytea[], %s::bigint[], %s::text[], %s::bytea[], %s::text[], "
+            "%s::text[]) "
+            "WHERE (SELECT coalesce(max(notification_id), 0) FROM {schema}.{table}) "
+            "= %s RETURNING notification_id"
+        ).format(**ident)
+        self._insert_checkpoint = SQL(
+            "INSERT INTO {schema}.{checkpoints} "
+            "(position, hash, recorded_at, kid, signature) VALUES (%s, %s, %s, %s, %s) "
+            "ON CONFLICT (position) DO NOTHING"
+        ).format(**ident)
+        self._set_search_path = SQL("SET LOCAL search_path TO {schema}").format(
+            **ident
+        )
+        self._select_head = SQL(
+            "SELECT notification_id, entry_hash, recorded_at FROM {schema}.{table} "
+            "ORDER BY notification_id DESC LIMIT 1"
+        ).format(**ident)
+
+    def attach(self, sequencer: Sequencer, extra_ddl: Sequence[str]) -> None:
+        """Give the recorder its signer and clock, and the side tables' DDL."""
+        self.sequencer = sequencer
+        self.extra_ddl = list(extra_ddl)
+
+    def _create_table(self, curs: Any) -> None:
+        super()._create_table(curs)
+        curs.execute(
+            SQL("SET LOCAL search_path TO {0}").format(
+                Identifier(self.datastore.schema)
+            )
+        )
+        for statement in self.extra_ddl:
+            curs.execute(statement.encode())
+
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        write = _require_write(self.sequencer, kwargs)
+        assert self.sequencer is not None
+        if not stored_events:
+            return []
+        with self._append_lock:
+            for _ in range(20):
+                head = self._head_cache or self.head()
+                sealed = self.sequencer.seal(head, stored_events, write)
+                receipts = [entry.receipt() for entry in sealed]
+                statements = list(write.statements)
+                for callback in write.after_sealed:
+                    statements += callback(receipts)
+                checkpoints = self.sequencer.due_checkpoints(sealed)
+                try:
+                    self._append(head, sealed, statements, checkpoints)
+                except _HeadMovedError:
+                    self._head_cache = None
+                    continue
+                except BaseException:
+                    self._head_cache = None
+                    raise
+                last = sealed[-1]
+                self._head_cache = Head(last.position, last.hash, last.recorded_at)
+                write.receipts = receipts
+                return [entry.position for entry in sealed]
+        raise OperationalError("The ledger head kept moving; the append gave up.")
+
+    def _append(
+        self,
+        head: Head,
+        sealed: list[SealedEntry],
+        statements: list[Statement],
+        checkpoints: list[Checkpoint],
+    ) -> None:
+        columns: list[list[Any]] = [[] for _ in range(9)]
+        for entry in sealed:
+            row = (
+                entry.originator_id,
+                entry.originator_version,
+                entry.topic,
+                entry.entry_bytes,
+                entry.position,
+                entry.hash,
+                entry.signature,
+                entry.kid,
+                entry.recorded_at,
+            )
+            for column, value in zip(columns, row, strict=True):
+                column.append(value)
+        with self.datastore.get_connection() as conn, conn.transaction():
+            with conn.pipeline() as pipeline, conn.cursor() as curs:
+                curs.execute(self._set_search_path)
+                self._lock_table(curs)
+                curs.execute(self._insert_guarded, (*columns, head.position))
+                pipeline.sync()
+                if len(curs.fetchall()) != len(sealed):
+                    raise _HeadMovedError
+                for sql, params in statements:
+                    curs.execute(sql.encode(), params)
+                for checkpoint in checkpoints:
+                    curs.execute(
+                        self._insert_checkpoint,
+                        (
+                            checkpoint.position,
+                            checkpoint.hash,
+                            checkpoint.recorded_at,
+                            checkpoint.kid,
+                            checkpoint.signature,
+                        ),
+                    )
+                self._notify_channel(curs)
+
+    def head(self) -> Head:
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self._select_head)
+            row = curs.fetchone()
+        if row is None:
+            return EMPTY_HEAD
+        return Head(row["notification_id"], row["entry_hash"], row["recorded_at"])
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(
+                SQL("SET search_path TO {0}").format(Identifier(self.datastore.schema))
+            )
+            curs.execute(sql.encode(), tuple(params))
+            if curs.description is None:
+                return []
+            return [_plain(dict(row)) for row in curs.fetchall()]
+
+    def execute(self, statements: Sequence[Statement]) -> None:
+        with self.datastore.get_connection() as conn, conn.transaction():
+            with conn.cursor() as curs:
+                curs.execute(
+                    SQL("SET LOCAL search_path TO {0}").format(
+                        Identifier(self.datastore.schema)
+                    )
+                )
+                for sql, params in statements:
+                    curs.execute(sql.encode(), params)
+
+    def insert_checkpoint(self, checkpoint: Checkpoint) -> None:
+        with self.datastore.get_connection() as conn, conn.transaction():
+            with conn.cursor() as curs:
+                curs.execute(
+                    self._insert_checkpoint,
+                    (
+                        checkpoint.position,
+                        checkpoint.hash,
+                        checkpoint.recorded_at,
+                        checkpoint.kid,
+                        checkpoint.signature,
+                    ),
+                )
+
+
+# SQLite --------------------------------------------------------------------
+
+
+class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
+    """The ledger in an SQLite file: the embedded default, no server to install."""
+
+    def __init__(self, datastore: Any, events_table_name: str = "stored_events"):
+        super().__init__(datastore, events_table_name)
+        self.sequencer: Sequencer | None = None
+        self.extra_ddl: list[str] = []
+        self.checkpoints_table_name = checkpoint_table(events_table_name)
+
+    def attach(self, sequencer: Sequencer, extra_ddl: Sequence[str]) -> None:
+        """Give the recorder its signer and clock, and the side tables' DDL."""
+        self.sequencer = sequencer
+        self.extra_ddl = list(extra_ddl)
+
+    def construct_create_table_statements(self) -> list[str]:
+        table = self.events_table_name
+        checkpoints = checkpoint_table(table)
+        statements = [
+            f"CREATE TABLE IF NOT EXISTS {table} ("
+            "notification_id INTEGER PRIMARY KEY CHECK (notification_id > 0), "
+            "originator_id TEXT NOT NULL, "
+            "originator_version INTEGER NOT NULL, "
+            "topic TEXT NOT NULL, "
+            "state BLOB NOT NULL, "
+            "entry_hash TEXT NOT NULL, "
+            "signature BLOB NOT NULL, "
+            "kid TEXT NOT NULL, "
+            "recorded_at TEXT NOT NULL, "
+            "UNIQUE (originator_id, originator_version))",
+            f"CREATE INDEX IF NOT EXISTS {table}_stream_time_idx "
+            f"ON {table} (originator_id, recorded_at)",
+            f"CREATE TABLE IF NOT EXISTS {checkpoints} ("
+            "position INTEGER PRIMARY KEY, hash TEXT NOT NULL, "
+            "recorded_at TEXT NOT NULL, kid TEXT NOT NULL, signature BLOB NOT NULL)",
+        ]
+        for target in (table, checkpoints):
+            for operation in ("UPDATE", "DELETE"):
+                statements.append(
+                    f"CREATE TRIGGER IF NOT EXISTS {target}_no_{operation.lower()} "
+                    f"BEFORE {operation} ON {target} BEGIN SELECT RAISE(ABORT, "
+                    f"'ledger table {target} is append-only: {operation} refused'); "
+                    "END"
+                )
+        return statements
+
+    def create_table(self) -> None:
+        with self.datastore.transaction(commit=True) as c:
+            for statement in self.construct_create_table_statements():
+                c.execute(statement)
+            for statement in self.extra_ddl:
+                c.execute(statement)
+
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        write = _require_write(self.sequencer, kwargs)
+        assert self.sequencer is not None
+        if not stored_events:
+            return []
+        with _sqlite_errors(), self.datastore.get_connection(commit=True) as conn:
+            raw = conn._sqlite_conn
+            try:
+                raw.execute("BEGIN IMMEDIATE")
+                head = self._head(raw)
+                sealed = self.sequencer.seal(head, stored_events, write)
+                receipts = [entry.receipt() for entry in sealed]
+                raw.executemany(
+                    f"INSERT INTO {self.events_table_name} (notification_id, "
+                    "originator_id, originator_version, topic, state, entry_hash, "
+                    "signature, kid, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            entry.position,
+                            entry.originator_id.hex,
+                            entry.originator_version,
+                            entry.topic,
+                            entry.entry_bytes,
+                            entry.hash,
+                            entry.signature,
+                            entry.kid,
+                            entry.recorded_at,
+                        )
+                        for entry in sealed
+                    ],
+                )
+                statements = list(write.statements)
+                for callback in write.after_sealed:
+                    statements += callback(receipts)
+                for sql, params in statements:
+                    raw.execute(_qmarks(sql), params)
+                for checkpoint in self.sequencer.due_checkpoints(sealed):
+                    self._insert_checkpoint(raw, checkpoint)
+                raw.commit()
+            except BaseException:
+                raw.rollback()
+                raise
+        write.receipts = receipts
+        return [entry.position for entry in sealed]
+
+    def _insert_checkpoint(self, raw: sqlite3.Connection, checkpoint: Checkpoint) -> None:
+        raw.execute(
+            f"INSERT OR IGNORE INTO {self.checkpoints_table_name} "
+            "(position, hash, recorded_at, kid, signature) VALUES (?, ?, ?, ?, ?)",
+            (
+                checkpoint.position,
+                checkpoint.hash,
+                checkpoint.recorded_at,
+                checkpoint.kid,
+                checkpoint.signature,
+            ),
+        )
+
+    def _head(self, raw: sqlite3.Connection) -> Head:
+        row = raw.execute(
+            f"SELECT notification_id, entry_hash, recorded_at FROM "
+            f"{self.events_table_name} ORDER BY notification_id DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return EMPTY_HEAD
+        return Head(row[0], row[1], row[2])
+
+    def head(self) -> Head:
+        with _sqlite_errors(), self.datastore.get_connection(commit=False) as conn:
+            return self._head(conn._sqlite_conn)
+
+    def select_notifications(
+        self,
+        start: int | None,
+        limit: int,
+        stop: int | None = None,
+        topics: Sequence[str] = (),
+        *,
+        inclusive_of_start: bool = True,
+    ) -> Sequence[Notification]:
+        clauses, params = ["1=1"], []
+        if start is not None:
+            clauses.append("notification_id >= ?" if inclusive_of_start else "notification_id > ?")
+            params.append(start)
+        if stop is not None:
+            clauses.append("notification_id <= ?")
+            params.append(stop)
+        if topics:
+            clauses.append(f"topic IN ({','.join('?' * len(topics))})")
+            params += list(topics)
+        rows = self.query(
+            f"SELECT notification_id, originator_id, originator_version, topic, state "
+            f"FROM {self.events_table_name} WHERE {' AND '.join(clauses)} "
+            "ORDER BY notification_id LIMIT ?",
+            [*params, limit],
+            _placeholders=False,
+        )
+        return [
+            Notification(
+                id=row["notification_id"],
+                originator_id=uuid.UUID(row["originator_id"]),
+                originator_version=row["originator_version"],
+                topic=row["topic"],
+                state=row["state"],
+            )
+            for row in rows
+        ]
+
+    def max_notification_id(self) -> int:
+        return self.head().position
+
+    def query(
+        self, sql: str, params: Sequence[Any] = (), *, _placeholders: bool = True
+    ) -> list[dict[str, Any]]:
+        with _sqlite_errors(), self.datastore.get_connection(commit=False) as conn:
+            cursor = conn._sqlite_conn.execute(_qmarks(sql) if _placeholders else sql, tuple(params))
+            if cursor.description is None:
+                return []
+            names = [column[0] for column in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def execute(self, statements: Sequence[Statement]) -> None:
+        with _sqlite_errors(), self.datastore.get_connection(commit=True) as conn:
+            raw = conn._sqlite_conn
+            try:
+                raw.execute("BEGIN IMMEDIATE")
+                for sql, params in statements:
+                    raw.execute(_qmarks(sql), params)
+                raw.commit()
+            except BaseException:
+                raw.rollback()
+                raise
+
+    def insert_checkpoint(self, checkpoint: Checkpoint) -> None:
+        with _sqlite_errors(), self.datastore.get_connection(commit=True) as conn:
+            raw = conn._sqlite_conn
+            self._insert_checkpoint(raw, checkpoint)
+            raw.commit()
+
+
+# Helpers -------------------------------------------------------------------
+
+
+def _require_write(sequencer: Sequencer | None, kwargs: dict[str, Any]) -> LedgerWrite:
+    # Fail closed: an append without a signer or without attribution never happens.
+    write = kwargs.get("ledger")
+    if sequencer is None or not isinstance(write, LedgerWrite):
+        raise PersistenceError("Appends need a signer and a LedgerWrite context.")
+    return write
+
+
+def _qmarks(sql: str) -> str:
+    return sql.replace("%s", "?")
+
+
+def _plain(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        name: bytes(value) if isinstance(value, memoryview) else value
+        for name, value in row.items()
+    }
+
+
+class _sqlite_errors:  # noqa: N801 - used as a context manager, reads as a clause
+    """Translate sqlite3 errors into the library's persistence errors."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if exc is None or not isinstance(exc, sqlite3.Error):
+            return
+        mapping: list[tuple[type[sqlite3.Error], type[PersistenceError]]] = [
+            (sqlite3.IntegrityError, IntegrityError),
+            (sqlite3.OperationalError, OperationalError),
+            (sqlite3.InterfaceError, InterfaceError),
+            (sqlite3.DatabaseError, DatabaseError),
+        ]
+        for source, target in mapping:
+            if isinstance(exc, source):
+                raise target(str(exc)) from exc
+        raise PersistenceError(str(exc)) from exc
+

@@ -1,0 +1,1 @@
+"""Command-line entry points: the service, the demo, verification and benchmarks."""

@@ -1,0 +1,3 @@
+"""Placeholder."""
+def run() -> None:
+    pass
