@@ -1,0 +1,240 @@
+"""Ledger verification: re-hash every stored entry, check every link and signature.
+
+Verification never trusts a stored hash: it hashes the stored entry bytes and
+compares. It reports the first broken position and a reason code, because the
+auditor owns that question. Reason codes are stable:
+
+``GAP``                 a position is missing
+``POSITION_MISMATCH``   the entry names another position than the row it is in
+``MALFORMED_ENTRY``     the stored bytes are not a ledger entry
+``COLUMN_MISMATCH``     the row's stream, version or type differ from the entry's
+``BROKEN_LINK``         the entry's ``prev_hash`` is not the previous entry's hash
+``HASH_MISMATCH``       the stored hash is not the hash of the stored bytes
+``UNKNOWN_SIGNING_KEY`` the entry names a key id the verifier does not trust
+``BAD_SIGNATURE``       the signature does not verify
+``TIME_REGRESSION``     the recorded time is earlier than the previous entry's
+``CHECKPOINT_INVALID``  a checkpoint's signature does not verify
+``CHECKPOINT_MISMATCH`` a checkpoint names another hash than the entry it covers
+``TRUNCATED``           the ledger's head is behind a signed checkpoint
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from ledger.entry import (
+    GENESIS_HASH,
+    checkpoint_document,
+    checkpoint_signing_message,
+    entry_hash,
+    entry_signing_message,
+    parse_entry,
+)
+from ledger.signing import verify_signature
+from ledger.store import LedgerRecorder, checkpoint_table
+
+PAGE = 2000
+
+
+@dataclass(frozen=True)
+class Failure:
+    """The first thing found wrong: where, which rule, and a short explanation."""
+
+    position: int
+    reason: str
+    detail: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"position": self.position, "reason": self.reason, "detail": self.detail}
+
+
+@dataclass
+class VerificationReport:
+    """What a verification found. ``ok`` only when every check held."""
+
+    checked: int = 0
+    head_position: int = 0
+    head_hash: str = GENESIS_HASH
+    checkpoints_checked: int = 0
+    latest_checkpoint: int | None = None
+    signing_keys: dict[str, int] = field(default_factory=dict)
+    first_failure: Failure | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.first_failure is None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "checked": self.checked,
+            "head": {"position": self.head_position, "hash": self.head_hash},
+            "checkpoints_checked": self.checkpoints_checked,
+            "latest_checkpoint": self.latest_checkpoint,
+            "signing_keys": self.signing_keys,
+            "first_failure": self.first_failure.as_json() if self.first_failure else None,
+        }
+
+
+def verify_ledger(
+    recorder: LedgerRecorder, public_keys: Mapping[str, Ed25519PublicKey]
+) -> VerificationReport:
+    """Verify the whole ledger behind ``recorder`` against trusted ``public_keys``."""
+    checkpoints = recorder.query(
+        "SELECT position, hash, recorded_at, kid, signature FROM "
+        f"{checkpoint_table(recorder.events_table_name)} ORDER BY position"
+    )
+    return verify_rows(_pages(recorder), checkpoints, public_keys)
+
+
+def _pages(recorder: LedgerRecorder) -> Iterator[dict[str, Any]]:
+    after = 0
+    while True:
+        rows = recorder.query(
+            "SELECT notification_id, originator_id, originator_version, topic, state, "
+            f"entry_hash, signature, kid FROM {recorder.events_table_name} "
+            "WHERE notification_id > %s ORDER BY notification_id LIMIT %s",
+            (after, PAGE),
+        )
+        yield from rows
+        if len(rows) < PAGE:
+            return
+        after = rows[-1]["notification_id"]
+
+
+def verify_rows(
+    rows: Iterable[Mapping[str, Any]],
+    checkpoints: Iterable[Mapping[str, Any]],
+    public_keys: Mapping[str, Ed25519PublicKey],
+) -> VerificationReport:
+    """Verify stored rows given in position order, then the checkpoints over them."""
+    report = VerificationReport()
+    wanted = {int(checkpoint["position"]) for checkpoint in checkpoints}
+    hashes_at: dict[int, str] = {}
+    previous_hash, previous_time = GENESIS_HASH, ""
+    for row in rows:
+        failure, entry = _check_row(row, report.checked + 1, previous_hash, public_keys)
+        if failure is None and entry["recorded_at"] < previous_time:
+            failure = Failure(
+                entry["position"],
+                "TIME_REGRESSION",
+                f"recorded at {entry['recorded_at']}, before {previous_time}",
+            )
+        if failure is not None:
+            report.first_failure = failure
+            return report
+        report.checked += 1
+        position = report.checked
+        previous_hash, previous_time = entry["_hash"], entry["recorded_at"]
+        kid = str(row["kid"])
+        report.signing_keys[kid] = report.signing_keys.get(kid, 0) + 1
+        if position in wanted:
+            hashes_at[position] = previous_hash
+    report.head_position, report.head_hash = report.checked, previous_hash
+    report.first_failure = _check_checkpoints(
+        checkpoints, hashes_at, report, public_keys
+    )
+    return report
+
+
+def _check_row(
+    row: Mapping[str, Any],
+    position: int,
+    previous_hash: str,
+    public_keys: Mapping[str, Ed25519PublicKey],
+) -> tuple[Failure | None, dict[str, Any]]:
+    stored_position = int(row["notification_id"])
+    if stored_position != position:
+        return Failure(position, "GAP", f"next stored position is {stored_position}"), {}
+    state = bytes(row["state"])
+    try:
+        entry = parse_entry(state)
+    except (ValueError, UnicodeDecodeError) as error:
+        return Failure(position, "MALFORMED_ENTRY", str(error)), {}
+    if entry.get("position") != position:
+        return (
+            Failure(
+                position,
+                "POSITION_MISMATCH",
+                f"entry says position {entry.get('position')}",
+            ),
+            entry,
+        )
+    if (
+        _stream(row["originator_id"]) != entry.get("stream_id")
+        or row["originator_version"] != entry.get("stream_version")
+        or row["topic"] != entry.get("type")
+    ):
+        return (
+            Failure(position, "COLUMN_MISMATCH", "row columns differ from the entry"),
+            entry,
+        )
+    if entry.get("prev_hash") != previous_hash:
+        return (
+            Failure(position, "BROKEN_LINK", "prev_hash is not the previous hash"),
+            entry,
+        )
+    computed = entry_hash(state)
+    if computed != row["entry_hash"]:
+        return (
+            Failure(position, "HASH_MISMATCH", "stored hash differs from the bytes"),
+            entry,
+        )
+    kid = str(row["kid"])
+    public_key = public_keys.get(kid)
+    if public_key is None:
+        return Failure(position, "UNKNOWN_SIGNING_KEY", f"kid={kid}"), entry
+    if not verify_signature(
+        public_key, bytes(row["signature"]), entry_signing_message(computed)
+    ):
+        return Failure(position, "BAD_SIGNATURE", f"kid={kid}"), entry
+    entry["_hash"] = computed
+    return None, entry
+
+
+def _check_checkpoints(
+    checkpoints: Iterable[Mapping[str, Any]],
+    hashes_at: Mapping[int, str],
+    report: VerificationReport,
+    public_keys: Mapping[str, Ed25519PublicKey],
+) -> Failure | None:
+    for checkpoint in checkpoints:
+        position = int(checkpoint["position"])
+        document = checkpoint_document(
+            position=position,
+            hash_hex=str(checkpoint["hash"]),
+            recorded_at=str(checkpoint["recorded_at"]),
+            kid=str(checkpoint["kid"]),
+        )
+        public_key = public_keys.get(str(checkpoint["kid"]))
+        if public_key is None or not verify_signature(
+            public_key,
+            bytes(checkpoint["signature"]),
+            checkpoint_signing_message(document),
+        ):
+            return Failure(position, "CHECKPOINT_INVALID", f"checkpoint at {position}")
+        if position > report.head_position:
+            return Failure(
+                report.head_position + 1,
+                "TRUNCATED",
+                f"head is at {report.head_position} but a signed checkpoint "
+                f"covers position {position}",
+            )
+        if hashes_at.get(position) != checkpoint["hash"]:
+            return Failure(
+                position,
+                "CHECKPOINT_MISMATCH",
+                f"checkpoint hash differs from the entry at {position}",
+            )
+        report.checkpoints_checked += 1
+        report.latest_checkpoint = position
+    return None
+
+
+def _stream(value: Any) -> str:
+    return str(uuid.UUID(str(value)))
