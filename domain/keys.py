@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, get_args
 
 from eventsourcing.domain import Aggregate
+from eventsourcing.utils import get_topic
 
 from domain.clock import format_time
 from domain.errors import (
@@ -564,3 +565,15 @@ def _as_state(text: str) -> VersionState:
     if text not in get_args(VersionState):
         raise ValueError(f"Unknown version state {text!r}.")
     return text  # type: ignore[return-value]
+
+
+def _register_event_topics() -> None:
+    # The library registers an explicit TOPIC only when it first writes that event;
+    # a process that only reads (a rebuild, a verifier, a restart) must know them too.
+    for item in vars(ManagedKey).values():
+        topic = getattr(item, "TOPIC", None)
+        if isinstance(item, type) and isinstance(topic, str):
+            get_topic(item)
+
+
+_register_event_topics()

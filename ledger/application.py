@@ -64,6 +64,11 @@ class KeyLedger(Application):
         return recorder
 
     @property
+    def sequencer(self) -> Sequencer:
+        """Seals and signs entries and checkpoints for this ledger."""
+        return self._sequencer
+
+    @property
     def ledger(self) -> LedgerRecorder:
         """The recorder, with the ledger's own read methods."""
         return self.recorder  # type: ignore[return-value]

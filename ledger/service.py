@@ -39,6 +39,7 @@ from ledger.signing import LedgerSigner
 from ledger.store import (
     SYSTEM_ACTOR,
     Actor,
+    Checkpoint,
     LedgerWrite,
     Receipt,
     Sequencer,
@@ -382,6 +383,21 @@ class KeyService:
             (after, limit),
         )
         return [entry_json(row) for row in rows]
+
+    def checkpoint_now(self) -> Checkpoint | None:
+        """Sign the current head and store it as a checkpoint; None if empty."""
+        head = self.ledger.head()
+        if head.position == 0:
+            return None
+        checkpoint = self.app.sequencer.checkpoint(
+            head.position, head.hash, head.recorded_at
+        )
+        self.ledger.insert_checkpoint(checkpoint)
+        return checkpoint
+
+    def public_keys(self) -> dict[str, Any]:
+        """The public keys this ledger's entries are verified against, by key id."""
+        return {self.signer.kid: self.signer.public_key}
 
     def head_position(self) -> int:
         return self.ledger.head().position

@@ -1,0 +1,118 @@
+"""Request dependencies: the runtime, the caller, the request id, strict bodies."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from typing import Annotated, Any
+
+from fastapi import Depends, Header, Request
+
+from api.body import parse_json, read_body
+from api.errors import ApiError
+from api.runtime import Runtime
+from domain.keys import MAX_VERSION
+from ledger.service import CommandContext, CommandResult, IdempotencyRecord
+from ledger.store import Actor
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def get_actor(request: Request, runtime: RuntimeDep) -> Actor:
+    """The authenticated caller; 401 for a missing or unknown bearer token."""
+    header = request.headers.get("authorization")
+    if not header:
+        raise ApiError(401, "MISSING_TOKEN", "Send Authorization: Bearer <token>.")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "MALFORMED_TOKEN", "Use the Bearer authorization scheme.")
+    actor = runtime.authenticate(token.strip())
+    if actor is None:
+        raise ApiError(401, "INVALID_TOKEN", "The token is not valid.")
+    return actor
+
+
+ActorDep = Annotated[Actor, Depends(get_actor)]
+
+
+def get_request_id(request: Request) -> str:
+    """The caller's ``X-Request-Id`` if well-formed, else a fresh one."""
+    given = request.headers.get("x-request-id")
+    request_id = given if given and _REQUEST_ID.fullmatch(given) else None
+    request_id = request_id or f"req_{uuid.uuid4().hex}"
+    request.state.request_id = request_id
+    return request_id
+
+
+RequestIdDep = Annotated[str, Depends(get_request_id)]
+
+
+async def get_body(request: Request, runtime: RuntimeDep) -> dict[str, Any]:
+    """The request's JSON object body, read strictly (see ``api.body``)."""
+    raw = await read_body(request, runtime.settings.max_body_bytes)
+    body = parse_json(raw, request.headers.get("content-type"))
+    request.state.body_digest = hashlib.sha256(
+        request.method.encode() + b" " + request.url.path.encode() + b"\n" + raw
+    ).hexdigest()
+    return body
+
+
+BodyDep = Annotated[dict[str, Any], Depends(get_body)]
+
+
+def parse_version(text: str) -> int:
+    """A version number from a path: a positive integer up to 2^31-1, else 422."""
+    if not re.fullmatch(r"[1-9][0-9]{0,9}", text) or int(text) > MAX_VERSION:
+        raise ApiError(
+            422,
+            "INVALID_VERSION",
+            f"A version is a positive integer up to {MAX_VERSION}.",
+        )
+    return int(text)
+
+
+def command_context(
+    request: Request,
+    actor: Actor,
+    request_id: str,
+    expected_version: int | None,
+    idempotency_key: str | None,
+    status: int,
+    render: Any,
+) -> CommandContext:
+    """Build the context of a command, with its idempotency record if asked for."""
+    record = None
+    if idempotency_key is not None:
+        if not 1 <= len(idempotency_key) <= 255:
+            raise ApiError(
+                422, "INVALID_IDEMPOTENCY_KEY", "An Idempotency-Key is 1 to 255 characters."
+            )
+        record = IdempotencyRecord(
+            key=idempotency_key,
+            request_hash=getattr(request.state, "body_digest", ""),
+            status=status,
+            render=render,
+        )
+    return CommandContext(actor, request_id, expected_version, record)
+
+
+IdempotencyKeyDep = Annotated[str | None, Header(alias="Idempotency-Key")]
+
+
+def render_command(result: CommandResult) -> dict[str, Any]:
+    """The response body of every command: the key, the receipts, any notes."""
+    body: dict[str, Any] = {
+        "key": result.key,
+        "receipts": [receipt.as_json() for receipt in result.receipts],
+    }
+    body.update(result.notes)
+    return body

@@ -1,0 +1,311 @@
+"""Key lifecycle routes: create, read, list, rotate, enable/disable, destroy, roll back."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import BaseModel
+
+from api.body import validate
+from api.deps import (
+    ActorDep,
+    BodyDep,
+    IdempotencyKeyDep,
+    RequestIdDep,
+    RuntimeDep,
+    command_context,
+    parse_version,
+    render_command,
+)
+from api.schemas import (
+    Command,
+    KeyCreate,
+    KeyRollback,
+    VersionCompromise,
+    VersionScheduleDestruction,
+)
+from ledger.service import CommandContext, CommandResult, parse_optional_time
+
+router = APIRouter(prefix="/v1/keys", tags=["keys"])
+
+
+def _schema(model: type[BaseModel]) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "content": {"application/json": {"schema": model.model_json_schema()}},
+            "required": False,
+        }
+    }
+
+
+def _respond(response: Response, result: CommandResult) -> dict[str, Any]:
+    response.headers["Ledger-Position"] = str(result.position)
+    return render_command(result)
+
+
+def _run(
+    request: Request,
+    response: Response,
+    *,
+    actor: ActorDep,
+    request_id: str,
+    body: dict[str, Any],
+    model: type[Command],
+    idempotency_key: str | None,
+    action: Callable[[CommandContext, Any], CommandResult],
+    status: int = 200,
+) -> dict[str, Any]:
+    command = validate(model, body)
+    context = command_context(
+        request,
+        actor,
+        request_id,
+        command.expected_version,
+        idempotency_key,
+        status,
+        render_command,
+    )
+    return _respond(response, action(context, command))
+
+
+@router.post("", status_code=201, operation_id="create_key", openapi_extra=_schema(KeyCreate))
+def create_key(
+    request: Request,
+    response: Response,
+    runtime: RuntimeDep,
+    actor: ActorDep,
+    request_id: RequestIdDep,
+    body: BodyDep,
+    idempotency_key: IdempotencyKeyDep = None,
+) -> dict[str, Any]:
+    """Create a key; version 1 is generated, enabled and primary."""
+    command = validate(KeyCreate, body)
+    context = command_context(
+        request, actor, request_id, None, idempotency_key, 201, render_command
+    )
+    result = runtime.service.create_key(
+        context,
+        name=command.name,
+        algorithm=command.algorithm,
+        description=command.description,
+    )
+    return _respond(response, result)
+
+
+@router.get("", operation_id="list_keys")
+def list_keys(
+    response: Response,
+    runtime: RuntimeDep,
+    actor: ActorDep,
+    *,
+    after: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    state: Annotated[str | None, Query(pattern="^(enabled|disabled)$")] = None,
+    prefix: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    algorithm: Annotated[str | None, Query(max_length=32)] = None,
+) -> dict[str, Any]:
+    """List keys in name order, filtered and paged by name cursor."""
+    from projections import key_view
+
+    items, cursor = key_view.list_keys(
+        runtime.service.ledger,
+        after=after,
+        limit=limit,
+        state=state,
+        prefix=prefix,
+        algorithm=algorithm,
+    )
+    response.headers["Ledger-Position"] = str(runtime.service.head_position())
+    return {"keys": items, "next_cursor": cursor}
+
+
+@router.get("/{name}", operation_id="get_key")
+def get_key(
+    name: str,
+    response: Response,
+    runtime: RuntimeDep,
+    actor: ActorDep,
+    *,
+    at: Annotated[str | None, Query(description="A time with offset.")] = None,
+) -> dict[str, Any]:
+    """The key's versions and states now, or as recorded at time ``at``."""
+    view = runtime.service.get_key(name, at=parse_optional_time(at))
+    response.headers["Ledger-Position"] = str(runtime.service.head_position())
+    return view
+
+
+@router.get("/{name}/history", operation_id="get_key_history")
+def get_history(
+    name: str,
+    response: Response,
+    runtime: RuntimeDep,
+    actor: ActorDep,
+    *,
+    after: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    """The key's ledger entries in stream order, paged by stream version."""
+    items, cursor = runtime.service.history(name, after=after, limit=limit)
+    response.headers["Ledger-Position"] = str(runtime.service.head_position())
+    return {"events": items, "next_cursor": cursor}
+
+
+def _key_command(
+    path: str,
+    operation_id: str,
+    doc: str,
+    model: type[Command],
+    call: Callable[[RuntimeDep, CommandContext, str, Any], CommandResult],
+) -> None:
+    def handler(
+        name: str,
+        request: Request,
+        response: Response,
+        runtime: RuntimeDep,
+        actor: ActorDep,
+        request_id: RequestIdDep,
+        body: BodyDep,
+        idempotency_key: IdempotencyKeyDep = None,
+    ) -> dict[str, Any]:
+        return _run(
+            request,
+            response,
+            actor=actor,
+            request_id=request_id,
+            body=body,
+            model=model,
+            idempotency_key=idempotency_key,
+            action=lambda context, command: call(runtime, context, name, command),
+        )
+
+    handler.__doc__ = doc
+    router.add_api_route(
+        path,
+        handler,
+        methods=["POST"],
+        operation_id=operation_id,
+        openapi_extra=_schema(model),
+        description=doc,
+    )
+
+
+def _version_command(
+    path: str,
+    operation_id: str,
+    doc: str,
+    model: type[Command],
+    call: Callable[[RuntimeDep, CommandContext, str, int, Any], CommandResult],
+) -> None:
+    def handler(
+        name: str,
+        version: str,
+        request: Request,
+        response: Response,
+        runtime: RuntimeDep,
+        actor: ActorDep,
+        request_id: RequestIdDep,
+        body: BodyDep,
+        idempotency_key: IdempotencyKeyDep = None,
+    ) -> dict[str, Any]:
+        number = parse_version(version)
+        return _run(
+            request,
+            response,
+            actor=actor,
+            request_id=request_id,
+            body=body,
+            model=model,
+            idempotency_key=idempotency_key,
+            action=lambda context, command: call(runtime, context, name, number, command),
+        )
+
+    handler.__doc__ = doc
+    router.add_api_route(
+        path,
+        handler,
+        methods=["POST"],
+        operation_id=operation_id,
+        openapi_extra=_schema(model),
+        description=doc,
+    )
+
+
+def _rollback(runtime: Any, context: CommandContext, name: str, command: Any) -> Any:
+    return runtime.service.roll_back(
+        context,
+        name,
+        version=command.version,
+        to_stream_version=command.to_stream_version,
+        to_time=parse_optional_time(command.to_time),
+    )
+
+
+_key_command(
+    "/{name}/rotate",
+    "rotate_key",
+    "Add a new enabled version and make it primary.",
+    Command,
+    lambda rt, ctx, name, _: rt.service.rotate(ctx, name),
+)
+_key_command(
+    "/{name}/disable",
+    "disable_key",
+    "Disable the key as a whole.",
+    Command,
+    lambda rt, ctx, name, _: rt.service.disable_key(ctx, name),
+)
+_key_command(
+    "/{name}/enable",
+    "enable_key",
+    "Enable the key as a whole.",
+    Command,
+    lambda rt, ctx, name, _: rt.service.enable_key(ctx, name),
+)
+_key_command(
+    "/{name}/rollback",
+    "roll_back_key",
+    "Make an earlier version primary, or return the key to an earlier point.",
+    KeyRollback,
+    _rollback,
+)
+_version_command(
+    "/{name}/versions/{version}/disable",
+    "disable_version",
+    "Disable a version other than the primary.",
+    Command,
+    lambda rt, ctx, name, v, _: rt.service.disable_version(ctx, name, v),
+)
+_version_command(
+    "/{name}/versions/{version}/enable",
+    "enable_version",
+    "Enable a disabled version.",
+    Command,
+    lambda rt, ctx, name, v, _: rt.service.enable_version(ctx, name, v),
+)
+_version_command(
+    "/{name}/versions/{version}/compromise",
+    "compromise_version",
+    "Mark a version compromised; it can never be used again.",
+    VersionCompromise,
+    lambda rt, ctx, name, v, cmd: rt.service.mark_compromised(
+        ctx, name, v, reason=cmd.reason
+    ),
+)
+_version_command(
+    "/{name}/versions/{version}/schedule-destruction",
+    "schedule_version_destruction",
+    "Schedule a non-primary version for destruction after a waiting period.",
+    VersionScheduleDestruction,
+    lambda rt, ctx, name, v, cmd: rt.service.schedule_destruction(
+        ctx, name, v, days=cmd.days
+    ),
+)
+_version_command(
+    "/{name}/versions/{version}/cancel-destruction",
+    "cancel_version_destruction",
+    "Cancel a scheduled destruction; the version returns to disabled.",
+    Command,
+    lambda rt, ctx, name, v, _: rt.service.cancel_destruction(ctx, name, v),
+)

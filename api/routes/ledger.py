@@ -1,0 +1,125 @@
+"""Ledger routes: the feed, the head and checkpoints, verification, the scheduler."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response
+
+from api.body import validate
+from api.deps import ActorDep, BodyDep, RuntimeDep
+from api.errors import ApiError
+from api.schemas import ClockAdvance
+from domain.clock import AdjustableClock, format_time
+from ledger.store import checkpoint_table
+from ledger.verify import verify_ledger
+
+router = APIRouter(tags=["ledger"])
+
+
+@router.get("/v1/events", operation_id="list_events")
+def list_events(
+    response: Response,
+    runtime: RuntimeDep,
+    actor: ActorDep,
+    *,
+    after: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    """The ledger feed: entries with hashes and signatures, in position order."""
+    events = runtime.service.events(after=after, limit=limit)
+    head = runtime.service.head_position()
+    response.headers["Ledger-Position"] = str(head)
+    next_after = events[-1]["position"] if events else after
+    return {"events": events, "next_after": next_after, "head_position": head}
+
+
+@router.get("/v1/ledger/head", operation_id="get_ledger_head")
+def get_head(response: Response, runtime: RuntimeDep, actor: ActorDep) -> dict[str, Any]:
+    """The current head and the latest signed checkpoint."""
+    ledger = runtime.service.ledger
+    head = ledger.head()
+    rows = ledger.query(
+        "SELECT position, hash, recorded_at, kid, signature FROM "
+        f"{checkpoint_table(ledger.events_table_name)} ORDER BY position DESC LIMIT 1"
+    )
+    checkpoint = _checkpoint_json(rows[0]) if rows else None
+    response.headers["Ledger-Position"] = str(head.position)
+    return {
+        "head": {"position": head.position, "hash": head.hash, "recorded_at": head.recorded_at},
+        "checkpoint": checkpoint,
+        "signing_key": {
+            "kid": runtime.service.signer.kid,
+            "public_key_pem": _public_pem(runtime),
+        },
+    }
+
+
+@router.post("/v1/ledger/checkpoints", status_code=201, operation_id="create_checkpoint")
+def create_checkpoint(
+    response: Response, runtime: RuntimeDep, actor: ActorDep
+) -> dict[str, Any]:
+    """Sign the current head now and store it as a checkpoint."""
+    signed = runtime.service.checkpoint_now()
+    if signed is None:
+        raise ApiError(409, "LEDGER_EMPTY", "There is nothing to checkpoint yet.")
+    response.headers["Ledger-Position"] = str(signed.position)
+    return {"checkpoint": signed.as_json()}
+
+
+@router.get("/v1/ledger/verify", operation_id="verify_ledger")
+def verify(response: Response, runtime: RuntimeDep, actor: ActorDep) -> dict[str, Any]:
+    """Verify the whole ledger: positions, links, hashes, signatures, checkpoints."""
+    report = verify_ledger(runtime.service.ledger, runtime.service.public_keys())
+    response.headers["Ledger-Position"] = str(report.head_position)
+    return report.as_json()
+
+
+@router.post("/v1/scheduler/run", operation_id="run_scheduler")
+def run_scheduler(runtime: RuntimeDep, actor: ActorDep) -> dict[str, Any]:
+    """Destroy every version whose waiting period has passed, now."""
+    done = runtime.service.destroy_due()
+    return {
+        "destroyed": [
+            {"key": result.key["name"], "receipt": result.receipts[-1].as_json()}
+            for result in done
+        ]
+    }
+
+
+@router.post("/v1/dev/clock", operation_id="advance_clock")
+def advance_clock(runtime: RuntimeDep, actor: ActorDep, body: BodyDep) -> dict[str, Any]:
+    """Experimental: move the service's clock forward (only with KEYLEDGER_DEV_CLOCK)."""
+    clock = runtime.clock
+    if not runtime.settings.dev_clock or not isinstance(clock, AdjustableClock):
+        raise ApiError(404, "NOT_FOUND", "The development clock is not enabled.")
+    command = validate(ClockAdvance, body)
+    now = clock.advance(timedelta(seconds=command.seconds))
+    return {"now": format_time(now)}
+
+
+@router.get("/healthz", operation_id="health", tags=["health"])
+def health(runtime: RuntimeDep) -> dict[str, Any]:
+    """Liveness and the ledger's head position; 503 when the ledger is unreachable."""
+    try:
+        position = runtime.service.head_position()
+    except Exception as error:  # any storage failure means not healthy
+        raise ApiError(503, "LEDGER_UNAVAILABLE", "The ledger is unreachable.") from error
+    return {"status": "ok", "head_position": position}
+
+
+def _checkpoint_json(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "position": row["position"],
+        "hash": row["hash"],
+        "recorded_at": row["recorded_at"],
+        "kid": row["kid"],
+        "signature": bytes(row["signature"]).hex(),
+    }
+
+
+def _public_pem(runtime: Any) -> str:
+    from ledger.signing import public_key_pem
+
+    return public_key_pem(runtime.service.signer.public_key)

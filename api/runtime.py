@@ -1,0 +1,117 @@
+"""Everything the running service holds: settings, the key service, the admin token.
+
+Built once at start-up. On first start it generates the signing key, the KEK and
+the bootstrap admin token in the data folder (mode 0600); the token itself is
+printed once and only its hash is kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from domain.clock import AdjustableClock, Clock, SystemClock
+from domain.errors import KeyledgerError
+from ledger.application import redact_url
+from ledger.service import DestructionBounds, KeyService, load_local_secrets
+from ledger.settings import Settings
+from ledger.store import Actor
+
+logger = logging.getLogger(__name__)
+
+TOKEN_HASH_FILE = "admin-token.sha256"
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def token_id(token: str) -> str:
+    """A public name for a token: never the token, never enough to guess it."""
+    return "tok_" + token_digest(token)[:12]
+
+
+@dataclass
+class Runtime:
+    """The service's state for the lifetime of the process."""
+
+    settings: Settings
+    service: KeyService
+    clock: Clock
+    admin_token_digest: str
+    new_admin_token: str | None = None
+    stopping: threading.Event = field(default_factory=threading.Event)
+    scheduler: threading.Thread | None = None
+
+    def authenticate(self, token: str) -> Actor | None:
+        """The actor a bearer token stands for, or None if it is unknown."""
+        if hmac.compare_digest(token_digest(token), self.admin_token_digest):
+            return Actor(principal="bootstrap-admin", token_id=token_id(token))
+        return None
+
+    def start_scheduler(self) -> None:
+        """Destroy due versions in the background, every scheduler interval."""
+
+        def loop() -> None:
+            while not self.stopping.wait(self.settings.scheduler_interval_seconds):
+                try:
+                    done = self.service.destroy_due()
+                    if done:
+                        logger.info("destructions_completed", extra={"count": len(done)})
+                except KeyledgerError as error:
+                    logger.warning("scheduler_failed", extra={"code": error.code})
+
+        self.scheduler = threading.Thread(target=loop, name="scheduler", daemon=True)
+        self.scheduler.start()
+
+    def close(self) -> None:
+        self.stopping.set()
+        if self.scheduler is not None:
+            self.scheduler.join(timeout=5)
+        self.service.close()
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    """Load or create local secrets and open the ledger."""
+    data_dir = settings.data_dir
+    signer, kek, _ = load_local_secrets(data_dir)
+    clock: Clock = AdjustableClock() if settings.dev_clock else SystemClock()
+    digest, new_token = _admin_token(settings, data_dir)
+    service = KeyService.open(
+        database_url=settings.resolved_database_url,
+        signer=signer,
+        kek=kek,
+        clock=clock,
+        bounds=DestructionBounds(
+            settings.destruction_min_days,
+            settings.destruction_max_days,
+            settings.destruction_default_days,
+        ),
+        checkpoint_interval=settings.checkpoint_interval,
+    )
+    logger.info(
+        "ledger_opened",
+        extra={
+            "database": redact_url(settings.resolved_database_url),
+            "kid": signer.kid,
+        },
+    )
+    return Runtime(settings, service, clock, digest, new_token)
+
+
+def _admin_token(settings: Settings, data_dir: Path) -> tuple[str, str | None]:
+    if settings.admin_token is not None:
+        return token_digest(settings.admin_token.get_secret_value()), None
+    path = data_dir / TOKEN_HASH_FILE
+    if path.exists():
+        return path.read_text().strip(), None
+    token = "kl_" + secrets.token_urlsafe(32)
+    from ledger.signing import write_secret_file
+
+    write_secret_file(path, token_digest(token).encode("ascii"))
+    return token_digest(token), token

@@ -1,0 +1,57 @@
+"""Request bodies of the v1 API. Unknown fields are refused; integers are strict."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+from domain.keys import MAX_VERSION
+
+Version = Annotated[StrictInt, Field(ge=1, le=MAX_VERSION)]
+
+
+class Command(BaseModel):
+    """Fields every command accepts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    expected_version: Version | None = Field(
+        None, description="The key's stream version the caller expects; 409 otherwise."
+    )
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: StrictStr = Field(description="1-64 of A-Z a-z 0-9 . _ -, starting alphanumeric.")
+    algorithm: Literal["aes-256-gcm"] = "aes-256-gcm"
+    description: Annotated[StrictStr, Field(max_length=1000)] = ""
+
+
+class KeyRollback(Command):
+    """Exactly one of ``version``, ``to_stream_version`` or ``to_time``."""
+
+    version: Version | None = Field(None, description="Make this version primary again.")
+    to_stream_version: Version | None = Field(
+        None, description="Return the key to its state at this stream version."
+    )
+    to_time: StrictStr | None = Field(
+        None, description="Return the key to its state at this time (with offset)."
+    )
+
+
+class VersionCompromise(Command):
+    reason: Annotated[StrictStr, Field(min_length=1, max_length=1000)]
+
+
+class VersionScheduleDestruction(Command):
+    days: StrictInt | None = Field(
+        None, description="Waiting period in days; the deployment's default if absent."
+    )
+
+
+class ClockAdvance(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seconds: Annotated[StrictInt, Field(ge=1, le=10 * 365 * 86400)]

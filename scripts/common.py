@@ -1,0 +1,24 @@
+"""What the command-line tools share: opening the ledger the service uses."""
+
+from __future__ import annotations
+
+from domain.clock import SystemClock
+from ledger.service import DestructionBounds, KeyService, load_local_secrets
+from ledger.settings import Settings
+
+
+def open_service(settings: Settings) -> KeyService:
+    """Open the ledger named by ``settings`` with the keys in its data folder."""
+    signer, kek, _ = load_local_secrets(settings.data_dir)
+    return KeyService.open(
+        database_url=settings.resolved_database_url,
+        signer=signer,
+        kek=kek,
+        clock=SystemClock(),
+        bounds=DestructionBounds(
+            settings.destruction_min_days,
+            settings.destruction_max_days,
+            settings.destruction_default_days,
+        ),
+        checkpoint_interval=settings.checkpoint_interval,
+    )
