@@ -33,7 +33,10 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 def _too_large(limit: int) -> ApiError:
     return ApiError(
-        413, "PAYLOAD_TOO_LARGE", f"The body is over the {limit}-byte limit.", limit=limit
+        413,
+        "PAYLOAD_TOO_LARGE",
+        f"The body is over the {limit}-byte limit.",
+        limit=limit,
     )
 
 
@@ -59,7 +62,10 @@ def parse_json(raw: bytes, content_type: str | None) -> dict[str, Any]:
         value = json.loads(text, object_pairs_hook=_no_duplicates)
     except _DuplicateFieldError as error:
         raise ApiError(
-            400, "DUPLICATE_FIELD", f"Field {error.name!r} appears twice.", field=error.name
+            400,
+            "DUPLICATE_FIELD",
+            f"Field {error.name!r} appears twice.",
+            field=error.name,
         ) from None
     except json.JSONDecodeError as error:
         raise ApiError(

@@ -94,7 +94,9 @@ def command_context(
     if idempotency_key is not None:
         if not 1 <= len(idempotency_key) <= 255:
             raise ApiError(
-                422, "INVALID_IDEMPOTENCY_KEY", "An Idempotency-Key is 1 to 255 characters."
+                422,
+                "INVALID_IDEMPOTENCY_KEY",
+                "An Idempotency-Key is 1 to 255 characters.",
             )
         record = IdempotencyRecord(
             key=idempotency_key,

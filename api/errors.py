@@ -44,7 +44,9 @@ _STATUS: list[tuple[type[KeyledgerError], int]] = [
 ]
 
 
-def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+def error_body(
+    code: str, message: str, details: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "details": details or {}}}
 
 
@@ -93,7 +95,9 @@ def install(app: FastAPI) -> None:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    async def http_error(
+        request: Request, error: StarletteHTTPException
+    ) -> JSONResponse:
         codes = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
         return JSONResponse(
             error_body(codes.get(error.status_code, "HTTP_ERROR"), str(error.detail)),
@@ -102,9 +106,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
-        logger.exception(
-            "unexpected_error", extra={"error_type": type(error).__name__}
-        )
+        logger.exception("unexpected_error", extra={"error_type": type(error).__name__})
         return JSONResponse(
             error_body("INTERNAL_ERROR", "The server failed; nothing was recorded."),
             status_code=500,

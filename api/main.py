@@ -13,7 +13,9 @@ from api.runtime import Runtime, build_runtime
 from ledger.settings import Settings
 
 
-def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, runtime: Runtime | None = None
+) -> FastAPI:
     """Build the app; the runtime is opened at start-up unless one is given."""
 
     @asynccontextmanager

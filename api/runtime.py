@@ -62,7 +62,9 @@ class Runtime:
                 try:
                     done = self.service.destroy_due()
                     if done:
-                        logger.info("destructions_completed", extra={"count": len(done)})
+                        logger.info(
+                            "destructions_completed", extra={"count": len(done)}
+                        )
                 except KeyledgerError as error:
                     logger.warning("scheduler_failed", extra={"code": error.code})
 

@@ -24,7 +24,9 @@ class Command(BaseModel):
 class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: StrictStr = Field(description="1-64 of A-Z a-z 0-9 . _ -, starting alphanumeric.")
+    name: StrictStr = Field(
+        description="1-64 of A-Z a-z 0-9 . _ -, starting alphanumeric."
+    )
     algorithm: Literal["aes-256-gcm"] = "aes-256-gcm"
     description: Annotated[StrictStr, Field(max_length=1000)] = ""
 
@@ -32,7 +34,9 @@ class KeyCreate(BaseModel):
 class KeyRollback(Command):
     """Exactly one of ``version``, ``to_stream_version`` or ``to_time``."""
 
-    version: Version | None = Field(None, description="Make this version primary again.")
+    version: Version | None = Field(
+        None, description="Make this version primary again."
+    )
     to_stream_version: Version | None = Field(
         None, description="Return the key to its state at this stream version."
     )

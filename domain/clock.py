@@ -1,4 +1,4 @@
-"""Clocks injected into the domain and the ledger, so time is a parameter, not a global."""
+"""Clocks injected into the domain and the ledger: time is a parameter, not a global."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class SystemClock:
 
 
 class AdjustableClock:
-    """A clock that can only be moved forward: a fixed time, or the host's plus an offset.
+    """A clock that only moves forward: a fixed time, or the host's plus an offset.
 
     Used by tests and by the service's development clock, so that a scheduled
     destruction can complete without waiting days.

@@ -446,6 +446,7 @@ class ManagedKey(Aggregate):
             )
         states: dict[str, str] = {}
         for number, record in self.versions.items():
+            state: VersionState
             if record.state in ("destroyed", "compromised", "destroy_scheduled"):
                 state = record.state
             elif number in past.versions:

@@ -7,6 +7,7 @@ Storage is chosen by a URL: ``sqlite:///path/to/file`` (the embedded default) or
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
@@ -38,7 +39,7 @@ class LedgerTranscoder(Transcoder):
         return state
 
 
-class KeyLedger(Application):
+class KeyLedger(Application[uuid.UUID]):
     """The ledger application: one events table, one total order, signed entries."""
 
     name = "keyledger"

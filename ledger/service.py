@@ -152,7 +152,11 @@ class KeyService:
                 "The ledger's database could not be opened.", reason=str(error)
             ) from error
         return cls(
-            app, kek=kek, clock=clock, bounds=bounds or DestructionBounds(), signer=signer
+            app,
+            kek=kek,
+            clock=clock,
+            bounds=bounds or DestructionBounds(),
+            signer=signer,
         )
 
     def close(self) -> None:
@@ -224,7 +228,7 @@ class KeyService:
         """Declare a version compromised; say so when the key lost its primary."""
         key = self._load_for_command(name, context)
         was_primary = key.mark_compromised(version, reason=reason, now=self.clock.now())
-        notes = {"primary_compromised": was_primary}
+        notes: dict[str, Any] = {"primary_compromised": was_primary}
         if was_primary:
             notes["warning"] = (
                 "The primary version is compromised: the key has no usable primary "
@@ -278,7 +282,10 @@ class KeyService:
         to_time: datetime | None = None,
     ) -> CommandResult:
         """Make an earlier version primary, or return the key to an earlier point."""
-        if sum(option is not None for option in (version, to_stream_version, to_time)) != 1:
+        if (
+            sum(option is not None for option in (version, to_stream_version, to_time))
+            != 1
+        ):
             raise InvalidArgumentError(
                 "Give exactly one of version, to_stream_version or to_time.",
                 code="INVALID_ROLLBACK_TARGET",
@@ -300,7 +307,7 @@ class KeyService:
                 stream_version=key.version,
                 target=to_stream_version,
             )
-        past = self.app.repository.get(key.id, version=to_stream_version)
+        past: ManagedKey = self.app.repository.get(key.id, version=to_stream_version)
         key.roll_back_to(past, now=now)
         return self._save(key, context, [])
 
@@ -329,14 +336,14 @@ class KeyService:
         """The key's current view, or its state at time ``at``."""
         validate_key_name(name)
         if at is None:
-            view = key_view.get_key(self.ledger, name)
-            if view is None:
+            current = key_view.get_key(self.ledger, name)
+            if current is None:
                 raise KeyNotFoundError(f"No key named {name!r}.", key=name)
-            return view
+            return current
         key = self._load(name)
         stream_version = self.stream_version_at(key, at)
-        past = self.app.repository.get(key.id, version=stream_version)
-        view = past.to_view()
+        past: ManagedKey = self.app.repository.get(key.id, version=stream_version)
+        view: dict[str, Any] = past.to_view()
         view["as_of"] = format_time(at)
         return view
 
@@ -406,7 +413,11 @@ class KeyService:
 
     def _stream_param(self, key_id: Any) -> Any:
         # SQLite keeps stream ids as hex text, PostgreSQL as uuid.
-        return key_id.hex if self.ledger.__class__.__name__.startswith("SQLite") else key_id
+        return (
+            key_id.hex
+            if self.ledger.__class__.__name__.startswith("SQLite")
+            else key_id
+        )
 
     def _exists(self, name: str) -> bool:
         try:
@@ -521,7 +532,10 @@ class KeyService:
                             json.dumps(
                                 record.render(
                                     CommandResult(
-                                        {**view, "last_position": receipts[-1].position},
+                                        {
+                                            **view,
+                                            "last_position": receipts[-1].position,
+                                        },
                                         receipts,
                                         result_notes,
                                     )

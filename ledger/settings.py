@@ -14,25 +14,28 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KEYLEDGER_", extra="ignore")
 
     data_dir: Path = Field(
-        Path("var"), description="Folder for the SQLite ledger and the local keys."
+        default=Path("var"),
+        description="Folder for the SQLite ledger and the local keys.",
     )
     database_url: str | None = Field(
-        None,
+        default=None,
         description="postgresql://user:pw@host:port/db (default: SQLite in data_dir).",
     )
     host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
+    port: int = Field(default=8000, ge=1, le=65535)
     admin_token: SecretStr | None = Field(
-        None, description="Bootstrap admin token (default: generated on first start)."
+        default=None,
+        description="Bootstrap admin token (default: generated on first start).",
     )
-    max_body_bytes: int = Field(1024 * 1024, ge=1024)
-    destruction_min_days: int = Field(7, ge=1)
-    destruction_max_days: int = Field(30, ge=1)
-    destruction_default_days: int = Field(30, ge=1)
-    checkpoint_interval: int = Field(100, ge=1)
-    scheduler_interval_seconds: float = Field(30.0, gt=0)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    destruction_min_days: int = Field(default=7, ge=1)
+    destruction_max_days: int = Field(default=30, ge=1)
+    destruction_default_days: int = Field(default=30, ge=1)
+    checkpoint_interval: int = Field(default=100, ge=1)
+    scheduler_interval_seconds: float = Field(default=30.0, gt=0)
     dev_clock: bool = Field(
-        False, description="Experimental: allow the admin to move the clock forward."
+        default=False,
+        description="Experimental: allow the admin to move the clock forward.",
     )
     log_level: str = "INFO"
 

@@ -73,7 +73,9 @@ class LedgerSigner:
         return cls(key), True
 
 
-def verify_signature(public_key: Ed25519PublicKey, signature: bytes, message: bytes) -> bool:
+def verify_signature(
+    public_key: Ed25519PublicKey, signature: bytes, message: bytes
+) -> bool:
     """Whether ``signature`` is a valid Ed25519 signature of ``message``."""
     try:
         public_key.verify(signature, message)

@@ -300,7 +300,7 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
             "refuse": Identifier(f"{table}_refuse_change"),
         }
         self.sql_create_statements = [
-            SQL("SELECT pg_advisory_xact_lock(7236410591)"),
+            SQL("SELECT pg_advisory_xact_lock(7236410591)").format(),
             SQL(
                 "CREATE TABLE IF NOT EXISTS {schema}.{table} ("
                 "originator_id uuid NOT NULL, "
@@ -363,9 +363,7 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
             "(position, hash, recorded_at, kid, signature) VALUES (%s, %s, %s, %s, %s) "
             "ON CONFLICT (position) DO NOTHING"
         ).format(**ident)
-        self._set_search_path = SQL("SET LOCAL search_path TO {schema}").format(
-            **ident
-        )
+        self._set_search_path = SQL("SET LOCAL search_path TO {schema}").format(**ident)
         self._select_head = SQL(
             "SELECT notification_id, entry_hash, recorded_at FROM {schema}.{table} "
             "ORDER BY notification_id DESC LIMIT 1"
@@ -438,28 +436,32 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
             )
             for column, value in zip(columns, row, strict=True):
                 column.append(value)
-        with self.datastore.get_connection() as conn, conn.transaction():
-            with conn.pipeline() as pipeline, conn.cursor() as curs:
-                curs.execute(self._set_search_path)
-                self._lock_table(curs)
-                curs.execute(self._insert_guarded, (*columns, head.position))
-                pipeline.sync()
-                if len(curs.fetchall()) != len(sealed):
-                    raise _HeadMovedError
-                for sql, params in statements:
-                    curs.execute(sql.encode(), params)
-                for checkpoint in checkpoints:
-                    curs.execute(
-                        self._insert_checkpoint,
-                        (
-                            checkpoint.position,
-                            checkpoint.hash,
-                            checkpoint.recorded_at,
-                            checkpoint.kid,
-                            checkpoint.signature,
-                        ),
-                    )
-                self._notify_channel(curs)
+        with (
+            self.datastore.get_connection() as conn,
+            conn.transaction(),
+            conn.pipeline() as pipeline,
+            conn.cursor() as curs,
+        ):
+            curs.execute(self._set_search_path)
+            self._lock_table(curs)
+            curs.execute(self._insert_guarded, (*columns, head.position))
+            pipeline.sync()
+            if len(curs.fetchall()) != len(sealed):
+                raise _HeadMovedError
+            for sql, params in statements:
+                curs.execute(sql.encode(), params)
+            for checkpoint in checkpoints:
+                curs.execute(
+                    self._insert_checkpoint,
+                    (
+                        checkpoint.position,
+                        checkpoint.hash,
+                        checkpoint.recorded_at,
+                        checkpoint.kid,
+                        checkpoint.signature,
+                    ),
+                )
+            self._notify_channel(curs)
 
     def head(self) -> Head:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
@@ -480,29 +482,35 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
             return [_plain(dict(row)) for row in curs.fetchall()]
 
     def execute(self, statements: Sequence[Statement]) -> None:
-        with self.datastore.get_connection() as conn, conn.transaction():
-            with conn.cursor() as curs:
-                curs.execute(
-                    SQL("SET LOCAL search_path TO {0}").format(
-                        Identifier(self.datastore.schema)
-                    )
+        with (
+            self.datastore.get_connection() as conn,
+            conn.transaction(),
+            conn.cursor() as curs,
+        ):
+            curs.execute(
+                SQL("SET LOCAL search_path TO {0}").format(
+                    Identifier(self.datastore.schema)
                 )
-                for sql, params in statements:
-                    curs.execute(sql.encode(), params)
+            )
+            for sql, params in statements:
+                curs.execute(sql.encode(), params)
 
     def insert_checkpoint(self, checkpoint: Checkpoint) -> None:
-        with self.datastore.get_connection() as conn, conn.transaction():
-            with conn.cursor() as curs:
-                curs.execute(
-                    self._insert_checkpoint,
-                    (
-                        checkpoint.position,
-                        checkpoint.hash,
-                        checkpoint.recorded_at,
-                        checkpoint.kid,
-                        checkpoint.signature,
-                    ),
-                )
+        with (
+            self.datastore.get_connection() as conn,
+            conn.transaction(),
+            conn.cursor() as curs,
+        ):
+            curs.execute(
+                self._insert_checkpoint,
+                (
+                    checkpoint.position,
+                    checkpoint.hash,
+                    checkpoint.recorded_at,
+                    checkpoint.kid,
+                    checkpoint.signature,
+                ),
+            )
 
 
 # SQLite --------------------------------------------------------------------
@@ -607,7 +615,9 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
         write.receipts = receipts
         return [entry.position for entry in sealed]
 
-    def _insert_checkpoint(self, raw: sqlite3.Connection, checkpoint: Checkpoint) -> None:
+    def _insert_checkpoint(
+        self, raw: sqlite3.Connection, checkpoint: Checkpoint
+    ) -> None:
         raw.execute(
             f"INSERT OR IGNORE INTO {self.checkpoints_table_name} "
             "(position, hash, recorded_at, kid, signature) VALUES (?, ?, ?, ?, ?)",
@@ -642,9 +652,12 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
         *,
         inclusive_of_start: bool = True,
     ) -> Sequence[Notification]:
-        clauses, params = ["1=1"], []
+        clauses: list[str] = ["1=1"]
+        params: list[Any] = []
         if start is not None:
-            clauses.append("notification_id >= ?" if inclusive_of_start else "notification_id > ?")
+            clauses.append(
+                "notification_id >= ?" if inclusive_of_start else "notification_id > ?"
+            )
             params.append(start)
         if stop is not None:
             clauses.append("notification_id <= ?")
@@ -677,7 +690,9 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
         self, sql: str, params: Sequence[Any] = (), *, _placeholders: bool = True
     ) -> list[dict[str, Any]]:
         with _sqlite_errors(), self.datastore.get_connection(commit=False) as conn:
-            cursor = conn._sqlite_conn.execute(_qmarks(sql) if _placeholders else sql, tuple(params))
+            cursor = conn._sqlite_conn.execute(
+                _qmarks(sql) if _placeholders else sql, tuple(params)
+            )
             if cursor.description is None:
                 return []
             names = [column[0] for column in cursor.description]
@@ -743,4 +758,3 @@ class _sqlite_errors:  # noqa: N801 - used as a context manager, reads as a clau
             if isinstance(exc, source):
                 raise target(str(exc)) from exc
         raise PersistenceError(str(exc)) from exc
-

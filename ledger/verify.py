@@ -77,7 +77,9 @@ class VerificationReport:
             "checkpoints_checked": self.checkpoints_checked,
             "latest_checkpoint": self.latest_checkpoint,
             "signing_keys": self.signing_keys,
-            "first_failure": self.first_failure.as_json() if self.first_failure else None,
+            "first_failure": self.first_failure.as_json()
+            if self.first_failure
+            else None,
         }
 
 
@@ -150,7 +152,9 @@ def _check_row(
 ) -> tuple[Failure | None, dict[str, Any]]:
     stored_position = int(row["notification_id"])
     if stored_position != position:
-        return Failure(position, "GAP", f"next stored position is {stored_position}"), {}
+        return Failure(
+            position, "GAP", f"next stored position is {stored_position}"
+        ), {}
     state = bytes(row["state"])
     try:
         entry = parse_entry(state)

@@ -1,4 +1,4 @@
-"""The current view of every key: versions, states, primary and scheduled destructions."""
+"""The current view of every key: versions, states, primary, scheduled destructions."""
 
 from __future__ import annotations
 
@@ -91,7 +91,8 @@ def list_keys(
     algorithm: str | None = None,
 ) -> tuple[list[dict[str, Any]], str | None]:
     """One page of keys in name order, and the cursor for the next page (or None)."""
-    clauses, params = ["1 = 1"], []
+    clauses: list[str] = ["1 = 1"]
+    params: list[Any] = []
     if after is not None:
         clauses.append("name > %s")
         params.append(after)

@@ -49,7 +49,9 @@ class RebuildReport:
         }
 
 
-def replay_keys(app: KeyLedger) -> tuple[dict[uuid.UUID, ManagedKey], dict[uuid.UUID, int], int]:
+def replay_keys(
+    app: KeyLedger,
+) -> tuple[dict[uuid.UUID, ManagedKey], dict[uuid.UUID, int], int]:
     """Every key as the events make it, with the position of its last event."""
     keys: dict[uuid.UUID, ManagedKey] = {}
     last_position: dict[uuid.UUID, int] = {}
@@ -63,7 +65,9 @@ def replay_keys(app: KeyLedger) -> tuple[dict[uuid.UUID, ManagedKey], dict[uuid.
             try:
                 event: Any = app.mapper.to_domain_event(notification)
             except (TopicError, KeyError, ValueError) as error:
-                raise RebuildError(notification.id, notification.topic, str(error)) from None
+                raise RebuildError(
+                    notification.id, notification.topic, str(error)
+                ) from None
             stream = uuid.UUID(str(notification.originator_id))
             keys[stream] = event.mutate(keys.get(stream))
             last_position[stream] = notification.id
@@ -80,7 +84,10 @@ def rebuild(app: KeyLedger, *, apply: bool = True) -> RebuildReport:
     """
     recorder = app.ledger
     keys, last_position, count = replay_keys(app)
-    statements = [("DELETE FROM destruction_schedule", ()), ("DELETE FROM key_view", ())]
+    statements = [
+        ("DELETE FROM destruction_schedule", ()),
+        ("DELETE FROM key_view", ()),
+    ]
     for stream, key in keys.items():
         statements += key_view.view_statements(key, last_position[stream])
     live = key_view.snapshot_tables(recorder)
@@ -114,7 +121,11 @@ def _expected_tables(
             }
         )
         schedule += [
-            {"key_name": view["name"], "version": v["version"], "destroy_at": v["destroy_at"]}
+            {
+                "key_name": view["name"],
+                "version": v["version"],
+                "destroy_at": v["destroy_at"],
+            }
             for v in view["versions"]
             if v["state"] == "destroy_scheduled"
         ]

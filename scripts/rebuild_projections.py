@@ -13,8 +13,12 @@ from scripts.common import open_service
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", help="The service's data folder (KEYLEDGER_DATA_DIR).")
-    parser.add_argument("--database-url", help="The ledger's database (KEYLEDGER_DATABASE_URL).")
+    parser.add_argument(
+        "--data-dir", help="The service's data folder (KEYLEDGER_DATA_DIR)."
+    )
+    parser.add_argument(
+        "--database-url", help="The ledger's database (KEYLEDGER_DATABASE_URL)."
+    )
     parser.add_argument(
         "--check-only",
         action="store_true",
@@ -25,7 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     overrides = {
         name: value
-        for name, value in (("data_dir", args.data_dir), ("database_url", args.database_url))
+        for name, value in (
+            ("data_dir", args.data_dir),
+            ("database_url", args.database_url),
+        )
         if value is not None
     }
     try:
@@ -42,5 +49,8 @@ def main(args: argparse.Namespace) -> int:
         service.close()
     print(json.dumps(report.as_json(), indent=2))
     verdict = "equals" if report.matched_live else "DIFFERS FROM"
-    print(f"rebuilt {report.keys} keys from {report.events} events; result {verdict} the live read side")
+    print(
+        f"rebuilt {report.keys} keys from {report.events} events; "
+        f"result {verdict} the live read side"
+    )
     return 0 if report.matched_live else 1

@@ -24,7 +24,9 @@ class DemoError(Exception):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default="http://127.0.0.1:8000", help="The service's base URL.")
+    parser.add_argument(
+        "--url", default="http://127.0.0.1:8000", help="The service's base URL."
+    )
     parser.add_argument(
         "--token",
         default=os.environ.get("KEYLEDGER_TOKEN"),
@@ -32,9 +34,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--keys", type=int, default=50, help="How many keys to create.")
     parser.add_argument(
-        "--rotations", type=int, default=25, help="Extra rotations per key (more events)."
+        "--rotations",
+        type=int,
+        default=25,
+        help="Extra rotations per key (more events).",
     )
-    parser.add_argument("--workers", type=int, default=4, help="Concurrent HTTP clients.")
+    parser.add_argument(
+        "--workers", type=int, default=4, help="Concurrent HTTP clients."
+    )
     parser.add_argument(
         "--prefix", default=None, help="Key name prefix (default: demo-<random>)."
     )
@@ -50,10 +57,14 @@ class Client:
         )
         self.events = 0
 
-    def post(self, path: str, body: dict[str, Any] | None = None, expect: int = 200) -> Any:
+    def post(
+        self, path: str, body: dict[str, Any] | None = None, expect: int = 200
+    ) -> Any:
         response = self.http.post(path, json=body or {})
         if response.status_code != expect:
-            raise DemoError(f"POST {path} -> {response.status_code}: {response.text[:300]}")
+            raise DemoError(
+                f"POST {path} -> {response.status_code}: {response.text[:300]}"
+            )
         data = response.json()
         self.events += len(data.get("receipts", []))
         return data
@@ -61,7 +72,9 @@ class Client:
     def get(self, path: str, expect: int = 200) -> Any:
         response = self.http.get(path)
         if response.status_code != expect:
-            raise DemoError(f"GET {path} -> {response.status_code}: {response.text[:300]}")
+            raise DemoError(
+                f"GET {path} -> {response.status_code}: {response.text[:300]}"
+            )
         return response.json()
 
 
@@ -102,16 +115,24 @@ def main(args: argparse.Namespace) -> int:
     try:
         clients[0].get("/healthz")
     except (httpx.HTTPError, DemoError) as error:
-        print(f"keyledger demo: service not reachable at {args.url}: {error}", file=sys.stderr)
+        print(
+            f"keyledger demo: service not reachable at {args.url}: {error}",
+            file=sys.stderr,
+        )
         return 2
     started = time.perf_counter()
     names = [f"{prefix}-{index:03d}" for index in range(args.keys)]
     try:
-        with ThreadPoolExecutor(len(clients)) as pool, tqdm(
-            total=len(names), unit="key", disable=args.quiet, desc="keys"
-        ) as progress:
+        with (
+            ThreadPoolExecutor(len(clients)) as pool,
+            tqdm(
+                total=len(names), unit="key", disable=args.quiet, desc="keys"
+            ) as progress,
+        ):
             futures = [
-                pool.submit(live_a_life, clients[i % len(clients)], name, args.rotations)
+                pool.submit(
+                    live_a_life, clients[i % len(clients)], name, args.rotations
+                )
                 for i, name in enumerate(names)
             ]
             for future in as_completed(futures):
@@ -126,12 +147,19 @@ def main(args: argparse.Namespace) -> int:
         return 1
     elapsed = time.perf_counter() - started
     events = sum(c.events for c in clients)
-    print(f"\n{len(names)} keys, {events} events appended over HTTP in {elapsed:.1f} s "
-          f"({events / elapsed:.0f} events/s)")
+    print(
+        f"\n{len(names)} keys, {events} events appended over HTTP in {elapsed:.1f} s "
+        f"({events / elapsed:.0f} events/s)"
+    )
     print(destroyed)
-    print(f"checkpoint signed at position {checkpoint['position']}: {checkpoint['hash']}")
+    print(
+        f"checkpoint signed at position {checkpoint['position']}: {checkpoint['hash']}"
+    )
     if report["ok"]:
-        print(f"verification: OK, {report['checked']} entries, head {report['head']['hash']}")
+        print(
+            f"verification: OK, {report['checked']} entries, "
+            f"head {report['head']['hash']}"
+        )
         return 0
     failure = report["first_failure"]
     print(f"verification: FAILED at {failure['position']}: {failure['reason']}")
@@ -141,9 +169,13 @@ def main(args: argparse.Namespace) -> int:
 def _complete_destructions(client: Client) -> str:
     response = client.http.post("/v1/dev/clock", json={"seconds": 8 * 86400})
     if response.status_code != 200:
-        return ("scheduled destructions left pending: start the service with "
-                "KEYLEDGER_DEV_CLOCK=true to let the demo move its clock 8 days on")
+        return (
+            "scheduled destructions left pending: start the service with "
+            "KEYLEDGER_DEV_CLOCK=true to let the demo move its clock 8 days on"
+        )
     destroyed = client.post("/v1/scheduler/run")["destroyed"]
     client.events += len(destroyed)
-    return (f"clock moved 8 days forward to {response.json()['now']}; "
-            f"{len(destroyed)} scheduled destructions completed")
+    return (
+        f"clock moved 8 days forward to {response.json()['now']}; "
+        f"{len(destroyed)} scheduled destructions completed"
+    )

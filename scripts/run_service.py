@@ -19,20 +19,27 @@ logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", help="Address to listen on (KEYLEDGER_HOST, default 127.0.0.1).")
-    parser.add_argument("--port", type=int, help="Port to listen on (KEYLEDGER_PORT, default 8000).")
     parser.add_argument(
-        "--data-dir", help="Folder for the SQLite ledger and local keys (KEYLEDGER_DATA_DIR)."
+        "--host", help="Address to listen on (KEYLEDGER_HOST, default 127.0.0.1)."
+    )
+    parser.add_argument(
+        "--port", type=int, help="Port to listen on (KEYLEDGER_PORT, default 8000)."
+    )
+    parser.add_argument(
+        "--data-dir",
+        help="Folder for the SQLite ledger and local keys (KEYLEDGER_DATA_DIR).",
     )
     parser.add_argument(
         "--database-url",
-        help="postgresql://... to use PostgreSQL instead of SQLite (KEYLEDGER_DATABASE_URL).",
+        help="postgresql://... to use PostgreSQL instead of SQLite "
+        "(KEYLEDGER_DATABASE_URL).",
     )
     parser.add_argument(
         "--dev-clock",
         action="store_true",
         default=None,
-        help="Experimental: let the admin move the clock forward (KEYLEDGER_DEV_CLOCK).",
+        help="Experimental: let the admin move the clock forward "
+        "(KEYLEDGER_DEV_CLOCK).",
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 from pathlib import Path
 
 from domain.errors import KeyledgerError
@@ -15,8 +16,12 @@ from scripts.common import open_service
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", help="The service's data folder (KEYLEDGER_DATA_DIR).")
-    parser.add_argument("--database-url", help="The ledger's database (KEYLEDGER_DATABASE_URL).")
+    parser.add_argument(
+        "--data-dir", help="The service's data folder (KEYLEDGER_DATA_DIR)."
+    )
+    parser.add_argument(
+        "--database-url", help="The ledger's database (KEYLEDGER_DATABASE_URL)."
+    )
     parser.add_argument(
         "--public-key",
         action="append",
@@ -60,9 +65,12 @@ def main(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, object]:
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {
         name: value
-        for name, value in (("data_dir", args.data_dir), ("database_url", args.database_url))
+        for name, value in (
+            ("data_dir", args.data_dir),
+            ("database_url", args.database_url),
+        )
         if value is not None
     }

@@ -19,9 +19,9 @@ import psycopg
 import pytest
 
 from domain.clock import AdjustableClock
+from ledger.material import KeyEncryptionKey
 from ledger.service import CommandContext, DestructionBounds, KeyService
 from ledger.signing import LedgerSigner
-from ledger.material import KeyEncryptionKey
 from ledger.store import Actor
 
 ADMIN = Actor(principal="test-admin", token_id="tok_test")

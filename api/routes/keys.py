@@ -1,4 +1,4 @@
-"""Key lifecycle routes: create, read, list, rotate, enable/disable, destroy, roll back."""
+"""Key lifecycle routes: create, read, list, rotate, disable, destroy, roll back."""
 
 from __future__ import annotations
 
@@ -70,7 +70,9 @@ def _run(
     return _respond(response, action(context, command))
 
 
-@router.post("", status_code=201, operation_id="create_key", openapi_extra=_schema(KeyCreate))
+@router.post(
+    "", status_code=201, operation_id="create_key", openapi_extra=_schema(KeyCreate)
+)
 def create_key(
     request: Request,
     response: Response,
@@ -218,7 +220,9 @@ def _version_command(
             body=body,
             model=model,
             idempotency_key=idempotency_key,
-            action=lambda context, command: call(runtime, context, name, number, command),
+            action=lambda context, command: call(
+                runtime, context, name, number, command
+            ),
         )
 
     handler.__doc__ = doc

@@ -36,7 +36,9 @@ def list_events(
 
 
 @router.get("/v1/ledger/head", operation_id="get_ledger_head")
-def get_head(response: Response, runtime: RuntimeDep, actor: ActorDep) -> dict[str, Any]:
+def get_head(
+    response: Response, runtime: RuntimeDep, actor: ActorDep
+) -> dict[str, Any]:
     """The current head and the latest signed checkpoint."""
     ledger = runtime.service.ledger
     head = ledger.head()
@@ -47,7 +49,11 @@ def get_head(response: Response, runtime: RuntimeDep, actor: ActorDep) -> dict[s
     checkpoint = _checkpoint_json(rows[0]) if rows else None
     response.headers["Ledger-Position"] = str(head.position)
     return {
-        "head": {"position": head.position, "hash": head.hash, "recorded_at": head.recorded_at},
+        "head": {
+            "position": head.position,
+            "hash": head.hash,
+            "recorded_at": head.recorded_at,
+        },
         "checkpoint": checkpoint,
         "signing_key": {
             "kid": runtime.service.signer.kid,
@@ -56,7 +62,9 @@ def get_head(response: Response, runtime: RuntimeDep, actor: ActorDep) -> dict[s
     }
 
 
-@router.post("/v1/ledger/checkpoints", status_code=201, operation_id="create_checkpoint")
+@router.post(
+    "/v1/ledger/checkpoints", status_code=201, operation_id="create_checkpoint"
+)
 def create_checkpoint(
     response: Response, runtime: RuntimeDep, actor: ActorDep
 ) -> dict[str, Any]:
@@ -89,8 +97,10 @@ def run_scheduler(runtime: RuntimeDep, actor: ActorDep) -> dict[str, Any]:
 
 
 @router.post("/v1/dev/clock", operation_id="advance_clock")
-def advance_clock(runtime: RuntimeDep, actor: ActorDep, body: BodyDep) -> dict[str, Any]:
-    """Experimental: move the service's clock forward (only with KEYLEDGER_DEV_CLOCK)."""
+def advance_clock(
+    runtime: RuntimeDep, actor: ActorDep, body: BodyDep
+) -> dict[str, Any]:
+    """Experimental: move the clock forward (only with KEYLEDGER_DEV_CLOCK)."""
     clock = runtime.clock
     if not runtime.settings.dev_clock or not isinstance(clock, AdjustableClock):
         raise ApiError(404, "NOT_FOUND", "The development clock is not enabled.")
@@ -105,7 +115,9 @@ def health(runtime: RuntimeDep) -> dict[str, Any]:
     try:
         position = runtime.service.head_position()
     except Exception as error:  # any storage failure means not healthy
-        raise ApiError(503, "LEDGER_UNAVAILABLE", "The ledger is unreachable.") from error
+        raise ApiError(
+            503, "LEDGER_UNAVAILABLE", "The ledger is unreachable."
+        ) from error
     return {"status": "ok", "head_position": position}
 
 

@@ -18,13 +18,9 @@ TOKEN = "kl_test-admin-token-not-a-secret"
 
 
 @pytest.fixture
-def runtime(
-    service: KeyService, clock: AdjustableClock, tmp_path: Path
-) -> Runtime:
+def runtime(service: KeyService, clock: AdjustableClock, tmp_path: Path) -> Runtime:
     """A runtime over the test's store, with a known admin token and the test clock."""
-    settings = Settings(
-        data_dir=tmp_path, dev_clock=True, max_body_bytes=64 * 1024
-    )
+    settings = Settings(data_dir=tmp_path, dev_clock=True, max_body_bytes=64 * 1024)
     return Runtime(settings, service, clock, token_digest(TOKEN))
 
 

@@ -1,4 +1,4 @@
-"""Tamper tests: every change to stored history is found, with its position and reason."""
+"""Tamper tests: every change to stored history is found, with position and reason."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from eventsourcing.persistence import PersistenceError
+
 from ledger.service import CommandContext, KeyService
 from ledger.signing import LedgerSigner
 from ledger.verify import verify_ledger
@@ -57,7 +57,10 @@ def test_intact_ledger_verifies(service: KeyService, ctx: CommandContext) -> Non
     [
         pytest.param(
             lambda t: [
-                (f"UPDATE {t} SET entry_hash = %s WHERE notification_id = 4", ("0" * 64,))
+                (
+                    f"UPDATE {t} SET entry_hash = %s WHERE notification_id = 4",
+                    ("0" * 64,),
+                )
             ],
             4,
             "HASH_MISMATCH",
@@ -71,9 +74,15 @@ def test_intact_ledger_verifies(service: KeyService, ctx: CommandContext) -> Non
         ),
         pytest.param(
             lambda t: [
-                (f"UPDATE {t} SET notification_id = 1000 WHERE notification_id = 3", ()),
+                (
+                    f"UPDATE {t} SET notification_id = 1000 WHERE notification_id = 3",
+                    (),
+                ),
                 (f"UPDATE {t} SET notification_id = 3 WHERE notification_id = 4", ()),
-                (f"UPDATE {t} SET notification_id = 4 WHERE notification_id = 1000", ()),
+                (
+                    f"UPDATE {t} SET notification_id = 4 WHERE notification_id = 1000",
+                    (),
+                ),
             ],
             3,
             "POSITION_MISMATCH",
@@ -81,21 +90,29 @@ def test_intact_ledger_verifies(service: KeyService, ctx: CommandContext) -> Non
         ),
         pytest.param(
             lambda t: [
-                (f"UPDATE {t} SET signature = %s WHERE notification_id = 5", (b"\0" * 64,))
+                (
+                    f"UPDATE {t} SET signature = %s WHERE notification_id = 5",
+                    (b"\0" * 64,),
+                )
             ],
             5,
             "BAD_SIGNATURE",
             id="signature replaced",
         ),
         pytest.param(
-            lambda t: [(f"UPDATE {t} SET kid = 'ed25519:0000' WHERE notification_id = 2", ())],
+            lambda t: [
+                (f"UPDATE {t} SET kid = 'ed25519:0000' WHERE notification_id = 2", ())
+            ],
             2,
             "UNKNOWN_SIGNING_KEY",
             id="unknown key id",
         ),
         pytest.param(
             lambda t: [
-                (f"UPDATE {t} SET originator_version = 99 WHERE notification_id = 7", ())
+                (
+                    f"UPDATE {t} SET originator_version = 99 WHERE notification_id = 7",
+                    (),
+                )
             ],
             7,
             "COLUMN_MISMATCH",
@@ -140,7 +157,9 @@ def test_changed_payload_byte_is_a_hash_mismatch(
             "'sha256:') + 6) || '0' || substr(state, instr(state, 'sha256:') + 8) "
             "AS BLOB) WHERE notification_id = 4"
         )
-    before = service.ledger.query(f"SELECT state FROM {table} WHERE notification_id = 4")
+    before = service.ledger.query(
+        f"SELECT state FROM {table} WHERE notification_id = 4"
+    )
     service.ledger.execute([(statement, ())])
     after = service.ledger.query(f"SELECT state FROM {table} WHERE notification_id = 4")
     assert before != after
@@ -171,7 +190,13 @@ def test_deleted_tail_behind_a_checkpoint_is_truncation(
     _disable_append_only(service)
 
     service.ledger.execute(
-        [(f"DELETE FROM {service.ledger.events_table_name} WHERE notification_id > 7", ())]
+        [
+            (
+                f"DELETE FROM {service.ledger.events_table_name} "
+                "WHERE notification_id > 7",
+                (),
+            )
+        ]
     )
 
     assert _verify(service) == (False, 8, "TRUNCATED")

@@ -64,10 +64,14 @@ class Server:
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def server_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+def server_env(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[dict[str, str]]:
     """The environment of a service with its own data folder and store."""
     env = {
-        key: value for key, value in os.environ.items() if not key.startswith("KEYLEDGER_")
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("KEYLEDGER_")
     }
     env.update(
         KEYLEDGER_DATA_DIR=str(tmp_path / "data"),
@@ -101,8 +105,18 @@ def test_demo_against_real_server_then_verify(
         assert token, "the first start must print the bootstrap token"
         demo = _cli(
             server_env,
-            "demo", "--url", server.url, "--token", token.group(0),
-            "--keys", "6", "--rotations", "3", "--workers", "3", "--quiet",
+            "demo",
+            "--url",
+            server.url,
+            "--token",
+            token.group(0),
+            "--keys",
+            "6",
+            "--rotations",
+            "3",
+            "--workers",
+            "3",
+            "--quiet",
         )
         assert demo.returncode == 0, demo.stdout + demo.stderr
         assert "verification: OK" in demo.stdout
@@ -134,7 +148,9 @@ def test_second_start_reuses_keys_and_token(
     token = re.search(r"kl_[A-Za-z0-9_-]+", first_log.read_text())
     assert token
     headers = {"Authorization": f"Bearer {token.group(0)}"}
-    created = httpx.post(f"{server.url}/v1/keys", json={"name": "kept"}, headers=headers)
+    created = httpx.post(
+        f"{server.url}/v1/keys", json={"name": "kept"}, headers=headers
+    )
     assert created.status_code == 201
     server.stop()
 
@@ -168,7 +184,9 @@ def test_tampered_ledger_fails_verify_with_position(
     path = Path(server_env["KEYLEDGER_DATA_DIR"]) / "ledger.sqlite3"
     with sqlite3.connect(path) as db:
         db.execute("DROP TRIGGER stored_events_no_update")
-        db.execute("UPDATE stored_events SET entry_hash = 'x' WHERE notification_id = 2")
+        db.execute(
+            "UPDATE stored_events SET entry_hash = 'x' WHERE notification_id = 2"
+        )
 
     result = _cli(server_env, "verify")
     assert result.returncode == 1
