@@ -8,9 +8,10 @@ old history fail to load.
 
 from __future__ import annotations
 
+import copy
 import re
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal, get_args
 
@@ -56,9 +57,13 @@ def key_id_for(name: str) -> uuid.UUID:
     return uuid.uuid5(_KEY_NAMESPACE, name)
 
 
-@dataclass
+@dataclass(frozen=True)
 class KeyVersion:
-    """One version of a key: its state and the fingerprint of its material."""
+    """One version of a key: its state and the fingerprint of its material.
+
+    Immutable: events replace a version's record rather than change it, so a
+    copy of the key needs only a shallow copy of its versions.
+    """
 
     version: int
     state: VersionState
@@ -120,7 +125,7 @@ class ManagedKey(Aggregate):
         version: int
 
         def apply(self, aggregate: ManagedKey) -> None:
-            aggregate.versions[self.version].state = "disabled"
+            aggregate.set_state(self.version, "disabled")
 
     class VersionEnabled(Aggregate.Event):
         """A disabled version was enabled again."""
@@ -129,7 +134,7 @@ class ManagedKey(Aggregate):
         version: int
 
         def apply(self, aggregate: ManagedKey) -> None:
-            aggregate.versions[self.version].state = "enabled"
+            aggregate.set_state(self.version, "enabled")
 
     class MarkedCompromised(Aggregate.Event):
         """A version was declared compromised; it can never be used again."""
@@ -140,10 +145,14 @@ class ManagedKey(Aggregate):
 
         def apply(self, aggregate: ManagedKey) -> None:
             record = aggregate.versions[self.version]
-            record.compromised = True
-            record.compromise_reason = self.reason
-            if record.state != "destroy_scheduled":
-                record.state = "compromised"
+            aggregate.versions[self.version] = replace(
+                record,
+                compromised=True,
+                compromise_reason=self.reason,
+                state=record.state
+                if record.state == "destroy_scheduled"
+                else "compromised",
+            )
 
     class DestructionScheduled(Aggregate.Event):
         """A version's destruction was scheduled after a waiting period."""
@@ -155,10 +164,12 @@ class ManagedKey(Aggregate):
         destroy_at: str
 
         def apply(self, aggregate: ManagedKey) -> None:
-            record = aggregate.versions[self.version]
-            record.state = "destroy_scheduled"
-            record.scheduled_at = self.scheduled_at
-            record.destroy_at = self.destroy_at
+            aggregate.versions[self.version] = replace(
+                aggregate.versions[self.version],
+                state="destroy_scheduled",
+                scheduled_at=self.scheduled_at,
+                destroy_at=self.destroy_at,
+            )
 
     class DestructionCancelled(Aggregate.Event):
         """A scheduled destruction was cancelled; the version is not usable yet."""
@@ -168,10 +179,12 @@ class ManagedKey(Aggregate):
         restored_state: str
 
         def apply(self, aggregate: ManagedKey) -> None:
-            record = aggregate.versions[self.version]
-            record.state = _as_state(self.restored_state)
-            record.scheduled_at = None
-            record.destroy_at = None
+            aggregate.versions[self.version] = replace(
+                aggregate.versions[self.version],
+                state=_as_state(self.restored_state),
+                scheduled_at=None,
+                destroy_at=None,
+            )
 
     class VersionDestroyed(Aggregate.Event):
         """A version's material was erased; destroyed is final."""
@@ -180,9 +193,11 @@ class ManagedKey(Aggregate):
         version: int
 
         def apply(self, aggregate: ManagedKey) -> None:
-            record = aggregate.versions[self.version]
-            record.state = "destroyed"
-            record.destroyed_at = format_time(self.timestamp)
+            aggregate.versions[self.version] = replace(
+                aggregate.versions[self.version],
+                state="destroyed",
+                destroyed_at=format_time(self.timestamp),
+            )
 
     class PrimaryRolledBack(Aggregate.Event):
         """An earlier, still enabled version was made primary again."""
@@ -209,7 +224,7 @@ class ManagedKey(Aggregate):
         def apply(self, aggregate: ManagedKey) -> None:
             aggregate.primary = self.primary
             for number, state in self.version_states.items():
-                aggregate.versions[int(number)].state = _as_state(state)
+                aggregate.set_state(int(number), _as_state(state))
 
     def __init__(
         self, name: str, algorithm: str, description: str, fingerprint: str
@@ -223,6 +238,18 @@ class ManagedKey(Aggregate):
         self.versions: dict[int, KeyVersion] = {
             1: KeyVersion(1, "enabled", fingerprint, created_at)
         }
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ManagedKey:
+        # Every field is immutable but the two containers, so copying those is a
+        # deep copy; it keeps loading a key with thousands of versions cheap.
+        clone = copy.copy(self)
+        clone.versions = dict(self.versions)
+        clone._pending_events = list(self._pending_events)
+        return clone
+
+    def set_state(self, version: int, state: VersionState) -> None:
+        """Replace a version's state; only event ``apply`` methods call this."""
+        self.versions[version] = replace(self.versions[version], state=state)
 
     # Commands --------------------------------------------------------------
 
@@ -484,6 +511,13 @@ class ManagedKey(Aggregate):
     def to_view(self) -> dict[str, Any]:
         """The key as the read side shows it: plain JSON types, no material."""
         return {
+            **self.summary(),
+            "versions": [self.version_view(number) for number in sorted(self.versions)],
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """The key without its versions."""
+        return {
             "name": self.name,
             "key_id": str(self.id),
             "algorithm": self.algorithm,
@@ -494,11 +528,12 @@ class ManagedKey(Aggregate):
             "stream_version": self.version,
             "created_at": format_time(self.created_on),
             "updated_at": format_time(self.modified_on),
-            "versions": [
-                {**asdict(record), "primary": number == self.primary}
-                for number, record in sorted(self.versions.items())
-            ],
+            "versions_count": len(self.versions),
         }
+
+    def version_view(self, number: int) -> dict[str, Any]:
+        """One version as the read side shows it."""
+        return {**asdict(self.versions[number]), "primary": number == self.primary}
 
     # Guards ----------------------------------------------------------------
 

@@ -95,6 +95,7 @@ class CommandResult:
     key: dict[str, Any]
     receipts: list[Receipt]
     notes: dict[str, Any] = field(default_factory=dict)
+    versions: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def position(self) -> int:
@@ -508,7 +509,9 @@ class KeyService:
         result_notes = dict(notes or {})
         if version is not None:
             result_notes["version"] = version
-        view = key.to_view()
+        touched = key_view.touched_versions(key.pending_events)
+        view = key.summary()
+        versions = [key.version_view(number) for number in sorted(touched)]
         write = LedgerWrite(
             actor=context.actor,
             request_id=context.request_id,
@@ -516,32 +519,21 @@ class KeyService:
             statements=statements,
         )
         write.after_sealed.append(
-            lambda receipts: key_view.view_statements(key, receipts[-1].position)
+            lambda receipts: key_view.view_statements(
+                key, touched, receipts[-1].position
+            )
         )
         record = context.idempotency
         if record is not None:
             write.after_sealed.append(
                 lambda receipts: [
-                    (
-                        "INSERT INTO idempotency_keys (idempotency_key, request_hash, "
-                        "status, body, created_at) VALUES (%s, %s, %s, %s, %s)",
-                        (
-                            record.key,
-                            record.request_hash,
-                            record.status,
-                            json.dumps(
-                                record.render(
-                                    CommandResult(
-                                        {
-                                            **view,
-                                            "last_position": receipts[-1].position,
-                                        },
-                                        receipts,
-                                        result_notes,
-                                    )
-                                )
-                            ),
-                            format_time(self.clock.now()),
+                    self._idempotency_statement(
+                        record,
+                        CommandResult(
+                            {**view, "last_position": receipts[-1].position},
+                            receipts,
+                            result_notes,
+                            versions,
                         ),
                     )
                 ]
@@ -563,7 +555,22 @@ class KeyService:
         except PersistenceError as error:
             raise _unavailable(error) from error
         view["last_position"] = write.receipts[-1].position
-        return CommandResult(view, write.receipts, result_notes)
+        return CommandResult(view, write.receipts, result_notes, versions)
+
+    def _idempotency_statement(
+        self, record: IdempotencyRecord, result: CommandResult
+    ) -> Statement:
+        return (
+            "INSERT INTO idempotency_keys (idempotency_key, request_hash, status, "
+            "body, created_at) VALUES (%s, %s, %s, %s, %s)",
+            (
+                record.key,
+                record.request_hash,
+                record.status,
+                json.dumps(record.render(result)),
+                format_time(self.clock.now()),
+            ),
+        )
 
 
 class _Replay(Exception):  # noqa: N818 - control flow, never reaches a caller

@@ -1,83 +1,166 @@
-"""The current view of every key: versions, states, primary, scheduled destructions."""
+"""The current view of every key: a row per key and a row per version.
+
+Each event rewrites the key's row and only the version rows it touched, so the
+cost of recording an event does not grow with the number of versions a key has.
+"""
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from domain.keys import ManagedKey
+
 if TYPE_CHECKING:
-    from domain.keys import ManagedKey
     from ledger.store import LedgerRecorder, Statement
 
 DDL = [
     "CREATE TABLE IF NOT EXISTS key_view ("
     "name TEXT PRIMARY KEY, key_id TEXT NOT NULL, algorithm TEXT NOT NULL, "
-    "state TEXT NOT NULL, primary_version INTEGER NOT NULL, "
-    "stream_version INTEGER NOT NULL, created_at TEXT NOT NULL, "
-    "updated_at TEXT NOT NULL, last_position BIGINT NOT NULL, doc TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS destruction_schedule ("
-    "key_name TEXT NOT NULL, version INTEGER NOT NULL, destroy_at TEXT NOT NULL, "
-    "PRIMARY KEY (key_name, version))",
-    "CREATE INDEX IF NOT EXISTS destruction_schedule_due_idx "
-    "ON destruction_schedule (destroy_at)",
+    "description TEXT NOT NULL, state TEXT NOT NULL, "
+    "primary_version INTEGER NOT NULL, primary_usable INTEGER NOT NULL, "
+    "stream_version INTEGER NOT NULL, versions_count INTEGER NOT NULL, "
+    "created_at TEXT NOT NULL, updated_at TEXT NOT NULL, "
+    "last_position BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS key_versions ("
+    "key_name TEXT NOT NULL, version INTEGER NOT NULL, state TEXT NOT NULL, "
+    "fingerprint TEXT NOT NULL, created_at TEXT NOT NULL, "
+    "compromised INTEGER NOT NULL, compromise_reason TEXT, scheduled_at TEXT, "
+    "destroy_at TEXT, destroyed_at TEXT, PRIMARY KEY (key_name, version))",
+    "CREATE INDEX IF NOT EXISTS key_versions_due_idx ON key_versions (destroy_at) "
+    "WHERE state = 'destroy_scheduled'",
 ]
 
-TABLES = ("key_view", "destruction_schedule")
+TABLES = ("key_view", "key_versions")
 
-MAX_PAGE = 1000
+_KEY_COLUMNS = (
+    "name",
+    "key_id",
+    "algorithm",
+    "description",
+    "state",
+    "primary_version",
+    "primary_usable",
+    "stream_version",
+    "versions_count",
+    "created_at",
+    "updated_at",
+    "last_position",
+)
+_VERSION_COLUMNS = (
+    "key_name",
+    "version",
+    "state",
+    "fingerprint",
+    "created_at",
+    "compromised",
+    "compromise_reason",
+    "scheduled_at",
+    "destroy_at",
+    "destroyed_at",
+)
+
+# Which versions each event changes; key-level events change only the key row.
+_TOUCHES: dict[type[Any], Callable[[Any], Iterable[int]]] = {
+    ManagedKey.Generated: lambda event: [1],
+    ManagedKey.Rotated: lambda event: [event.version],
+    ManagedKey.VersionDisabled: lambda event: [event.version],
+    ManagedKey.VersionEnabled: lambda event: [event.version],
+    ManagedKey.MarkedCompromised: lambda event: [event.version],
+    ManagedKey.DestructionScheduled: lambda event: [event.version],
+    ManagedKey.DestructionCancelled: lambda event: [event.version],
+    ManagedKey.VersionDestroyed: lambda event: [event.version],
+    ManagedKey.RolledBack: lambda event: [int(v) for v in event.version_states],
+    ManagedKey.Disabled: lambda event: [],
+    ManagedKey.Enabled: lambda event: [],
+    ManagedKey.PrimaryRolledBack: lambda event: [],
+}
 
 
-def view_statements(key: ManagedKey, last_position: int) -> list[Statement]:
+def touched_versions(events: Iterable[Any]) -> set[int]:
+    """The version numbers that ``events`` change."""
+    touched: set[int] = set()
+    for event in events:
+        touched.update(_TOUCHES[type(event)](event))
+    return touched
+
+
+def view_statements(
+    key: ManagedKey, touched: Iterable[int], last_position: int
+) -> list[Statement]:
     """The writes that make the read side show ``key`` as of ``last_position``."""
-    view = key.to_view()
-    doc = json.dumps(view, sort_keys=True, separators=(",", ":"))
-    statements: list[Statement] = [
-        (
-            "INSERT INTO key_view (name, key_id, algorithm, state, primary_version, "
-            "stream_version, created_at, updated_at, last_position, doc) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-            "ON CONFLICT (name) DO UPDATE SET key_id = excluded.key_id, "
-            "algorithm = excluded.algorithm, state = excluded.state, "
-            "primary_version = excluded.primary_version, "
-            "stream_version = excluded.stream_version, "
-            "created_at = excluded.created_at, updated_at = excluded.updated_at, "
-            "last_position = excluded.last_position, doc = excluded.doc",
-            (
-                view["name"],
-                view["key_id"],
-                view["algorithm"],
-                view["state"],
-                view["primary_version"],
-                view["stream_version"],
-                view["created_at"],
-                view["updated_at"],
-                last_position,
-                doc,
-            ),
-        ),
-        ("DELETE FROM destruction_schedule WHERE key_name = %s", (view["name"],)),
-    ]
-    for version in view["versions"]:
-        if version["state"] == "destroy_scheduled":
-            statements.append(
-                (
-                    "INSERT INTO destruction_schedule (key_name, version, destroy_at) "
-                    "VALUES (%s, %s, %s)",
-                    (view["name"], version["version"], version["destroy_at"]),
-                )
+    row = key_row(key, last_position)
+    statements: list[Statement] = [_upsert("key_view", _KEY_COLUMNS, ("name",), row)]
+    for number in sorted(touched):
+        statements.append(
+            _upsert(
+                "key_versions",
+                _VERSION_COLUMNS,
+                ("key_name", "version"),
+                version_row(key, number),
             )
+        )
     return statements
 
 
-def get_key(recorder: LedgerRecorder, name: str) -> dict[str, Any] | None:
-    """The current view of the key called ``name``, or None."""
+def key_row(key: ManagedKey, last_position: int) -> dict[str, Any]:
+    summary = key.summary()
+    row = {name: summary[name] for name in _KEY_COLUMNS if name in summary}
+    row["primary_usable"] = int(summary["primary_usable"])
+    row["last_position"] = last_position
+    return row
+
+
+def version_row(key: ManagedKey, number: int) -> dict[str, Any]:
+    view = key.version_view(number)
+    row = {name: view.get(name) for name in _VERSION_COLUMNS}
+    row["key_name"] = key.name
+    row["compromised"] = int(view["compromised"])
+    return row
+
+
+def _upsert(
+    table: str,
+    columns: tuple[str, ...],
+    conflict: tuple[str, ...],
+    row: dict[str, Any],
+) -> Statement:
+    updates = ", ".join(
+        f"{column} = excluded.{column}" for column in columns if column not in conflict
+    )
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) "
+        f"VALUES ({', '.join(['%s'] * len(columns))}) "
+        f"ON CONFLICT ({', '.join(conflict)}) DO UPDATE SET {updates}",
+        tuple(row[column] for column in columns),
+    )
+
+
+def get_key(
+    recorder: LedgerRecorder,
+    name: str,
+    *,
+    versions_after: int = 0,
+    versions_limit: int = 100,
+) -> dict[str, Any] | None:
+    """The key called ``name`` with one page of its versions, or None."""
     rows = recorder.query(
-        "SELECT doc, last_position FROM key_view WHERE name = %s", (name,)
+        f"SELECT {', '.join(_KEY_COLUMNS)} FROM key_view WHERE name = %s", (name,)
     )
     if not rows:
         return None
-    view: dict[str, Any] = json.loads(rows[0]["doc"])
-    view["last_position"] = rows[0]["last_position"]
+    view = _key_json(rows[0])
+    versions = recorder.query(
+        f"SELECT {', '.join(_VERSION_COLUMNS)} FROM key_versions "
+        "WHERE key_name = %s AND version > %s ORDER BY version LIMIT %s",
+        (name, versions_after, versions_limit + 1),
+    )
+    view["versions"] = [
+        _version_json(row, view["primary_version"]) for row in versions[:versions_limit]
+    ]
+    view["next_versions_cursor"] = (
+        view["versions"][-1]["version"] if len(versions) > versions_limit else None
+    )
     return view
 
 
@@ -90,7 +173,7 @@ def list_keys(
     prefix: str | None = None,
     algorithm: str | None = None,
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """One page of keys in name order, and the cursor for the next page (or None)."""
+    """One page of keys (without versions) in name order, and the next cursor."""
     clauses: list[str] = ["1 = 1"]
     params: list[Any] = []
     if after is not None:
@@ -106,15 +189,11 @@ def list_keys(
         clauses.append("substr(name, 1, %s) = %s")
         params += [len(prefix), prefix]
     rows = recorder.query(
-        f"SELECT doc, last_position FROM key_view WHERE {' AND '.join(clauses)} "
-        "ORDER BY name LIMIT %s",
+        f"SELECT {', '.join(_KEY_COLUMNS)} FROM key_view "
+        f"WHERE {' AND '.join(clauses)} ORDER BY name LIMIT %s",
         (*params, limit + 1),
     )
-    items = []
-    for row in rows[:limit]:
-        view = json.loads(row["doc"])
-        view["last_position"] = row["last_position"]
-        items.append(view)
+    items = [_key_json(row) for row in rows[:limit]]
     cursor = items[-1]["name"] if len(rows) > limit else None
     return items, cursor
 
@@ -124,7 +203,8 @@ def due_destructions(
 ) -> list[tuple[str, int]]:
     """Scheduled destructions whose time has come, oldest first."""
     rows = recorder.query(
-        "SELECT key_name, version FROM destruction_schedule WHERE destroy_at <= %s "
+        "SELECT key_name, version FROM key_versions "
+        "WHERE state = 'destroy_scheduled' AND destroy_at <= %s "
         "ORDER BY destroy_at, key_name, version LIMIT %s",
         (now, limit),
     )
@@ -132,10 +212,40 @@ def due_destructions(
 
 
 def snapshot_tables(recorder: LedgerRecorder) -> dict[str, list[dict[str, Any]]]:
-    """Every row of every table of this projection, in a stable order."""
+    """Every row of this projection's tables, in a stable order."""
     return {
-        "key_view": recorder.query("SELECT * FROM key_view ORDER BY name"),
-        "destruction_schedule": recorder.query(
-            "SELECT * FROM destruction_schedule ORDER BY key_name, version"
+        "key_view": recorder.query(
+            f"SELECT {', '.join(_KEY_COLUMNS)} FROM key_view ORDER BY name"
+        ),
+        "key_versions": recorder.query(
+            f"SELECT {', '.join(_VERSION_COLUMNS)} FROM key_versions "
+            "ORDER BY key_name, version"
         ),
     }
+
+
+def expected_tables(
+    keys: Iterable[tuple[ManagedKey, int]],
+) -> dict[str, list[dict[str, Any]]]:
+    """The rows ``snapshot_tables`` should return for keys at their last positions."""
+    key_rows, version_rows = [], []
+    for key, last_position in keys:
+        key_rows.append(key_row(key, last_position))
+        version_rows += [version_row(key, number) for number in sorted(key.versions)]
+    key_rows.sort(key=lambda row: row["name"])
+    version_rows.sort(key=lambda row: (row["key_name"], row["version"]))
+    return {"key_view": key_rows, "key_versions": version_rows}
+
+
+def _key_json(row: dict[str, Any]) -> dict[str, Any]:
+    view = dict(row)
+    view["primary_usable"] = bool(view["primary_usable"])
+    return view
+
+
+def _version_json(row: dict[str, Any], primary: int) -> dict[str, Any]:
+    view = dict(row)
+    del view["key_name"]
+    view["compromised"] = bool(view["compromised"])
+    view["primary"] = view["version"] == primary
+    return view

@@ -18,6 +18,7 @@ from projections import key_view
 if TYPE_CHECKING:
     from domain.keys import ManagedKey
     from ledger.application import KeyLedger
+    from ledger.store import Statement
 
 PAGE = 500
 
@@ -84,54 +85,20 @@ def rebuild(app: KeyLedger, *, apply: bool = True) -> RebuildReport:
     """
     recorder = app.ledger
     keys, last_position, count = replay_keys(app)
-    statements = [
-        ("DELETE FROM destruction_schedule", ()),
+    statements: list[Statement] = [
+        ("DELETE FROM key_versions", ()),
         ("DELETE FROM key_view", ()),
     ]
     for stream, key in keys.items():
-        statements += key_view.view_statements(key, last_position[stream])
+        statements += key_view.view_statements(key, key.versions, last_position[stream])
     live = key_view.snapshot_tables(recorder)
-    expected = _expected_tables(keys, last_position)
+    expected = key_view.expected_tables(
+        (key, last_position[stream]) for stream, key in keys.items()
+    )
     differences = _differences(live, expected)
     if apply:
         recorder.execute(statements)
     return RebuildReport(count, len(keys), not differences, differences)
-
-
-def _expected_tables(
-    keys: dict[uuid.UUID, ManagedKey], last_position: dict[uuid.UUID, int]
-) -> dict[str, list[dict[str, Any]]]:
-    import json
-
-    views, schedule = [], []
-    for stream, key in keys.items():
-        view = key.to_view()
-        views.append(
-            {
-                "name": view["name"],
-                "key_id": view["key_id"],
-                "algorithm": view["algorithm"],
-                "state": view["state"],
-                "primary_version": view["primary_version"],
-                "stream_version": view["stream_version"],
-                "created_at": view["created_at"],
-                "updated_at": view["updated_at"],
-                "last_position": last_position[stream],
-                "doc": json.dumps(view, sort_keys=True, separators=(",", ":")),
-            }
-        )
-        schedule += [
-            {
-                "key_name": view["name"],
-                "version": v["version"],
-                "destroy_at": v["destroy_at"],
-            }
-            for v in view["versions"]
-            if v["state"] == "destroy_scheduled"
-        ]
-    views.sort(key=lambda row: row["name"])
-    schedule.sort(key=lambda row: (row["key_name"], row["version"]))
-    return {"key_view": views, "destruction_schedule": schedule}
 
 
 def _differences(
