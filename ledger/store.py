@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import psycopg
 from eventsourcing.persistence import (
     DatabaseError,
     IntegrityError,
@@ -244,6 +245,9 @@ class _PendingAppend:
     finished: bool = False
 
 
+_HEAD_MOVED = "KL001"
+
+
 class _HeadMovedError(Exception):
     """Another process appended since this one last saw the head."""
 
@@ -311,6 +315,7 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
             "table": Identifier(table),
             "checkpoints": Identifier(checkpoints),
             "refuse": Identifier(f"{table}_refuse_change"),
+            "expect": Identifier(f"{table}_expect_head"),
         }
         self.sql_create_statements = [
             SQL("SELECT pg_advisory_xact_lock(7236410591)").format(),
@@ -347,6 +352,13 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
                 "'ledger table % is append-only: % refused', TG_TABLE_NAME, TG_OP "
                 "USING ERRCODE = 'insufficient_privilege'; END $$"
             ).format(**ident),
+            SQL(
+                "CREATE OR REPLACE FUNCTION {schema}.{expect}(expected bigint) "
+                "RETURNS void LANGUAGE plpgsql AS $$ BEGIN "
+                "IF (SELECT coalesce(max(notification_id), 0) FROM {schema}.{table}) "
+                "<> expected THEN RAISE EXCEPTION 'the ledger head moved' "
+                "USING ERRCODE = '" + _HEAD_MOVED + "'; END IF; END $$"
+            ).format(**ident),
         ]
         for target in (table, checkpoints):
             names = {"target": Identifier(target), **ident}
@@ -362,15 +374,11 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
                     "{schema}.{refuse}()"
                 ).format(trigger=Identifier(f"{target}_append_only_truncate"), **names),
             ]
-        self._insert_guarded = SQL(
+        self._insert_entries = SQL(
             "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, "
-            "state, notification_id, entry_hash, signature, kid, recorded_at) "
-            "SELECT * FROM unnest(%s::uuid[], %s::bigint[], %s::text[], "
-            "%s::bytea[], %s::bigint[], %s::text[], %s::bytea[], %s::text[], "
-            "%s::text[]) "
-            "WHERE (SELECT coalesce(max(notification_id), 0) FROM {schema}.{table}) "
-            "= %s RETURNING notification_id"
+            "state, notification_id, entry_hash, signature, kid, recorded_at) VALUES "
         ).format(**ident)
+        self._expect_head = SQL("SELECT {schema}.{expect}(%s)").format(**ident)
         self._insert_checkpoint = SQL(
             "INSERT INTO {schema}.{checkpoints} "
             "(position, hash, recorded_at, kid, signature) VALUES (%s, %s, %s, %s, %s) "
@@ -488,47 +496,53 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
         statements: list[Statement],
         checkpoints: list[Checkpoint],
     ) -> None:
-        columns: list[list[Any]] = [[] for _ in range(9)]
-        for entry in sealed:
-            row = (
-                entry.originator_id,
-                entry.originator_version,
-                entry.topic,
-                entry.entry_bytes,
-                entry.position,
-                entry.hash,
-                entry.signature,
-                entry.kid,
-                entry.recorded_at,
-            )
-            for column, value in zip(columns, row, strict=True):
-                column.append(value)
-        with (
-            self.datastore.get_connection() as conn,
-            conn.transaction(),
-            conn.pipeline() as pipeline,
-            conn.cursor() as curs,
-        ):
-            curs.execute(self._set_search_path)
-            self._lock_table(curs)
-            curs.execute(self._insert_guarded, (*columns, head.position))
-            pipeline.sync()
-            if len(curs.fetchall()) != len(sealed):
-                raise _HeadMovedError
-            for sql, params in statements:
-                curs.execute(sql.encode(), params)
-            for checkpoint in checkpoints:
-                curs.execute(
+        # The whole transaction goes to the server as one script: one round trip.
+        # Parameters are bound client-side by psycopg's escaping, never by hand.
+        rows = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(sealed))
+        script: list[tuple[Any, Sequence[Any]]] = [
+            (SQL("BEGIN"), ()),
+            (self._set_search_path, ()),
+            *((statement, ()) for statement in self.lock_table_statements),
+            (self._expect_head, (head.position,)),
+            (
+                self._insert_entries + SQL(rows),
+                [
+                    value
+                    for entry in sealed
+                    for value in (
+                        entry.originator_id,
+                        entry.originator_version,
+                        entry.topic,
+                        entry.entry_bytes,
+                        entry.position,
+                        entry.hash,
+                        entry.signature,
+                        entry.kid,
+                        entry.recorded_at,
+                    )
+                ],
+            ),
+            *((SQL(sql), params) for sql, params in statements),
+            *(
+                (
                     self._insert_checkpoint,
-                    (
-                        checkpoint.position,
-                        checkpoint.hash,
-                        checkpoint.recorded_at,
-                        checkpoint.kid,
-                        checkpoint.signature,
-                    ),
+                    (c.position, c.hash, c.recorded_at, c.kid, c.signature),
                 )
-            self._notify_channel(curs)
+                for c in checkpoints
+            ),
+            (SQL("NOTIFY {0}").format(Identifier(self.channel_name)), ()),
+            (SQL("COMMIT"), ()),
+        ]
+        with self.datastore.get_connection() as conn:
+            curs = psycopg.ClientCursor(conn)
+            text = ";\n".join(curs.mogrify(query, params) for query, params in script)
+            try:
+                curs.execute(text.encode())
+            except psycopg.Error as error:
+                conn.execute("ROLLBACK")
+                if error.sqlstate == _HEAD_MOVED:
+                    raise _HeadMovedError from None
+                raise
 
     def head(self) -> Head:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
