@@ -75,6 +75,11 @@ def parse_json(raw: bytes, content_type: str | None) -> dict[str, Any]:
             line=error.lineno,
             column=error.colno,
         ) from None
+    except (RecursionError, ValueError):
+        # Nesting too deep to parse, or an integer literal over Python's limit.
+        raise ApiError(
+            400, "INVALID_JSON", "The body nests too deeply or has a number too long."
+        ) from None
     if not isinstance(value, dict):
         raise ApiError(400, "INVALID_JSON", "The body must be a JSON object.")
     return value

@@ -114,6 +114,7 @@ def render_command(result: CommandResult) -> dict[str, Any]:
     """The response body of every command: the key, the receipts, any notes."""
     body: dict[str, Any] = {
         "key": result.key,
+        "versions": result.versions,
         "receipts": [receipt.as_json() for receipt in result.receipts],
     }
     body.update(result.notes)

@@ -72,4 +72,7 @@ def parse_time(text: str) -> datetime:
         raise ValueError(f"Not an ISO 8601 time: {text!r}.") from None
     if when.utcoffset() is None:
         raise ValueError(f"Time {text!r} has no UTC offset; add 'Z' or '+00:00'.")
-    return when.astimezone(UTC)
+    try:
+        return when.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"Time {text!r} is out of range.") from None

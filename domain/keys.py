@@ -12,7 +12,7 @@ import copy
 import re
 import uuid
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, get_args
 
 from eventsourcing.domain import Aggregate
@@ -392,6 +392,8 @@ class ManagedKey(Aggregate):
                 version=version,
                 destroy_at=record.destroy_at,
             )
+        # Whole days in UTC: a daylight-saving change never shortens the wait.
+        now = now.astimezone(UTC)
         self.trigger_event(
             self.DestructionScheduled,
             version=version,
@@ -458,9 +460,10 @@ class ManagedKey(Aggregate):
         """Return to the state ``past`` had, recording the return as a new event.
 
         ``past`` is this key replayed to an earlier stream version. Destroyed,
-        compromised and destroy-scheduled versions keep their current state, and
-        versions created after that point are disabled, so nothing destroyed or
-        compromised ever comes back.
+        compromised and destroy-scheduled versions keep their current state,
+        versions created after that point are disabled, and a destruction that
+        was since cancelled is not scheduled again (the version is disabled), so
+        nothing destroyed or compromised ever comes back.
         """
         self._require_key_enabled()
         if past.id != self.id or past.version >= self.version:
@@ -476,10 +479,13 @@ class ManagedKey(Aggregate):
             state: VersionState
             if record.state in ("destroyed", "compromised", "destroy_scheduled"):
                 state = record.state
-            elif number in past.versions:
-                state = past.versions[number].state
-            else:
+            elif number not in past.versions:
                 state = "disabled"
+            elif past.versions[number].state == "destroy_scheduled":
+                # A cancelled destruction stays cancelled: the version is disabled.
+                state = "disabled"
+            else:
+                state = past.versions[number].state
             if state != record.state:
                 states[str(number)] = state
         primary = self.versions[past.primary]

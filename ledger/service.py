@@ -333,18 +333,35 @@ class KeyService:
 
     # Queries ---------------------------------------------------------------
 
-    def get_key(self, name: str, *, at: datetime | None = None) -> dict[str, Any]:
-        """The key's current view, or its state at time ``at``."""
+    def get_key(
+        self,
+        name: str,
+        *,
+        at: datetime | None = None,
+        versions_after: int = 0,
+        versions_limit: int = 100,
+    ) -> dict[str, Any]:
+        """The key with one page of its versions, now or as recorded at ``at``."""
         validate_key_name(name)
         if at is None:
-            current = key_view.get_key(self.ledger, name)
+            current = key_view.get_key(
+                self.ledger,
+                name,
+                versions_after=versions_after,
+                versions_limit=versions_limit,
+            )
             if current is None:
                 raise KeyNotFoundError(f"No key named {name!r}.", key=name)
             return current
         key = self._load(name)
         stream_version = self.stream_version_at(key, at)
         past: ManagedKey = self.app.repository.get(key.id, version=stream_version)
-        view: dict[str, Any] = past.to_view()
+        view = past.summary()
+        numbers = [n for n in sorted(past.versions) if n > versions_after]
+        view["versions"] = [past.version_view(n) for n in numbers[:versions_limit]]
+        view["next_versions_cursor"] = (
+            numbers[versions_limit - 1] if len(numbers) > versions_limit else None
+        )
         view["as_of"] = format_time(at)
         return view
 
@@ -546,6 +563,9 @@ class KeyService:
                 if saved is not None:
                     raise _Replay(self._check_replay(record, saved)) from None
             current = self._load(key.name).version
+            if current == key.version - 1:
+                # The key did not move: a side write failed, not a concurrent command.
+                raise _unavailable(error) from error
             raise ConcurrentModificationError(
                 f"Another command on {key.name!r} was recorded first.",
                 key=key.name,

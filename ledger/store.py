@@ -35,6 +35,7 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.sqlite import SQLiteApplicationRecorder
+from eventsourcing.utils import retry
 from psycopg.sql import SQL, Identifier
 
 from domain.clock import Clock, format_time
@@ -232,6 +233,17 @@ class Sequencer:
             for entry in sealed
             if entry.position % self.checkpoint_interval == 0
         ]
+
+
+@dataclass
+class _SealedGroup:
+    """A group of appends sealed after ``tail`` was the head, ready to write."""
+
+    tail: Head
+    entries: list[SealedEntry] = field(default_factory=list)
+    statements: list[Statement] = field(default_factory=list)
+    receipts: list[list[Receipt]] = field(default_factory=list)
+    checkpoints: list[Checkpoint] = field(default_factory=list)
 
 
 @dataclass
@@ -455,60 +467,94 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
                 pending.finished = True
 
     def _commit(self, group: list[_PendingAppend]) -> None:
-        assert self.sequencer is not None
-        for _ in range(20):
-            head = self._head_cache or self.head()
-            tail, sealed, statements = head, [], []
-            receipts_by_append = []
-            for pending in group:
-                entries = self.sequencer.seal(
-                    tail, pending.stored_events, pending.write
-                )
-                receipts = [entry.receipt() for entry in entries]
-                statements += pending.write.statements
-                for callback in pending.write.after_sealed:
-                    statements += callback(receipts)
-                receipts_by_append.append(receipts)
-                sealed += entries
-                last = entries[-1]
-                tail = Head(last.position, last.hash, last.recorded_at)
-            try:
-                self._append(
-                    head, sealed, statements, self.sequencer.due_checkpoints(sealed)
-                )
-            except _HeadMovedError:
-                self._head_cache = None
-                continue
-            except BaseException:
-                self._head_cache = None
-                raise
-            self._head_cache = tail
-            for pending, receipts in zip(group, receipts_by_append, strict=True):
-                pending.write.receipts = receipts
-                pending.positions = [receipt.position for receipt in receipts]
-            return
-        raise OperationalError("The ledger head kept moving; the append gave up.")
+        """Seal and write a group against the cached head, or under the lock.
 
-    def _append(
-        self,
-        head: Head,
-        sealed: list[SealedEntry],
-        statements: list[Statement],
-        checkpoints: list[Checkpoint],
-    ) -> None:
-        # The whole transaction goes to the server as one script: one round trip.
-        # Parameters are bound client-side by psycopg's escaping, never by hand.
-        rows = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(sealed))
-        script: list[tuple[Any, Sequence[Any]]] = [
-            (SQL("BEGIN"), ()),
+        The fast path seals outside any lock against the head this process
+        last wrote and sends the whole transaction in one round trip; the
+        database checks under its lock that the head has not moved. If another
+        process did append, the slow path takes the lock first, reads the head,
+        and seals under the lock, so a busy ledger never starves a writer.
+        """
+        try:
+            head = self._head_cache or self.head()
+            sealed = self._seal_group(group, head)
+            with self.datastore.get_connection() as conn:
+                self._run_script(
+                    conn,
+                    [
+                        (SQL("BEGIN"), ()),
+                        *self._lock_script(),
+                        (self._expect_head, (head.position,)),
+                        *self._write_script(sealed),
+                        (SQL("COMMIT"), ()),
+                    ],
+                )
+        except _HeadMovedError:
+            self._head_cache = None
+            sealed = self._commit_under_lock(group)
+        except BaseException:
+            self._head_cache = None
+            raise
+        self._finish(group, sealed)
+
+    def _commit_under_lock(self, group: list[_PendingAppend]) -> _SealedGroup:
+        with self.datastore.get_connection() as conn:
+            self._run_script(conn, [(SQL("BEGIN"), ()), *self._lock_script()])
+            try:
+                row = conn.execute(self._select_head).fetchone()
+                head = (
+                    EMPTY_HEAD
+                    if row is None
+                    else Head(
+                        row["notification_id"], row["entry_hash"], row["recorded_at"]
+                    )
+                )
+                sealed = self._seal_group(group, head)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            self._run_script(conn, [*self._write_script(sealed), (SQL("COMMIT"), ())])
+        return sealed
+
+    def _seal_group(self, group: list[_PendingAppend], head: Head) -> _SealedGroup:
+        assert self.sequencer is not None
+        result = _SealedGroup(tail=head)
+        for pending in group:
+            entries = self.sequencer.seal(
+                result.tail, pending.stored_events, pending.write
+            )
+            receipts = [entry.receipt() for entry in entries]
+            result.statements += pending.write.statements
+            for callback in pending.write.after_sealed:
+                result.statements += callback(receipts)
+            result.receipts.append(receipts)
+            result.entries += entries
+            last = entries[-1]
+            result.tail = Head(last.position, last.hash, last.recorded_at)
+        result.checkpoints = self.sequencer.due_checkpoints(result.entries)
+        return result
+
+    def _finish(self, group: list[_PendingAppend], sealed: _SealedGroup) -> None:
+        self._head_cache = sealed.tail
+        for pending, receipts in zip(group, sealed.receipts, strict=True):
+            pending.write.receipts = receipts
+            pending.positions = [receipt.position for receipt in receipts]
+
+    def _lock_script(self) -> list[tuple[Any, Sequence[Any]]]:
+        return [
             (self._set_search_path, ()),
             *((statement, ()) for statement in self.lock_table_statements),
-            (self._expect_head, (head.position,)),
+        ]
+
+    def _write_script(self, sealed: _SealedGroup) -> list[tuple[Any, Sequence[Any]]]:
+        entries = sealed.entries
+        rows = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(entries))
+        return [
             (
                 self._insert_entries + SQL(rows),
                 [
                     value
-                    for entry in sealed
+                    for entry in entries
                     for value in (
                         entry.originator_id,
                         entry.originator_version,
@@ -522,28 +568,32 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
                     )
                 ],
             ),
-            *((SQL(sql), params) for sql, params in statements),
+            *((SQL(sql), params) for sql, params in sealed.statements),
             *(
                 (
                     self._insert_checkpoint,
                     (c.position, c.hash, c.recorded_at, c.kid, c.signature),
                 )
-                for c in checkpoints
+                for c in sealed.checkpoints
             ),
             (SQL("NOTIFY {0}").format(Identifier(self.channel_name)), ()),
-            (SQL("COMMIT"), ()),
         ]
-        with self.datastore.get_connection() as conn:
-            curs = psycopg.ClientCursor(conn)
-            text = ";\n".join(curs.mogrify(query, params) for query, params in script)
-            try:
-                curs.execute(text.encode())
-            except psycopg.Error as error:
-                conn.execute("ROLLBACK")
-                if error.sqlstate == _HEAD_MOVED:
-                    raise _HeadMovedError from None
-                raise
 
+    @staticmethod
+    def _run_script(conn: Any, script: list[tuple[Any, Sequence[Any]]]) -> None:
+        # One round trip for many statements; psycopg binds every parameter
+        # client-side with its own escaping, never by string formatting here.
+        curs = psycopg.ClientCursor(conn)
+        text = ";\n".join(curs.mogrify(query, params) for query, params in script)
+        try:
+            curs.execute(text.encode())
+        except psycopg.Error as error:
+            conn.execute("ROLLBACK")
+            if error.sqlstate == _HEAD_MOVED:
+                raise _HeadMovedError from None
+            raise
+
+    @retry((InterfaceError, OperationalError), max_attempts=3, wait=0.1)
     def head(self) -> Head:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(self._select_head)
@@ -552,6 +602,7 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
             return EMPTY_HEAD
         return Head(row["notification_id"], row["entry_hash"], row["recorded_at"])
 
+    @retry((InterfaceError, OperationalError), max_attempts=3, wait=0.1)
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(

@@ -131,9 +131,16 @@ def get_key(
     actor: ActorDep,
     *,
     at: Annotated[str | None, Query(description="A time with offset.")] = None,
+    versions_after: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+    versions_limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
-    """The key's versions and states now, or as recorded at time ``at``."""
-    view = runtime.service.get_key(name, at=parse_optional_time(at))
+    """The key and a page of its versions, now or as recorded at time ``at``."""
+    view = runtime.service.get_key(
+        name,
+        at=parse_optional_time(at),
+        versions_after=versions_after,
+        versions_limit=versions_limit,
+    )
     response.headers["Ledger-Position"] = str(runtime.service.head_position())
     return view
 

@@ -24,7 +24,7 @@ def list_events(
     runtime: RuntimeDep,
     actor: ActorDep,
     *,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     """The ledger feed: entries with hashes and signatures, in position order."""

@@ -293,7 +293,9 @@ def test_enable_version_refuses_scheduled_version() -> None:
             lambda k: k.mark_compromised(9, reason="x", now=T0), id="mark_compromised"
         ),
         pytest.param(lambda k: schedule(k, 9), id="schedule_destruction"),
-        pytest.param(lambda k: k.cancel_destruction(9, now=T0), id="cancel_destruction"),
+        pytest.param(
+            lambda k: k.cancel_destruction(9, now=T0), id="cancel_destruction"
+        ),
         pytest.param(lambda k: k.destroy_version(9, now=T0), id="destroy_version"),
         pytest.param(lambda k: k.roll_back_primary(9, now=T0), id="roll_back_primary"),
     ],
@@ -301,7 +303,7 @@ def test_enable_version_refuses_scheduled_version() -> None:
 def test_command_on_unknown_version_refused(
     command: Callable[[ManagedKey], object],
 ) -> None:
-    """A command naming a version the key does not have is refused: VERSION_NOT_FOUND."""
+    """A command naming a version the key lacks is refused: VERSION_NOT_FOUND."""
     key = key_with_versions(2)
 
     error = assert_refused(
@@ -314,7 +316,7 @@ def test_command_on_unknown_version_refused(
 
 
 def test_schedule_destruction_refuses_primary() -> None:
-    """The primary version cannot be scheduled for destruction: CANNOT_DESTROY_PRIMARY."""
+    """The primary cannot be scheduled for destruction: CANNOT_DESTROY_PRIMARY."""
     key = key_with_versions(2)
 
     assert_refused(key, lambda: schedule(key, 2), "CANNOT_DESTROY_PRIMARY")
@@ -330,7 +332,7 @@ def test_schedule_destruction_refuses_primary() -> None:
     ],
 )
 def test_schedule_destruction_refuses_period_out_of_range(days: int) -> None:
-    """A waiting period outside 7 to 30 days is refused: DESTRUCTION_PERIOD_OUT_OF_RANGE."""
+    """A wait outside 7 to 30 days is refused: DESTRUCTION_PERIOD_OUT_OF_RANGE."""
     key = key_with_versions(2)
 
     error = assert_refused(
@@ -386,16 +388,6 @@ def test_schedule_destruction_with_fixed_offset_time_renders_utc() -> None:
     assert key.versions[1].destroy_at == "2026-04-04T21:30:00.000000Z"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG domain/keys.py ManagedKey.schedule_destruction computes "
-        "`now + timedelta(days=days)` in the caller's time zone: with a ZoneInfo "
-        "time (Europe/Berlin) the addition is wall-clock arithmetic, so a 7-day "
-        "wait across the DST change is 167 h (destroy_at 2026-04-04T20:30Z, not "
-        "21:30Z). Fix: convert `now` to UTC before adding the period."
-    ),
-)
 def test_schedule_destruction_with_zoneinfo_time_is_exactly_168_hours() -> None:
     """A DST-aware local time still yields destroy_at exactly 168 h later in UTC."""
     # given: 22:30 in Berlin on 2026-03-28 is 21:30Z (CET, +01:00)
@@ -409,7 +401,7 @@ def test_schedule_destruction_with_zoneinfo_time_is_exactly_168_hours() -> None:
 
 
 def test_schedule_destruction_refuses_already_scheduled() -> None:
-    """Scheduling a scheduled version again is refused: DESTRUCTION_ALREADY_SCHEDULED."""
+    """Scheduling a version again is refused: DESTRUCTION_ALREADY_SCHEDULED."""
     key = key_with_versions(2)
     schedule(key, 1)
 
@@ -659,13 +651,11 @@ def test_compromised_version_can_never_be_enabled(disable_first: bool) -> None:
 
 
 def test_compromised_version_can_never_be_made_primary() -> None:
-    """Rolling the primary back to a compromised version is refused: VERSION_COMPROMISED."""
+    """A compromised version cannot be made primary again: VERSION_COMPROMISED."""
     key = key_with_versions(2)
     key.mark_compromised(1, reason="leaked", now=T0)
 
-    assert_refused(
-        key, lambda: key.roll_back_primary(1, now=T0), "VERSION_COMPROMISED"
-    )
+    assert_refused(key, lambda: key.roll_back_primary(1, now=T0), "VERSION_COMPROMISED")
 
 
 def test_compromised_version_cannot_be_disabled() -> None:
@@ -673,9 +663,7 @@ def test_compromised_version_cannot_be_disabled() -> None:
     key = key_with_versions(2)
     key.mark_compromised(1, reason="leaked", now=T0)
 
-    assert_refused(
-        key, lambda: key.disable_version(1, now=T0), "VERSION_COMPROMISED"
-    )
+    assert_refused(key, lambda: key.disable_version(1, now=T0), "VERSION_COMPROMISED")
 
 
 def test_compromised_primary_cannot_be_destroyed_until_rotated() -> None:
@@ -731,7 +719,7 @@ def test_roll_back_primary_refused_while_key_disabled() -> None:
 
 
 def test_roll_back_to_restores_past_primary_and_disables_later_versions() -> None:
-    """Rolling back to a past point restores its primary; later versions are disabled."""
+    """Rolling back to a past point restores its primary and disables later versions."""
     # given: v1 primary at stream version 1, then rotated to v2 and v3
     key = new_key()
     events = list(key.collect_events())
@@ -780,7 +768,9 @@ def test_roll_back_to_refuses_past_primary_now_compromised() -> None:
     past = replay(events[:1])
     # when / then
     error = assert_refused(
-        key, lambda: key.roll_back_to(past, now=T0 + 2 * TICK), "ROLLBACK_TARGET_UNUSABLE"
+        key,
+        lambda: key.roll_back_to(past, now=T0 + 2 * TICK),
+        "ROLLBACK_TARGET_UNUSABLE",
     )
     assert error.details["version"] == 1
 
@@ -851,18 +841,6 @@ def test_roll_back_to_keeps_scheduled_destruction() -> None:
     assert key.versions[1].destroy_at == destroy_at
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG domain/keys.py ManagedKey.roll_back_to: a version that was "
-        "destroy_scheduled at the past point and whose destruction was cancelled "
-        "since (now 'disabled') is put back to 'destroy_scheduled' by RolledBack, "
-        "but RolledBack.apply sets only the state, so destroy_at/scheduled_at stay "
-        "None. destroy_version then hits `assert record.destroy_at is not None` "
-        "(AssertionError, not a domain error), and the projection would insert a "
-        "NULL destroy_at into destruction_schedule."
-    ),
-)
 def test_roll_back_to_over_cancelled_destruction_keeps_schedule_consistent() -> None:
     """After a rollback, no version is destroy_scheduled without a destroy_at."""
     # given: v1 scheduled at stream version 3, cancelled at stream version 4
@@ -890,13 +868,10 @@ def test_roll_back_to_over_cancelled_destruction_keeps_schedule_consistent() -> 
     ],
 )
 def test_roll_back_to_refuses_target_not_in_past(target: str) -> None:
-    """A target that is not an earlier point of this key: ROLLBACK_TARGET_NOT_IN_PAST."""
+    """A target not earlier in this key's stream: ROLLBACK_TARGET_NOT_IN_PAST."""
     key = key_with_versions(2)
     events = list(key.collect_events())
-    if target == "same-version":
-        past = replay(events)
-    else:
-        past = new_key("other")
+    past = replay(events) if target == "same-version" else new_key("other")
 
     assert_refused(
         key, lambda: key.roll_back_to(past, now=T0), "ROLLBACK_TARGET_NOT_IN_PAST"
@@ -946,7 +921,7 @@ def test_replay_of_events_gives_same_view() -> None:
 
 
 def test_replay_is_side_effect_free() -> None:
-    """Replaying the same events twice gives equal views and leaves the events intact."""
+    """Replaying the same events twice gives equal views and leaves events intact."""
     key = key_with_versions(3)
     key.mark_compromised(3, reason="leaked", now=T0)
     events = list(key.collect_events())

@@ -1,0 +1,95 @@
+"""Positions on PostgreSQL: commit order, rolled-back writers, an unreachable database.
+
+Failure case C15: a reader that checkpoints by position must never skip an event
+that commits later with a lower position, and a rolled-back writer leaves no hole.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from domain.errors import LedgerUnavailableError
+from ledger.service import CommandContext, KeyService
+from ledger.verify import verify_ledger
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def store_url(pg_url: str) -> str:
+    """These tests are about PostgreSQL only."""
+    return pg_url
+
+
+@pytest.fixture
+def blocker(pg_url: str, service: KeyService) -> Iterator[psycopg.Connection]:
+    """A second connection that can hold the ledger's table lock, like a slow writer."""
+    dsn, _, query = pg_url.partition("?schema=")
+    with psycopg.connect(dsn) as conn:
+        conn.execute(f'SET search_path TO "{query}"')
+        yield conn
+
+
+def test_reader_never_passes_an_open_writer(
+    service: KeyService,
+    ctx: CommandContext,
+    blocker: psycopg.Connection,
+) -> None:
+    """While a writer holds the lock, later appends wait; readers see no hole."""
+    service.create_key(ctx, name="k15a")
+    table = service.ledger.events_table_name
+
+    # given a transaction that took the ledger lock and has not committed
+    blocker.execute(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
+    done = threading.Event()
+
+    def append() -> None:
+        service.create_key(ctx, name="k15b")
+        done.set()
+
+    writer = threading.Thread(target=append)
+    writer.start()
+
+    # then the second writer cannot commit, and a reader sees only position 1
+    assert not done.wait(timeout=0.5)
+    assert [event["position"] for event in service.events()] == [1]
+
+    # when the first transaction rolls back, the waiting append takes position 2
+    blocker.rollback()
+    writer.join(timeout=30)
+    assert done.is_set()
+    assert [event["position"] for event in service.events()] == [1, 2]
+    assert verify_ledger(service.ledger, service.public_keys()).ok
+
+
+def test_unreachable_database_is_unavailable_and_nothing_recorded(
+    service: KeyService, ctx: CommandContext, pg_database: str
+) -> None:
+    """When the database drops and refuses connections, a command fails closed."""
+    service.create_key(ctx, name="k-down")
+    head = service.ledger.head()
+    dbname = pg_database.rpartition("/")[2]
+    admin_url = pg_database.rpartition("/")[0] + "/postgres"
+
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        # given a database that has dropped every session and accepts no new ones
+        admin.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS false')
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            (dbname,),
+        )
+        try:
+            # then a command is refused as unavailable
+            with pytest.raises(LedgerUnavailableError):
+                service.rotate(ctx, "k-down")
+        finally:
+            admin.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
+
+    # and once the database is back, nothing was recorded by the failed command
+    assert service.ledger.head() == head
+    assert service.get_key("k-down")["stream_version"] == 1
