@@ -19,7 +19,8 @@ import json
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -264,6 +265,13 @@ class _HeadMovedError(Exception):
     """Another process appended since this one last saw the head."""
 
 
+class LedgerTransaction(Protocol):
+    """Reads and writes inside one transaction that holds the ledger's write lock."""
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]: ...
+    def execute(self, statements: Sequence[Statement]) -> None: ...
+
+
 class LedgerRecorder(Protocol):
     """What the rest of the product needs from either recorder."""
 
@@ -277,6 +285,7 @@ class LedgerRecorder(Protocol):
     def head(self) -> Head: ...
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]: ...
     def execute(self, statements: Sequence[Statement]) -> None: ...
+    def exclusive(self) -> AbstractContextManager[LedgerTransaction]: ...
     def insert_checkpoint(self, checkpoint: Checkpoint) -> None: ...
     def select_notifications(
         self,
@@ -627,6 +636,18 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
             for sql, params in statements:
                 curs.execute(sql.encode(), params)
 
+    @contextmanager
+    def exclusive(self) -> Iterator[LedgerTransaction]:
+        """A transaction that holds the ledger's write lock: appends wait for it."""
+        with (
+            self.datastore.get_connection() as conn,
+            conn.transaction(),
+            conn.cursor() as curs,
+        ):
+            curs.execute(self._set_search_path)
+            self._lock_table(curs)
+            yield _PostgresTransaction(curs)
+
     def insert_checkpoint(self, checkpoint: Checkpoint) -> None:
         with (
             self.datastore.get_connection() as conn,
@@ -842,6 +863,19 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
                 raw.rollback()
                 raise
 
+    @contextmanager
+    def exclusive(self) -> Iterator[LedgerTransaction]:
+        """A transaction that holds the database's write lock: appends wait for it."""
+        with _sqlite_errors(), self.datastore.get_connection(commit=True) as conn:
+            raw = conn._sqlite_conn
+            raw.execute("BEGIN IMMEDIATE")
+            try:
+                yield _SQLiteTransaction(raw)
+                raw.commit()
+            except BaseException:
+                raw.rollback()
+                raise
+
     def insert_checkpoint(self, checkpoint: Checkpoint) -> None:
         with _sqlite_errors(), self.datastore.get_connection(commit=True) as conn:
             raw = conn._sqlite_conn
@@ -850,6 +884,37 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
 
 
 # Helpers -------------------------------------------------------------------
+
+
+class _PostgresTransaction:
+    def __init__(self, curs: Any) -> None:
+        self._curs = curs
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        self._curs.execute(sql.encode(), tuple(params))
+        if self._curs.description is None:
+            return []
+        return [_plain(dict(row)) for row in self._curs.fetchall()]
+
+    def execute(self, statements: Sequence[Statement]) -> None:
+        for sql, params in statements:
+            self._curs.execute(sql.encode(), params)
+
+
+class _SQLiteTransaction:
+    def __init__(self, raw: sqlite3.Connection) -> None:
+        self._raw = raw
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        cursor = self._raw.execute(_qmarks(sql), tuple(params))
+        if cursor.description is None:
+            return []
+        names = [column[0] for column in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def execute(self, statements: Sequence[Statement]) -> None:
+        for sql, params in statements:
+            self._raw.execute(_qmarks(sql), params)
 
 
 def _require_write(sequencer: Sequencer | None, kwargs: dict[str, Any]) -> LedgerWrite:

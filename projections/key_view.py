@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from domain.keys import ManagedKey
 
 if TYPE_CHECKING:
-    from ledger.store import LedgerRecorder, Statement
+    from ledger.store import LedgerRecorder, LedgerTransaction, Statement
 
 DDL = [
     "CREATE TABLE IF NOT EXISTS key_view ("
@@ -211,7 +211,9 @@ def due_destructions(
     return [(row["key_name"], row["version"]) for row in rows]
 
 
-def snapshot_tables(recorder: LedgerRecorder) -> dict[str, list[dict[str, Any]]]:
+def snapshot_tables(
+    recorder: LedgerRecorder | LedgerTransaction,
+) -> dict[str, list[dict[str, Any]]]:
     """Every row of this projection's tables, in a stable order."""
     return {
         "key_view": recorder.query(

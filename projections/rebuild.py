@@ -11,6 +11,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import TopicError
 
 from projections import key_view
@@ -18,7 +19,7 @@ from projections import key_view
 if TYPE_CHECKING:
     from domain.keys import ManagedKey
     from ledger.application import KeyLedger
-    from ledger.store import Statement
+    from ledger.store import LedgerTransaction, Statement
 
 PAGE = 500
 
@@ -40,6 +41,7 @@ class RebuildReport:
     keys: int
     matched_live: bool
     differences: list[str]
+    applied: bool
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -47,58 +49,69 @@ class RebuildReport:
             "keys": self.keys,
             "matched_live": self.matched_live,
             "differences": self.differences,
+            "repaired": self.applied and not self.matched_live,
         }
 
 
 def replay_keys(
-    app: KeyLedger,
+    app: KeyLedger, reader: LedgerTransaction
 ) -> tuple[dict[uuid.UUID, ManagedKey], dict[uuid.UUID, int], int]:
     """Every key as the events make it, with the position of its last event."""
     keys: dict[uuid.UUID, ManagedKey] = {}
     last_position: dict[uuid.UUID, int] = {}
-    count, start = 0, 1
+    count, after = 0, 0
+    table = app.ledger.events_table_name
     while True:
-        notifications = app.recorder.select_notifications(start=start, limit=PAGE)
-        for notification in notifications:
+        rows = reader.query(
+            "SELECT notification_id, originator_id, originator_version, topic, state "
+            f"FROM {table} WHERE notification_id > %s ORDER BY notification_id "
+            "LIMIT %s",
+            (after, PAGE),
+        )
+        for row in rows:
             count += 1
-            if not notification.topic.startswith("keyledger.key."):
+            position, topic = row["notification_id"], row["topic"]
+            if not topic.startswith("keyledger.key."):
                 continue
+            stream = uuid.UUID(str(row["originator_id"]))
+            stored = StoredEvent(stream, row["originator_version"], topic, row["state"])
             try:
-                event: Any = app.mapper.to_domain_event(notification)
+                event: Any = app.mapper.to_domain_event(stored)
             except (TopicError, KeyError, ValueError) as error:
-                raise RebuildError(
-                    notification.id, notification.topic, str(error)
-                ) from None
-            stream = uuid.UUID(str(notification.originator_id))
+                raise RebuildError(position, topic, str(error)) from None
             keys[stream] = event.mutate(keys.get(stream))
-            last_position[stream] = notification.id
-        if len(notifications) < PAGE:
+            last_position[stream] = position
+        if len(rows) < PAGE:
             return keys, last_position, count
-        start = notifications[-1].id + 1
+        after = rows[-1]["notification_id"]
 
 
 def rebuild(app: KeyLedger, *, apply: bool = True) -> RebuildReport:
     """Rebuild the projections from the events and compare with the live tables.
 
-    With ``apply`` the live tables are replaced by the rebuilt ones in one
-    transaction; without it only the comparison is made.
+    The whole rebuild runs in one transaction holding the ledger's write lock,
+    so no command can append between the replay and the rewrite. With ``apply``
+    the live tables are replaced by the rebuilt ones; without it they are only
+    compared.
     """
-    recorder = app.ledger
-    keys, last_position, count = replay_keys(app)
-    statements: list[Statement] = [
-        ("DELETE FROM key_versions", ()),
-        ("DELETE FROM key_view", ()),
-    ]
-    for stream, key in keys.items():
-        statements += key_view.view_statements(key, key.versions, last_position[stream])
-    live = key_view.snapshot_tables(recorder)
-    expected = key_view.expected_tables(
-        (key, last_position[stream]) for stream, key in keys.items()
-    )
-    differences = _differences(live, expected)
-    if apply:
-        recorder.execute(statements)
-    return RebuildReport(count, len(keys), not differences, differences)
+    with app.ledger.exclusive() as transaction:
+        keys, last_position, count = replay_keys(app, transaction)
+        live = key_view.snapshot_tables(transaction)
+        expected = key_view.expected_tables(
+            (key, last_position[stream]) for stream, key in keys.items()
+        )
+        differences = _differences(live, expected)
+        if apply and differences:
+            statements: list[Statement] = [
+                ("DELETE FROM key_versions", ()),
+                ("DELETE FROM key_view", ()),
+            ]
+            for stream, key in keys.items():
+                statements += key_view.view_statements(
+                    key, key.versions, last_position[stream]
+                )
+            transaction.execute(statements)
+    return RebuildReport(count, len(keys), not differences, differences, apply)
 
 
 def _differences(

@@ -48,9 +48,12 @@ def main(args: argparse.Namespace) -> int:
     finally:
         service.close()
     print(json.dumps(report.as_json(), indent=2))
-    verdict = "equals" if report.matched_live else "DIFFERS FROM"
-    print(
-        f"rebuilt {report.keys} keys from {report.events} events; "
-        f"result {verdict} the live read side"
-    )
-    return 0 if report.matched_live else 1
+    summary = f"rebuilt {report.keys} keys from {report.events} events; "
+    if report.matched_live:
+        print(summary + "result equals the live read side")
+        return 0
+    if report.applied:
+        print(summary + "the live read side DIFFERED and has been replaced")
+        return 0
+    print(summary + "result DIFFERS FROM the live read side (not changed)")
+    return 1

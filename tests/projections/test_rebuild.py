@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
@@ -104,3 +106,35 @@ def test_unknown_event_type_fails_closed(
     assert raised.value.position == 2
     assert raised.value.topic == "keyledger.key.Frobbed"
     assert key_view.snapshot_tables(service.ledger) == live
+
+
+def test_rebuild_while_another_process_writes_loses_nothing(
+    open_service: Callable[..., KeyService], ctx: CommandContext
+) -> None:
+    """Rebuilds racing a writer leave a read side that still matches the events."""
+    # given a second service (another process) writing all the time
+    service, writer = open_service(), open_service()
+    stop = threading.Event()
+    written: list[int] = []
+
+    def write() -> None:
+        while not stop.is_set():
+            name = f"race-{len(written)}"
+            writer.create_key(ctx, name=name)
+            writer.rotate(ctx, name)
+            written.append(1)
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    try:
+        # when the projections are rebuilt again and again meanwhile
+        rebuilds = 0
+        while rebuilds < 5 or len(written) < 30:
+            rebuild(service.app)
+            rebuilds += 1
+    finally:
+        stop.set()
+        thread.join()
+
+    # then the read side still equals what the events say
+    assert rebuild(service.app, apply=False).matched_live
