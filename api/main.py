@@ -42,4 +42,7 @@ def create_app(
     errors.install(app)
     app.include_router(keys.router)
     app.include_router(ledger.router)
+    current = runtime.settings if runtime is not None else settings or Settings()
+    if current.dev_clock:
+        app.include_router(ledger.dev_router)
     return app

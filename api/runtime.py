@@ -13,6 +13,7 @@ import logging
 import secrets
 import threading
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from domain.clock import AdjustableClock, Clock, SystemClock
@@ -83,7 +84,6 @@ def build_runtime(settings: Settings) -> Runtime:
     data_dir = settings.data_dir
     signer, kek, _ = load_local_secrets(data_dir)
     clock: Clock = AdjustableClock() if settings.dev_clock else SystemClock()
-    digest, new_token = _admin_token(settings, data_dir)
     service = KeyService.open(
         database_url=settings.resolved_database_url,
         signer=signer,
@@ -96,6 +96,11 @@ def build_runtime(settings: Settings) -> Runtime:
         ),
         checkpoint_interval=settings.checkpoint_interval,
     )
+    if isinstance(clock, AdjustableClock):
+        # Every earlier move of the development clock is on the ledger: replay them.
+        clock.advance(timedelta(seconds=service.clock_offset_seconds()))
+    # Only once the ledger is open, so a failed first start cannot lose the token.
+    digest, new_token = _admin_token(settings, data_dir)
     logger.info(
         "ledger_opened",
         extra={

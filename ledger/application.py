@@ -50,9 +50,11 @@ class KeyLedger(Application[uuid.UUID]):
         sequencer: Sequencer,
         extra_ddl: Sequence[str],
         env: dict[str, str],
+        create_tables: bool = True,
     ) -> None:
         self._sequencer = sequencer
         self._extra_ddl = list(extra_ddl)
+        self._create_tables = create_tables
         super().__init__(env)
 
     def construct_mapper(self) -> Mapper[Any]:
@@ -61,7 +63,8 @@ class KeyLedger(Application[uuid.UUID]):
     def construct_recorder(self) -> Any:
         recorder: LedgerRecorder = self.factory.application_recorder()  # type: ignore[assignment]
         recorder.attach(self._sequencer, self._extra_ddl)
-        recorder.create_table()
+        if self._create_tables:
+            recorder.create_table()
         return recorder
 
     @property
@@ -84,9 +87,7 @@ def storage_env(database_url: str) -> dict[str, str]:
     url = urlparse(database_url)
     common = {"CREATE_TABLE": "no", "AGGREGATE_CACHE_MAXSIZE": "1000"}
     if url.scheme == "sqlite":
-        path = unquote(url.path)
-        if not path or path == "/":
-            raise ValueError("An SQLite URL needs a file path: sqlite:///path/to/file.")
+        path = sqlite_path(database_url)
         return {
             **common,
             "PERSISTENCE_MODULE": "eventsourcing.sqlite",
@@ -117,6 +118,14 @@ def storage_env(database_url: str) -> dict[str, str]:
     raise ValueError(
         "KEYLEDGER_DATABASE_URL must start with sqlite:/// or postgresql://."
     )
+
+
+def sqlite_path(database_url: str) -> str:
+    """The file an ``sqlite:///`` URL names."""
+    path = unquote(urlparse(database_url).path)
+    if not path or path == "/":
+        raise ValueError("An SQLite URL needs a file path: sqlite:///path/to/file.")
+    return path
 
 
 def redact_url(database_url: str) -> str:

@@ -10,14 +10,15 @@ happen and ``LedgerUnavailableError`` is raised.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError, PersistenceError
@@ -33,6 +34,7 @@ from domain.errors import (
     LedgerUnavailableError,
 )
 from domain.keys import ManagedKey, key_id_for, validate_key_name
+from domain.service_clock import SERVICE_CLOCK_ID, ServiceClock
 from ledger.application import KeyLedger, storage_env
 from ledger.material import KeyEncryptionKey, fingerprint, generate_material
 from ledger.signing import LedgerSigner
@@ -110,6 +112,39 @@ class ReplayedResponse:
     body: dict[str, Any]
 
 
+_CONFLICT_ATTEMPTS = 20
+
+Command = TypeVar("Command", bound=Callable[..., "CommandResult"])
+
+
+def _retry_conflicts(method: Command) -> Command:
+    """Run a command again on the fresh key when another command got there first.
+
+    Only when the caller gave no ``expected_version``: a caller who did asked to
+    be told about any change, and gets the 409. A retried command meets the
+    lifecycle rules again, on the state the other command left.
+    """
+
+    @functools.wraps(method)
+    def retrying(
+        self: KeyService, context: CommandContext, *args: Any, **kwargs: Any
+    ) -> CommandResult:
+        for attempt in range(1, _CONFLICT_ATTEMPTS + 1):
+            try:
+                result: CommandResult = method(self, context, *args, **kwargs)
+            except ConcurrentModificationError:
+                if (
+                    context.expected_version is not None
+                    or attempt == _CONFLICT_ATTEMPTS
+                ):
+                    raise
+                continue
+            return result
+        raise AssertionError("unreachable")
+
+    return retrying  # type: ignore[return-value]
+
+
 class KeyService:
     """Lifecycle commands and the queries the API and the CLI need."""
 
@@ -139,18 +174,40 @@ class KeyService:
         clock: Clock,
         bounds: DestructionBounds | None = None,
         checkpoint_interval: int = 100,
+        create: bool = True,
     ) -> KeyService:
-        """Open (creating its tables if needed) the ledger at ``database_url``."""
+        """Open the ledger at ``database_url``, creating its tables if ``create``.
+
+        Without ``create`` the ledger MUST already exist: tools that only read
+        it never bring an empty one into being.
+
+        Raises:
+            LedgerUnavailableError: the database cannot be reached, or holds no
+                ledger and ``create`` is false.
+        """
         sequencer = Sequencer(signer, clock, checkpoint_interval)
+        env = storage_env(database_url)
+        if (
+            not create
+            and "SQLITE_DBNAME" in env
+            and not Path(env["SQLITE_DBNAME"]).is_file()
+        ):
+            raise LedgerUnavailableError(
+                f"There is no ledger file at {env['SQLITE_DBNAME']}."
+            )
         try:
             app = KeyLedger(
                 sequencer=sequencer,
                 extra_ddl=[*key_view.DDL, *MATERIAL_DDL],
-                env=storage_env(database_url),
+                env=env,
+                create_tables=create,
             )
+            if not create:
+                app.ledger.head()
         except PersistenceError as error:
             raise LedgerUnavailableError(
-                "The ledger's database could not be opened.", reason=str(error)
+                "The ledger's database could not be opened, or holds no ledger.",
+                reason=type(error).__name__,
             ) from error
         return cls(
             app,
@@ -195,6 +252,7 @@ class KeyService:
                 f"A key named {name!r} already exists.", key=name
             ) from None
 
+    @_retry_conflicts
     def rotate(self, context: CommandContext, name: str) -> CommandResult:
         """Add a new enabled version and make it primary."""
         key = self._load_for_command(name, context)
@@ -203,12 +261,15 @@ class KeyService:
         statement = self._put_material(str(key.id), version, material)
         return self._save(key, context, [statement], version=version)
 
+    @_retry_conflicts
     def disable_key(self, context: CommandContext, name: str) -> CommandResult:
         return self._simple(name, context, lambda key, now: key.disable(now=now))
 
+    @_retry_conflicts
     def enable_key(self, context: CommandContext, name: str) -> CommandResult:
         return self._simple(name, context, lambda key, now: key.enable(now=now))
 
+    @_retry_conflicts
     def disable_version(
         self, context: CommandContext, name: str, version: int
     ) -> CommandResult:
@@ -216,6 +277,7 @@ class KeyService:
             name, context, lambda key, now: key.disable_version(version, now=now)
         )
 
+    @_retry_conflicts
     def enable_version(
         self, context: CommandContext, name: str, version: int
     ) -> CommandResult:
@@ -223,6 +285,7 @@ class KeyService:
             name, context, lambda key, now: key.enable_version(version, now=now)
         )
 
+    @_retry_conflicts
     def mark_compromised(
         self, context: CommandContext, name: str, version: int, *, reason: str
     ) -> CommandResult:
@@ -237,6 +300,7 @@ class KeyService:
             )
         return self._save(key, context, [], notes=notes)
 
+    @_retry_conflicts
     def schedule_destruction(
         self, context: CommandContext, name: str, version: int, *, days: int | None
     ) -> CommandResult:
@@ -254,6 +318,7 @@ class KeyService:
             ),
         )
 
+    @_retry_conflicts
     def cancel_destruction(
         self, context: CommandContext, name: str, version: int
     ) -> CommandResult:
@@ -261,6 +326,7 @@ class KeyService:
             name, context, lambda key, now: key.cancel_destruction(version, now=now)
         )
 
+    @_retry_conflicts
     def destroy_version(
         self, context: CommandContext, name: str, version: int
     ) -> CommandResult:
@@ -273,6 +339,7 @@ class KeyService:
         )
         return self._save(key, context, [erase])
 
+    @_retry_conflicts
     def roll_back(
         self,
         context: CommandContext,
@@ -408,6 +475,37 @@ class KeyService:
             (after, limit),
         )
         return [entry_json(row) for row in rows]
+
+    def advance_clock(self, context: CommandContext, seconds: int) -> CommandResult:
+        """Record a move of the development clock; the caller then moves it.
+
+        Recorded first, so a move that is not on the ledger never happens.
+        """
+        try:
+            clock: ServiceClock = self.app.repository.get(SERVICE_CLOCK_ID)
+        except AggregateNotFoundError:
+            clock = ServiceClock.start(now=self.clock.now())
+        except PersistenceError as error:
+            raise _unavailable(error) from error
+        clock.advance(seconds, now=self.clock.now() + timedelta(seconds=seconds))
+        write = LedgerWrite(
+            actor=context.actor,
+            request_id=context.request_id,
+            subjects={str(SERVICE_CLOCK_ID): "service-clock"},
+        )
+        try:
+            self.app.save(clock, ledger=write)
+        except PersistenceError as error:
+            raise _unavailable(error) from error
+        return CommandResult({"offset_seconds": clock.offset_seconds}, write.receipts)
+
+    def clock_offset_seconds(self) -> int:
+        """How far the recorded moves of the development clock add up to."""
+        try:
+            clock: ServiceClock = self.app.repository.get(SERVICE_CLOCK_ID)
+        except AggregateNotFoundError:
+            return 0
+        return clock.offset_seconds
 
     def checkpoint_now(self) -> Checkpoint | None:
         """Sign the current head and store it as a checkpoint; None if empty."""
@@ -631,9 +729,37 @@ def parse_optional_time(text: str | None) -> datetime | None:
         raise InvalidArgumentError(str(error), code="INVALID_TIME") from None
 
 
-def load_local_secrets(data_dir: Path) -> tuple[LedgerSigner, KeyEncryptionKey, bool]:
-    """Load the signing key and KEK from ``data_dir``, generating them on first use."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    signer, new_signer = LedgerSigner.load_or_create(data_dir / "signing-key.pem")
-    kek, new_kek = KeyEncryptionKey.load_or_create(data_dir / "kek.bin")
+SIGNING_KEY_FILE = "signing-key.pem"
+KEK_FILE = "kek.bin"
+
+
+def load_local_secrets(
+    data_dir: Path, *, create: bool = True
+) -> tuple[LedgerSigner, KeyEncryptionKey, bool]:
+    """Load the signing key and KEK from ``data_dir``, generating them on first use.
+
+    The folder is created readable by its owner only. A secret file that others
+    can read is refused, as ssh refuses a private key with open permissions.
+
+    Raises:
+        FileNotFoundError: ``create`` is false and the secrets are not there.
+        PermissionError: a secret file can be read by group or others.
+    """
+    paths = [data_dir / SIGNING_KEY_FILE, data_dir / KEK_FILE]
+    if not create:
+        missing = [path.name for path in paths if not path.is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{data_dir} holds no keyledger keys ({', '.join(missing)} missing); "
+                "give the service's data folder with --data-dir or KEYLEDGER_DATA_DIR."
+            )
+    if not data_dir.exists():
+        data_dir.mkdir(mode=0o700, parents=True)
+    for path in paths:
+        if path.exists() and path.stat().st_mode & 0o077:
+            raise PermissionError(
+                f"{path} can be read by others; run: chmod 600 {path}"
+            )
+    signer, new_signer = LedgerSigner.load_or_create(paths[0])
+    kek, new_kek = KeyEncryptionKey.load_or_create(paths[1])
     return signer, kek, new_signer or new_kek

@@ -8,8 +8,13 @@ from ledger.settings import Settings
 
 
 def open_service(settings: Settings) -> KeyService:
-    """Open the ledger named by ``settings`` with the keys in its data folder."""
-    signer, kek, _ = load_local_secrets(settings.data_dir)
+    """Open the existing ledger named by ``settings``; never create one.
+
+    Raises:
+        FileNotFoundError: the data folder holds no keyledger keys.
+        LedgerUnavailableError: the database holds no ledger or is unreachable.
+    """
+    signer, kek, _ = load_local_secrets(settings.data_dir, create=False)
     return KeyService.open(
         database_url=settings.resolved_database_url,
         signer=signer,
@@ -21,4 +26,5 @@ def open_service(settings: Settings) -> KeyService:
             settings.destruction_default_days,
         ),
         checkpoint_interval=settings.checkpoint_interval,
+        create=False,
     )

@@ -8,10 +8,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 
 from api.body import validate
-from api.deps import ActorDep, BodyDep, RuntimeDep
+from api.deps import ActorDep, BodyDep, RequestIdDep, RuntimeDep
 from api.errors import ApiError
 from api.schemas import ClockAdvance
 from domain.clock import AdjustableClock, format_time
+from ledger.service import CommandContext
 from ledger.store import checkpoint_table
 from ledger.verify import verify_ledger
 
@@ -96,17 +97,31 @@ def run_scheduler(runtime: RuntimeDep, actor: ActorDep) -> dict[str, Any]:
     }
 
 
-@router.post("/v1/dev/clock", operation_id="advance_clock")
+dev_router = APIRouter(tags=["development"])
+
+
+@dev_router.post("/v1/dev/clock", operation_id="advance_clock")
 def advance_clock(
-    runtime: RuntimeDep, actor: ActorDep, body: BodyDep
+    response: Response,
+    runtime: RuntimeDep,
+    actor: ActorDep,
+    request_id: RequestIdDep,
+    body: BodyDep,
 ) -> dict[str, Any]:
-    """Experimental: move the clock forward (only with KEYLEDGER_DEV_CLOCK)."""
+    """Experimental: move the clock forward, recorded on the ledger first."""
     clock = runtime.clock
     if not runtime.settings.dev_clock or not isinstance(clock, AdjustableClock):
         raise ApiError(404, "NOT_FOUND", "The development clock is not enabled.")
     command = validate(ClockAdvance, body)
+    context = CommandContext(actor, request_id)
+    result = runtime.service.advance_clock(context, command.seconds)
     now = clock.advance(timedelta(seconds=command.seconds))
-    return {"now": format_time(now)}
+    response.headers["Ledger-Position"] = str(result.position)
+    return {
+        "now": format_time(now),
+        "offset_seconds": result.key["offset_seconds"],
+        "receipts": [receipt.as_json() for receipt in result.receipts],
+    }
 
 
 @router.get("/healthz", operation_id="health", tags=["health"])

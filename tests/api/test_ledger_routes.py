@@ -118,13 +118,20 @@ def test_dev_clock_advances_service_time(client: TestClient) -> None:
     post_ok(client, "/v1/keys/k/versions/1/schedule-destruction", {"days": 7})
     response = client.post("/v1/dev/clock", json={"seconds": 7 * 86400 - 1})
     assert response.status_code == 200, response.text
-    assert response.json() == {"now": format_time(T0 + WEEK - SECOND)}
+    assert response.json()["now"] == format_time(T0 + WEEK - SECOND)
     assert client.post("/v1/scheduler/run").json() == {"destroyed": []}
-    assert client.post("/v1/dev/clock", json={"seconds": 1}).json() == {
-        "now": format_time(T0 + WEEK)
-    }
+    moved = client.post("/v1/dev/clock", json={"seconds": 1}).json()
+    assert moved["now"] == format_time(T0 + WEEK)
+    assert moved["offset_seconds"] == 7 * 86400
     assert len(client.post("/v1/scheduler/run").json()["destroyed"]) == 1
-    assert head_position(client) == 4
+    # every move of the clock is on the ledger, before the destruction it allowed
+    types = [event["type"] for event in client.get("/v1/events").json()["events"]]
+    assert types[3:] == [
+        "keyledger.clock.Started",
+        "keyledger.clock.Advanced",
+        "keyledger.clock.Advanced",
+        "keyledger.key.VersionDestroyed",
+    ]
 
 
 def test_dev_clock_is_404_when_disabled(runtime: Runtime, tmp_path: Any) -> None:
