@@ -52,6 +52,34 @@ def validate_key_name(name: object) -> str:
     return name
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def validate_text(value: str, *, field: str, max_length: int, required: bool) -> str:
+    """Return ``value`` if it is acceptable free text, else raise.
+
+    Free text (descriptions, reasons) may hold any Unicode but control
+    characters other than tab and line breaks, which no store keeps alike.
+    """
+    if required and not value.strip():
+        raise InvalidArgumentError(
+            f"{field} must not be empty.", code="INVALID_TEXT", field=field
+        )
+    if len(value) > max_length:
+        raise InvalidArgumentError(
+            f"{field} is at most {max_length} characters.",
+            code="INVALID_TEXT",
+            field=field,
+        )
+    if _CONTROL.search(value):
+        raise InvalidArgumentError(
+            f"{field} must not contain control characters.",
+            code="INVALID_TEXT",
+            field=field,
+        )
+    return value
+
+
 def key_id_for(name: str) -> uuid.UUID:
     """The stream id of the key called ``name``: the same name always maps to it."""
     return uuid.uuid5(_KEY_NAMESPACE, name)
@@ -265,6 +293,7 @@ class ManagedKey(Aggregate):
     ) -> ManagedKey:
         """Create a key whose version 1 is enabled and primary."""
         validate_key_name(name)
+        validate_text(description, field="description", max_length=1000, required=False)
         if algorithm not in ALGORITHMS:
             raise InvalidArgumentError(
                 f"Algorithm {algorithm!r} is not supported.",
@@ -342,6 +371,7 @@ class ManagedKey(Aggregate):
         until it is rotated.
         """
         record = self._get_version(version)
+        validate_text(reason, field="reason", max_length=1000, required=True)
         self._require_not_destroyed(record)
         if record.compromised:
             raise KeyLifecycleError(

@@ -459,7 +459,8 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
         try:
             try:
                 self._commit(group)
-            except IntegrityError:
+            except (IntegrityError, DatabaseError):
+                # One caller's bad write must not fail the others: go one by one.
                 if len(group) == 1:
                     raise
                 for pending in group:

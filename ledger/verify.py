@@ -149,7 +149,8 @@ def verify_rows(
             previous_hash, previous_time = entry["_hash"], entry["recorded_at"]
             kid = str(row["kid"])
             report.signing_keys[kid] = report.signing_keys.get(kid, 0) + 1
-            batch.append(_Signed(position, kid, bytes(row["signature"]), previous_hash))
+            signature = _as_bytes(row["signature"]) or b""
+            batch.append(_Signed(position, kid, signature, previous_hash))
             if len(batch) == _BATCH:
                 pending.append(pool.submit(_check_signatures, batch, public_keys))
                 batch = []
@@ -206,7 +207,11 @@ def _check_row(
         return Failure(
             position, "GAP", f"next stored position is {stored_position}"
         ), {}
-    state = bytes(row["state"])
+    state = _as_bytes(row["state"])
+    if state is None:
+        return Failure(
+            position, "MALFORMED_ENTRY", "the entry is not stored as bytes"
+        ), {}
     try:
         entry = parse_entry(state)
     except (ValueError, UnicodeDecodeError) as error:
@@ -280,6 +285,13 @@ def _check_checkpoints(
             )
         report.checkpoints_checked += 1
         report.latest_checkpoint = position
+    return None
+
+
+def _as_bytes(value: Any) -> bytes | None:
+    """Stored binary columns as bytes; None for anything else (a retyped column)."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
     return None
 
 

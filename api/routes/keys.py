@@ -102,11 +102,11 @@ def list_keys(
     runtime: RuntimeDep,
     actor: ActorDep,
     *,
-    after: Annotated[str | None, Query(max_length=64)] = None,
+    after: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9._-]{1,64}$")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     state: Annotated[str | None, Query(pattern="^(enabled|disabled)$")] = None,
-    prefix: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
-    algorithm: Annotated[str | None, Query(max_length=32)] = None,
+    prefix: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9._-]{1,64}$")] = None,
+    algorithm: Annotated[str | None, Query(pattern=r"^[a-z0-9-]{1,32}$")] = None,
 ) -> dict[str, Any]:
     """List keys in name order, filtered and paged by name cursor."""
     from projections import key_view

@@ -392,3 +392,44 @@ def test_empty_body_counts_as_empty_object(client: TestClient, key_k: int) -> No
     response = client.post("/v1/keys/k/rotate")
     assert response.status_code == 200, response.text
     assert response.json()["key"]["primary_version"] == 3
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        pytest.param("/v1/keys", {"name": "n1", "description": "a\u0000b"}, id="NUL"),
+        pytest.param("/v1/keys", {"name": "n1", "description": "bell\u0007"}, id="BEL"),
+        pytest.param(
+            "/v1/keys/k/versions/1/compromise", {"reason": "x\u0000"}, id="NUL reason"
+        ),
+        pytest.param(
+            "/v1/keys/k/versions/1/compromise", {"reason": "  "}, id="blank reason"
+        ),
+    ],
+)
+def test_control_characters_in_text_are_422_on_every_store(
+    client: TestClient, key_k: int, path: str, body: dict[str, str]
+) -> None:
+    """Free text with control characters is refused alike on SQLite and PostgreSQL."""
+    before = client.get("/v1/ledger/head").json()["head"]["position"]
+
+    response = client.post(path, json=body)
+
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "INVALID_TEXT"
+    assert client.get("/v1/ledger/head").json()["head"]["position"] == before
+
+
+def test_text_with_line_breaks_and_unicode_is_kept(client: TestClient) -> None:
+    """Tabs, line breaks and any Unicode letters are ordinary text."""
+    description = "für\tZahlungen\nлиния 2 — 🔑"
+    response = client.post("/v1/keys", json={"name": "u1", "description": description})
+    assert response.status_code == 201, response.text
+    assert client.get("/v1/keys/u1").json()["description"] == description
+
+
+@pytest.mark.parametrize("param", ["after", "prefix", "algorithm"])
+def test_nul_in_list_filters_is_422(client: TestClient, param: str) -> None:
+    """A NUL byte in a list filter is a 422, never a 500."""
+    response = client.get("/v1/keys", params={param: "a\u0000"})
+    assert response.status_code == 422, response.text

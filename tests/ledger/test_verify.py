@@ -243,3 +243,25 @@ def test_database_refuses_to_change_history(
 
     assert _verify(service) == (True, None, None)
     assert service.head_position() == 5
+
+
+def test_entry_retyped_as_text_is_malformed_not_a_crash(
+    service: KeyService, ctx: CommandContext
+) -> None:
+    """An entry whose column was rewritten as text is reported, not a crash."""
+    if _is_postgres(service):
+        pytest.skip("PostgreSQL's bytea column cannot hold text")
+    _workload(service, ctx, events=3)
+    _disable_append_only(service)
+    table = service.ledger.events_table_name
+    service.ledger.execute(
+        [
+            (
+                f"UPDATE {table} SET state = CAST(state AS TEXT) "
+                "WHERE notification_id = 2",
+                (),
+            )
+        ]
+    )
+
+    assert _verify(service) == (False, 2, "MALFORMED_ENTRY")
