@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from api import errors
 from api.routes import keys, ledger
@@ -40,9 +42,29 @@ def create_app(
     if runtime is not None:
         app.state.runtime = runtime
     errors.install(app)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.include_router(keys.router)
     app.include_router(ledger.router)
     current = runtime.settings if runtime is not None else settings or Settings()
     if current.dev_clock:
         app.include_router(ledger.dev_router)
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document, with bearer authentication declared for /docs."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title,
+            version=app.version,
+            description=app.description,
+            routes=app.routes,
+        )
+        schema.setdefault("components", {})["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer"}
+        }
+        schema["security"] = [{"bearer": []}]
+        create = schema["paths"]["/v1/keys"]["post"]
+        create["requestBody"]["required"] = True
+        app.openapi_schema = schema
+    return app.openapi_schema

@@ -66,13 +66,14 @@ def format_time(when: datetime) -> str:
 
 def parse_time(text: str) -> datetime:
     """Parse an ISO 8601 time that carries an explicit offset; refuse one without."""
+    shown = text if len(text) <= 40 else text[:40] + "..."
     try:
         when = datetime.fromisoformat(text)
     except ValueError:
-        raise ValueError(f"Not an ISO 8601 time: {text!r}.") from None
+        raise ValueError(f"Not an ISO 8601 time: {shown!r}.") from None
     if when.utcoffset() is None:
-        raise ValueError(f"Time {text!r} has no UTC offset; add 'Z' or '+00:00'.")
+        raise ValueError(f"Time {shown!r} has no UTC offset; add 'Z' or '+00:00'.")
     try:
         return when.astimezone(UTC)
     except OverflowError:
-        raise ValueError(f"Time {text!r} is out of range.") from None
+        raise ValueError(f"Time {shown!r} is out of range.") from None

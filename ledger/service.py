@@ -364,7 +364,15 @@ class KeyService:
             key.roll_back_primary(version, now=now)
             return self._save(key, context, [])
         if to_time is not None:
-            to_stream_version = self.stream_version_at(key, to_time)
+            try:
+                to_stream_version = self.stream_version_at(key, to_time)
+            except KeyNotFoundError:
+                raise KeyLifecycleError(
+                    f"Key {name!r} did not exist at {format_time(to_time)}.",
+                    code="ROLLBACK_TARGET_NOT_IN_PAST",
+                    key=name,
+                    to_time=format_time(to_time),
+                ) from None
         assert to_stream_version is not None
         if not 1 <= to_stream_version < key.version:
             raise KeyLifecycleError(

@@ -124,7 +124,12 @@ def advance_clock(
     }
 
 
-@router.get("/healthz", operation_id="health", tags=["health"])
+@router.get(
+    "/healthz",
+    operation_id="health",
+    tags=["health"],
+    openapi_extra={"security": []},
+)
 def health(runtime: RuntimeDep) -> dict[str, Any]:
     """Liveness and the ledger's head position; 503 when the ledger is unreachable."""
     try:

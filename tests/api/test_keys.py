@@ -973,7 +973,6 @@ LIST_FILTERS = [
         {"prefix": "alpha", "after": "alpha-1"}, ["alpha-2"], id="prefix-after"
     ),
     pytest.param({"prefix": "zeta"}, [], id="no-match"),
-    pytest.param({"prefix": "%"}, [], id="like-wildcard-is-literal"),
     pytest.param({"prefix": "_"}, [], id="like-underscore-is-literal"),
     pytest.param({"algorithm": "aes-256-gcm", "limit": 1}, ["alpha-1"], id="algorithm"),
     pytest.param({"algorithm": "rsa"}, [], id="other-algorithm"),
@@ -1083,3 +1082,10 @@ def test_snapshot_helper_sees_a_successful_command(client: TestClient) -> None:
     assert after.view != before.view
     assert after.history_count == (before.history_count or 0) + 1
     assert after.head_position == before.head_position + 1
+
+
+def test_list_filter_outside_the_name_alphabet_is_422(client: TestClient) -> None:
+    """A prefix no key name could have (a LIKE wildcard) is refused, not matched."""
+    response = client.get("/v1/keys", params={"prefix": "%"})
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "INVALID_FIELD"
