@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import re
 import uuid
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, get_args
 
@@ -569,7 +569,21 @@ class ManagedKey(Aggregate):
 
     def version_view(self, number: int) -> dict[str, Any]:
         """One version as the read side shows it."""
-        return {**asdict(self.versions[number]), "primary": number == self.primary}
+        record = self.versions[number]
+        # Field by field: dataclasses.asdict deep-copies every value, which shows
+        # on the write path of a key with many versions.
+        return {
+            "version": record.version,
+            "state": record.state,
+            "fingerprint": record.fingerprint,
+            "created_at": record.created_at,
+            "compromised": record.compromised,
+            "compromise_reason": record.compromise_reason,
+            "scheduled_at": record.scheduled_at,
+            "destroy_at": record.destroy_at,
+            "destroyed_at": record.destroyed_at,
+            "primary": number == self.primary,
+        }
 
     # Guards ----------------------------------------------------------------
 

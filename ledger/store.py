@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -259,6 +260,7 @@ class _PendingAppend:
 
 
 _HEAD_MOVED = "KL001"
+_CONTENDED_SECONDS = 1.0
 
 
 class _HeadMovedError(Exception):
@@ -328,6 +330,7 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
         self._append_lock = threading.Lock()
         self._queue_lock = threading.Lock()
         self._queue: list[_PendingAppend] = []
+        self._contended_until = 0.0
         schema, table = datastore.schema, events_table_name
         checkpoints = checkpoint_table(table)
         self.checkpoints_table_name = checkpoints
@@ -485,6 +488,10 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
         process did append, the slow path takes the lock first, reads the head,
         and seals under the lock, so a busy ledger never starves a writer.
         """
+        if time.monotonic() < self._contended_until:
+            # Another process has been appending: the optimistic path would lose.
+            self._finish(group, self._commit_under_lock(group))
+            return
         try:
             head = self._head_cache or self.head()
             sealed = self._seal_group(group, head)
@@ -501,6 +508,7 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
                 )
         except _HeadMovedError:
             self._head_cache = None
+            self._contended_until = time.monotonic() + _CONTENDED_SECONDS
             sealed = self._commit_under_lock(group)
         except BaseException:
             self._head_cache = None
