@@ -10,7 +10,6 @@ happen and ``LedgerUnavailableError`` is raised.
 from __future__ import annotations
 
 import base64
-import functools
 import json
 import logging
 import secrets
@@ -18,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError, PersistenceError
@@ -110,39 +109,6 @@ class ReplayedResponse:
 
     status: int
     body: dict[str, Any]
-
-
-_CONFLICT_ATTEMPTS = 20
-
-Command = TypeVar("Command", bound=Callable[..., "CommandResult"])
-
-
-def _retry_conflicts(method: Command) -> Command:
-    """Run a command again on the fresh key when another command got there first.
-
-    Only when the caller gave no ``expected_version``: a caller who did asked to
-    be told about any change, and gets the 409. A retried command meets the
-    lifecycle rules again, on the state the other command left.
-    """
-
-    @functools.wraps(method)
-    def retrying(
-        self: KeyService, context: CommandContext, *args: Any, **kwargs: Any
-    ) -> CommandResult:
-        for attempt in range(1, _CONFLICT_ATTEMPTS + 1):
-            try:
-                result: CommandResult = method(self, context, *args, **kwargs)
-            except ConcurrentModificationError:
-                if (
-                    context.expected_version is not None
-                    or attempt == _CONFLICT_ATTEMPTS
-                ):
-                    raise
-                continue
-            return result
-        raise AssertionError("unreachable")
-
-    return retrying  # type: ignore[return-value]
 
 
 class KeyService:
@@ -252,7 +218,6 @@ class KeyService:
                 f"A key named {name!r} already exists.", key=name
             ) from None
 
-    @_retry_conflicts
     def rotate(self, context: CommandContext, name: str) -> CommandResult:
         """Add a new enabled version and make it primary."""
         key = self._load_for_command(name, context)
@@ -261,15 +226,12 @@ class KeyService:
         statement = self._put_material(str(key.id), version, material)
         return self._save(key, context, [statement], version=version)
 
-    @_retry_conflicts
     def disable_key(self, context: CommandContext, name: str) -> CommandResult:
         return self._simple(name, context, lambda key, now: key.disable(now=now))
 
-    @_retry_conflicts
     def enable_key(self, context: CommandContext, name: str) -> CommandResult:
         return self._simple(name, context, lambda key, now: key.enable(now=now))
 
-    @_retry_conflicts
     def disable_version(
         self, context: CommandContext, name: str, version: int
     ) -> CommandResult:
@@ -277,7 +239,6 @@ class KeyService:
             name, context, lambda key, now: key.disable_version(version, now=now)
         )
 
-    @_retry_conflicts
     def enable_version(
         self, context: CommandContext, name: str, version: int
     ) -> CommandResult:
@@ -285,7 +246,6 @@ class KeyService:
             name, context, lambda key, now: key.enable_version(version, now=now)
         )
 
-    @_retry_conflicts
     def mark_compromised(
         self, context: CommandContext, name: str, version: int, *, reason: str
     ) -> CommandResult:
@@ -300,7 +260,6 @@ class KeyService:
             )
         return self._save(key, context, [], notes=notes)
 
-    @_retry_conflicts
     def schedule_destruction(
         self, context: CommandContext, name: str, version: int, *, days: int | None
     ) -> CommandResult:
@@ -318,7 +277,6 @@ class KeyService:
             ),
         )
 
-    @_retry_conflicts
     def cancel_destruction(
         self, context: CommandContext, name: str, version: int
     ) -> CommandResult:
@@ -326,7 +284,6 @@ class KeyService:
             name, context, lambda key, now: key.cancel_destruction(version, now=now)
         )
 
-    @_retry_conflicts
     def destroy_version(
         self, context: CommandContext, name: str, version: int
     ) -> CommandResult:
@@ -339,7 +296,6 @@ class KeyService:
         )
         return self._save(key, context, [erase])
 
-    @_retry_conflicts
     def roll_back(
         self,
         context: CommandContext,

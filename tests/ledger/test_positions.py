@@ -7,12 +7,12 @@ that commits later with a lower position, and a rolled-back writer leaves no hol
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
 
-from domain.errors import LedgerUnavailableError
+from domain.errors import ConcurrentModificationError, LedgerUnavailableError
 from ledger.service import CommandContext, KeyService
 from ledger.verify import verify_ledger
 
@@ -93,3 +93,39 @@ def test_unreachable_database_is_unavailable_and_nothing_recorded(
     # and once the database is back, nothing was recorded by the failed command
     assert service.ledger.head() == head
     assert service.get_key("k-down")["stream_version"] == 1
+
+
+def test_racing_commands_without_expected_version_lose_with_409(
+    open_service: Callable[..., KeyService], ctx: CommandContext
+) -> None:
+    """Racing rotations: the winners are recorded, each loser gets expected/actual."""
+    # given eight services (as eight processes) and one key
+    services = [open_service() for _ in range(8)]
+    services[0].create_key(ctx, name="raced")
+    barrier = threading.Barrier(len(services))
+    won: list[int] = []
+    lost: list[ConcurrentModificationError] = []
+
+    def rotate(service: KeyService) -> None:
+        barrier.wait()
+        try:
+            won.append(service.rotate(ctx, "raced").receipts[0].position)
+        except ConcurrentModificationError as error:
+            lost.append(error)
+
+    # when they all rotate it at once, without expected_version
+    threads = [threading.Thread(target=rotate, args=(s,)) for s in services]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    # then every loser was told what it expected and what it found
+    assert won and len(won) + len(lost) == len(services)
+    for error in lost:
+        assert error.code == "CONCURRENT_MODIFICATION"
+        assert error.details["actual"] > error.details["expected"]
+    # and only the winners are on the ledger
+    history, _ = services[0].history("raced")
+    assert len(history) == 1 + len(won)
+    assert verify_ledger(services[0].ledger, services[0].public_keys()).ok
