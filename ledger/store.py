@@ -260,6 +260,8 @@ class _PendingAppend:
 
 
 _HEAD_MOVED = "KL001"
+_BEGIN = SQL("BEGIN")
+_COMMIT = SQL("COMMIT")
 _CONTENDED_SECONDS = 1.0
 
 
@@ -499,11 +501,11 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
                 self._run_script(
                     conn,
                     [
-                        (SQL("BEGIN"), ()),
+                        (_BEGIN, ()),
                         *self._lock_script(),
                         (self._expect_head, (head.position,)),
                         *self._write_script(sealed),
-                        (SQL("COMMIT"), ()),
+                        (_COMMIT, ()),
                     ],
                 )
         except _HeadMovedError:
@@ -517,7 +519,7 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
 
     def _commit_under_lock(self, group: list[_PendingAppend]) -> _SealedGroup:
         with self.datastore.get_connection() as conn:
-            self._run_script(conn, [(SQL("BEGIN"), ()), *self._lock_script()])
+            self._run_script(conn, [(_BEGIN, ()), *self._lock_script()])
             try:
                 row = conn.execute(self._select_head).fetchone()
                 head = (
@@ -531,7 +533,7 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-            self._run_script(conn, [*self._write_script(sealed), (SQL("COMMIT"), ())])
+            self._run_script(conn, [*self._write_script(sealed), (_COMMIT, ())])
         return sealed
 
     def _seal_group(self, group: list[_PendingAppend], head: Head) -> _SealedGroup:
@@ -599,14 +601,17 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
 
     @staticmethod
     def _run_script(conn: Any, script: list[tuple[Any, Sequence[Any]]]) -> None:
-        # One round trip for many statements; psycopg binds every parameter
-        # client-side with its own escaping, never by string formatting here.
-        curs = psycopg.ClientCursor(conn)
-        text = ";\n".join(curs.mogrify(query, params) for query, params in script)
+        # One round trip for many statements: psycopg's pipeline sends them all
+        # before reading any result, and prepared statements spare the server
+        # from parsing and planning the same SQL on every append.
         try:
-            curs.execute(text.encode())
+            with conn.pipeline(), conn.cursor() as curs:
+                for query, params in script:
+                    control = query is _BEGIN or query is _COMMIT
+                    curs.execute(query, params or None, prepare=not control)
         except psycopg.Error as error:
-            conn.execute("ROLLBACK")
+            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                conn.execute("ROLLBACK")
             if error.sqlstate == _HEAD_MOVED:
                 raise _HeadMovedError from None
             raise

@@ -148,13 +148,13 @@ def test_changed_payload_byte_is_a_hash_mismatch(
     table = service.ledger.events_table_name
     if _is_postgres(service):
         statement = (
-            f"UPDATE {table} SET state = overlay(state placing '0'::bytea from "
+            f"UPDATE {table} SET state = overlay(state placing 'g'::bytea from "
             "position('sha256:'::bytea in state) + 7 for 1) WHERE notification_id = 4"
         )
     else:
         statement = (
             f"UPDATE {table} SET state = CAST(substr(state, 1, instr(state, "
-            "'sha256:') + 6) || '0' || substr(state, instr(state, 'sha256:') + 8) "
+            "'sha256:') + 6) || 'g' || substr(state, instr(state, 'sha256:') + 8) "
             "AS BLOB) WHERE notification_id = 4"
         )
     before = service.ledger.query(
