@@ -3,21 +3,40 @@
 An entry is the RFC 8785 canonical JSON of every field that describes one event:
 position, previous hash, stream, type, times, actor, request id and payload. Its
 hash is SHA-256 over exactly those stored bytes, and the signature is Ed25519 over
-a domain-separated message holding that hash. This module uses only the standard
-library and ``cryptography`` for checking, so offline verifiers can reuse it.
+a domain-separated message holding that hash. Writing needs ``rfc8785``; the
+checking side lives in ``ledger.offline``, which needs only the standard library
+and ``cryptography``, and is re-exported here.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping
 from typing import Any
 
-ENTRY_FORMAT = 1
-GENESIS_HASH = "0" * 64
-ENTRY_SIGNING_CONTEXT = b"keyledger/entry/v1\n"
-CHECKPOINT_SIGNING_CONTEXT = b"keyledger/checkpoint/v1\n"
+from ledger.offline import (
+    CHECKPOINT_SIGNING_CONTEXT,
+    ENTRY_FORMAT,
+    ENTRY_SIGNING_CONTEXT,
+    GENESIS_HASH,
+    checkpoint_document,
+    checkpoint_signing_message,
+    entry_hash,
+    entry_signing_message,
+    parse_entry,
+)
+
+__all__ = [
+    "CHECKPOINT_SIGNING_CONTEXT",
+    "ENTRY_FORMAT",
+    "ENTRY_SIGNING_CONTEXT",
+    "GENESIS_HASH",
+    "canonical_json",
+    "checkpoint_document",
+    "checkpoint_signing_message",
+    "entry_hash",
+    "entry_signing_message",
+    "parse_entry",
+]
 
 
 def canonical_json(value: Any) -> bytes:
@@ -41,47 +60,3 @@ def _refuse_floats(value: Any) -> None:
     elif isinstance(value, list | tuple):
         for item in value:
             _refuse_floats(item)
-
-
-def entry_hash(entry_bytes: bytes) -> str:
-    """The hex SHA-256 of an entry's stored bytes."""
-    return hashlib.sha256(entry_bytes).hexdigest()
-
-
-def entry_signing_message(hash_hex: str) -> bytes:
-    """What an entry's Ed25519 signature covers."""
-    return ENTRY_SIGNING_CONTEXT + bytes.fromhex(hash_hex)
-
-
-def checkpoint_document(
-    *, position: int, hash_hex: str, recorded_at: str, kid: str
-) -> dict[str, Any]:
-    """The signed statement of a checkpoint: the head at ``position``."""
-    return {
-        "format": ENTRY_FORMAT,
-        "position": position,
-        "hash": hash_hex,
-        "recorded_at": recorded_at,
-        "kid": kid,
-    }
-
-
-def checkpoint_signing_message(document: Mapping[str, Any]) -> bytes:
-    """What a checkpoint's signature covers: its canonical document."""
-    return CHECKPOINT_SIGNING_CONTEXT + canonical_json(dict(document))
-
-
-def parse_entry(entry_bytes: bytes) -> dict[str, Any]:
-    """Parse stored entry bytes as a ledger entry of a known format.
-
-    Duplicate names are not searched for here: the hash covers the exact bytes
-    and the signature covers the hash, so bytes that differ from what was signed
-    fail those checks whatever they contain.
-
-    Raises:
-        ValueError: the bytes are not a JSON object of a known entry format.
-    """
-    entry = json.loads(entry_bytes)
-    if not isinstance(entry, dict) or entry.get("format") != ENTRY_FORMAT:
-        raise ValueError("not a ledger entry of a known format")
-    return entry

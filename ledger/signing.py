@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
 
+from ledger.offline import key_id, verify_signature
 
-def key_id(public_key: Ed25519PublicKey) -> str:
-    """A short, stable name for a public key: ``ed25519:`` and 16 hex digits."""
-    raw = public_key.public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw
-    )
-    return "ed25519:" + hashlib.sha256(raw).hexdigest()[:16]
+__all__ = [
+    "LedgerSigner",
+    "key_id",
+    "load_public_key",
+    "public_key_pem",
+    "verify_signature",
+    "write_secret_file",
+]
 
 
 def public_key_pem(public_key: Ed25519PublicKey) -> str:
@@ -71,17 +72,6 @@ class LedgerSigner:
         )
         write_secret_file(path, pem)
         return cls(key), True
-
-
-def verify_signature(
-    public_key: Ed25519PublicKey, signature: bytes, message: bytes
-) -> bool:
-    """Whether ``signature`` is a valid Ed25519 signature of ``message``."""
-    try:
-        public_key.verify(signature, message)
-    except InvalidSignature:
-        return False
-    return True
 
 
 def write_secret_file(path: Path, data: bytes) -> None:
