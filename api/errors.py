@@ -19,6 +19,7 @@ from domain.errors import (
     KeyledgerError,
     KeyLifecycleError,
     KeyNotFoundError,
+    LedgerBrokenError,
     LedgerUnavailableError,
     VersionNotFoundError,
 )
@@ -39,6 +40,7 @@ _STATUS: list[tuple[type[KeyledgerError], int]] = [
     (KeyNotFoundError, 404),
     (VersionNotFoundError, 404),
     (KeyLifecycleError, 409),
+    (LedgerBrokenError, 409),
     (InvalidArgumentError, 422),
     (LedgerUnavailableError, 503),
 ]

@@ -68,3 +68,12 @@ class LedgerUnavailableError(KeyledgerError):
     """The ledger could not durably record the event; the action did not happen."""
 
     code = "LEDGER_UNAVAILABLE"
+
+
+class LedgerBrokenError(KeyledgerError):
+    """Verification found the ledger broken, so no evidence is exported (HTTP 409).
+
+    ``details`` carry the first broken position and its reason code.
+    """
+
+    code = "LEDGER_BROKEN"
