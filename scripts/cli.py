@@ -1,17 +1,32 @@
-"""The ``keyledger`` command: serve, demo, verify, rebuild."""
+"""The ``keyledger`` command: serve, demo, verify, rebuild, export, verify-export."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from scripts import rebuild_projections, run_demo, run_service, verify_ledger
+from scripts import (
+    export_ledger,
+    rebuild_projections,
+    run_demo,
+    run_service,
+    verify_export,
+    verify_ledger,
+)
 
 COMMANDS = {
     "serve": (run_service, "Run the HTTP service."),
     "demo": (run_demo, "Drive a realistic workload at a running service, then verify."),
     "verify": (verify_ledger, "Verify the whole ledger; exit 0 only when intact."),
     "rebuild": (rebuild_projections, "Rebuild projections from events and compare."),
+    "export": (
+        export_ledger,
+        "Write a signed evidence archive of a time range or of keys.",
+    ),
+    "verify-export": (
+        verify_export,
+        "Verify an export offline; exit 0 only when everything holds.",
+    ),
 }
 
 

@@ -1,0 +1,102 @@
+"""``keyledger export``: write a signed evidence archive for a time range or keys."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from domain.clock import parse_time
+from domain.errors import KeyledgerError, LedgerBrokenError
+from ledger.export import ExportScope, build_export
+from ledger.settings import Settings
+from scripts.common import open_service
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--out", required=True, help="The archive to write (a new .zip file)."
+    )
+    parser.add_argument(
+        "--from",
+        dest="from_time",
+        help="Entries recorded at or after this time (with offset, e.g. ...Z).",
+    )
+    parser.add_argument(
+        "--to", dest="to_time", help="Entries recorded before this time (with offset)."
+    )
+    parser.add_argument(
+        "--key",
+        action="append",
+        default=[],
+        help="Export this key's whole history instead of a time range (repeatable).",
+    )
+    parser.add_argument(
+        "--data-dir", help="The service's data folder (KEYLEDGER_DATA_DIR)."
+    )
+    parser.add_argument(
+        "--database-url", help="The ledger's database (KEYLEDGER_DATABASE_URL)."
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    try:
+        scope = ExportScope(
+            parse_time(args.from_time) if args.from_time else None,
+            parse_time(args.to_time) if args.to_time else None,
+            tuple(args.key),
+        ).validated()
+    except (KeyledgerError, ValueError) as error:
+        print(f"keyledger export: {_message(error)}", file=sys.stderr)
+        return 2
+    overrides = {
+        name: value
+        for name, value in (
+            ("data_dir", args.data_dir),
+            ("database_url", args.database_url),
+        )
+        if value is not None
+    }
+    try:
+        service = open_service(Settings(**overrides))
+    except (KeyledgerError, ValueError, OSError) as error:
+        print(f"keyledger export: cannot open the ledger: {error}", file=sys.stderr)
+        return 2
+    try:
+        export = build_export(service, scope)
+    except LedgerBrokenError as error:
+        print(f"keyledger export: {error.message}", file=sys.stderr)
+        return 1
+    except KeyledgerError as error:
+        print(f"keyledger export: {error.message}", file=sys.stderr)
+        return 2
+    finally:
+        service.close()
+
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(export.data)
+    except OSError as error:
+        print(
+            f"keyledger export: cannot write {out}: {error}; choose a new --out file",
+            file=sys.stderr,
+        )
+        return 2
+    covered = export.manifest["covered"]
+    span = (
+        f"positions {covered['first_position']}..{covered['last_position']}"
+        if covered
+        else "no entries in that scope"
+    )
+    print(
+        f"exported {export.manifest['counts']['entries']} entries ({span}) to {out}; "
+        f"verify with: keyledger verify-export {out}"
+    )
+    return 0
+
+
+def _message(error: Exception) -> str:
+    return error.message if isinstance(error, KeyledgerError) else str(error)
