@@ -1067,7 +1067,13 @@ def run(args: argparse.Namespace, prog: str = "offline.py") -> int:
     except UnreadableError as error:
         print(f"{prog}: {error}", file=sys.stderr)
         return 2
-    report = verify_export(files, duplicates=duplicates, outside_checkpoint=outside)
+    try:
+        report = verify_export(files, duplicates=duplicates, outside_checkpoint=outside)
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
+        # A member shaped unlike anything an export writes: broken, not a crash.
+        report = ExportReport(
+            first_failure=Failure(0, "MANIFEST_INVALID", f"malformed archive: {error}")
+        )
     if args.json:
         print(json.dumps(report.as_json(), indent=2))
     else:

@@ -407,3 +407,20 @@ def test_csv_view_has_one_line_per_entry(ledger: KeyService) -> None:
     jsonl = files[offline.JSONL_VIEW_FILE].decode().split("\n")
     assert len(jsonl) == 11
     assert json.loads(jsonl[0])["actor_principal"] == NASTY
+
+
+def test_malformed_manifest_members_are_broken_not_a_crash(
+    ledger: KeyService, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A manifest whose members have the wrong shapes is reported, exit 1."""
+    files = unzip(build_export(ledger, ExportScope()).data)
+    manifest = json.loads(files[offline.MANIFEST_FILE])
+    manifest["signing_keys"], manifest["counts"] = ["not an object"], 7
+    files[offline.MANIFEST_FILE] = json.dumps(manifest).encode()
+    folder = tmp_path / "export"
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+
+    assert offline.main([str(folder)]) == 1
+    assert "MANIFEST_INVALID" in capsys.readouterr().out
