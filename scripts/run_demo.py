@@ -2,21 +2,28 @@
 
 Each key lives a life: rotations, a disable and re-enable, a scheduled and a
 cancelled destruction, a destruction that completes by the service's controlled
-clock, a compromise and two kinds of rollback. Then the whole ledger is verified.
+clock, a compromise and two kinds of rollback. Then the whole ledger is verified,
+and an auditor exports the period and verifies the export offline against the
+checkpoint the demo just had signed.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
 from typing import Any
 
 import httpx
 from tqdm import tqdm
+
+from ledger import offline
 
 
 class DemoError(Exception):
@@ -142,6 +149,7 @@ def main(args: argparse.Namespace) -> int:
         destroyed = _complete_destructions(client)
         checkpoint = client.post("/v1/ledger/checkpoints", expect=201)["checkpoint"]
         report = client.get("/v1/ledger/verify")
+        evidence = _audit_offline(client, checkpoint)
     except (httpx.HTTPError, DemoError) as error:
         print(f"keyledger demo: {error}", file=sys.stderr)
         return 1
@@ -155,7 +163,8 @@ def main(args: argparse.Namespace) -> int:
     print(
         f"checkpoint signed at position {checkpoint['position']}: {checkpoint['hash']}"
     )
-    if report["ok"]:
+    print(evidence)
+    if report["ok"] and evidence.startswith("auditor: export intact"):
         print(
             f"verification: OK, {report['checked']} entries, "
             f"head {report['head']['hash']}"
@@ -166,6 +175,25 @@ def main(args: argparse.Namespace) -> int:
     return 1
 
 
+def _audit_offline(client: Client, checkpoint: dict[str, Any]) -> str:
+    """As an auditor: export the whole period, then verify it with no service."""
+    response = client.http.get("/v1/exports")
+    if response.status_code != 200:
+        raise DemoError(
+            f"GET /v1/exports -> {response.status_code}: {response.text[:300]}"
+        )
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "evidence.zip"
+        path.write_bytes(response.content)
+        files, duplicates = offline.read_archive(path)
+        kept = offline.load_checkpoint(json.dumps(checkpoint).encode())
+        result = offline.verify_export(
+            files, duplicates=duplicates, outside_checkpoint=kept
+        )
+    summary = offline.describe(result).splitlines()[0]
+    return f"auditor: {summary} ({len(response.content):,} bytes, checked offline)"
+
+
 def _complete_destructions(client: Client) -> str:
     response = client.http.post("/v1/dev/clock", json={"seconds": 8 * 86400})
     if response.status_code != 200:
@@ -173,6 +201,7 @@ def _complete_destructions(client: Client) -> str:
             "scheduled destructions left pending: start the service with "
             "KEYLEDGER_DEV_CLOCK=true to let the demo move its clock 8 days on"
         )
+    client.events += len(response.json().get("receipts", []))
     destroyed = client.post("/v1/scheduler/run")["destroyed"]
     client.events += len(destroyed)
     return (
