@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
+import sys
+from typing import Any
+
 from domain.clock import SystemClock
+from domain.errors import KeyledgerError
 from ledger.service import DestructionBounds, KeyService, load_local_secrets
 from ledger.settings import Settings
 
@@ -28,3 +33,30 @@ def open_service(settings: Settings) -> KeyService:
         checkpoint_interval=settings.checkpoint_interval,
         create=False,
     )
+
+
+def add_ledger_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that say which ledger a tool opens, as the service has them."""
+    parser.add_argument(
+        "--data-dir", help="The service's data folder (KEYLEDGER_DATA_DIR)."
+    )
+    parser.add_argument(
+        "--database-url", help="The ledger's database (KEYLEDGER_DATABASE_URL)."
+    )
+
+
+def open_ledger_for(args: argparse.Namespace, command: str) -> KeyService | None:
+    """Open the ledger the options name; on failure say why and return None."""
+    overrides: dict[str, Any] = {
+        name: value
+        for name, value in (
+            ("data_dir", args.data_dir),
+            ("database_url", args.database_url),
+        )
+        if value is not None
+    }
+    try:
+        return open_service(Settings(**overrides))
+    except (KeyledgerError, ValueError, OSError) as error:
+        print(f"keyledger {command}: cannot open the ledger: {error}", file=sys.stderr)
+        return None

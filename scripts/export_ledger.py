@@ -10,8 +10,7 @@ from pathlib import Path
 from domain.clock import parse_time
 from domain.errors import KeyledgerError, LedgerBrokenError
 from ledger.export import ExportScope, build_export
-from ledger.settings import Settings
-from scripts.common import open_service
+from scripts.common import add_ledger_arguments, open_ledger_for
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,12 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         help="Export this key's whole history instead of a time range (repeatable).",
     )
-    parser.add_argument(
-        "--data-dir", help="The service's data folder (KEYLEDGER_DATA_DIR)."
-    )
-    parser.add_argument(
-        "--database-url", help="The ledger's database (KEYLEDGER_DATABASE_URL)."
-    )
+    add_ledger_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -51,18 +45,8 @@ def main(args: argparse.Namespace) -> int:
     except (KeyledgerError, ValueError) as error:
         print(f"keyledger export: {_message(error)}", file=sys.stderr)
         return 2
-    overrides = {
-        name: value
-        for name, value in (
-            ("data_dir", args.data_dir),
-            ("database_url", args.database_url),
-        )
-        if value is not None
-    }
-    try:
-        service = open_service(Settings(**overrides))
-    except (KeyledgerError, ValueError, OSError) as error:
-        print(f"keyledger export: cannot open the ledger: {error}", file=sys.stderr)
+    service = open_ledger_for(args, "export")
+    if service is None:
         return 2
     try:
         export = build_export(service, scope)

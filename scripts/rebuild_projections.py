@@ -6,19 +6,12 @@ import argparse
 import json
 import sys
 
-from domain.errors import KeyledgerError
-from ledger.settings import Settings
 from projections.rebuild import RebuildError, rebuild
-from scripts.common import open_service
+from scripts.common import add_ledger_arguments, open_ledger_for
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--data-dir", help="The service's data folder (KEYLEDGER_DATA_DIR)."
-    )
-    parser.add_argument(
-        "--database-url", help="The ledger's database (KEYLEDGER_DATABASE_URL)."
-    )
+    add_ledger_arguments(parser)
     parser.add_argument(
         "--check-only",
         action="store_true",
@@ -27,18 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    overrides = {
-        name: value
-        for name, value in (
-            ("data_dir", args.data_dir),
-            ("database_url", args.database_url),
-        )
-        if value is not None
-    }
-    try:
-        service = open_service(Settings(**overrides))
-    except (KeyledgerError, ValueError, OSError) as error:
-        print(f"keyledger rebuild: cannot open the ledger: {error}", file=sys.stderr)
+    service = open_ledger_for(args, "rebuild")
+    if service is None:
         return 2
     try:
         report = rebuild(service.app, apply=not args.check_only)

@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
-from typing import Any
 
-from domain.errors import KeyledgerError
-from ledger.settings import Settings
 from ledger.signing import load_public_key
 from ledger.verify import verify_ledger
-from scripts.common import open_service
+from scripts.common import add_ledger_arguments, open_ledger_for
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--data-dir", help="The service's data folder (KEYLEDGER_DATA_DIR)."
-    )
-    parser.add_argument(
-        "--database-url", help="The ledger's database (KEYLEDGER_DATABASE_URL)."
-    )
+    add_ledger_arguments(parser)
     parser.add_argument(
         "--public-key",
         action="append",
@@ -32,11 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    settings = Settings(**_overrides(args))
-    try:
-        service = open_service(settings)
-    except (KeyledgerError, ValueError, OSError) as error:
-        print(f"keyledger verify: cannot open the ledger: {error}", file=sys.stderr)
+    service = open_ledger_for(args, "verify")
+    if service is None:
         return 2
     try:
         keys = service.public_keys()
@@ -63,14 +51,3 @@ def main(args: argparse.Namespace) -> int:
             f"({failure.detail}); {report.checked} entries verified before it"
         )
     return 0 if report.ok else 1
-
-
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        name: value
-        for name, value in (
-            ("data_dir", args.data_dir),
-            ("database_url", args.database_url),
-        )
-        if value is not None
-    }
