@@ -59,3 +59,16 @@ class ClockAdvance(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     seconds: Annotated[StrictInt, Field(ge=1, le=10 * 365 * 86400)]
+
+
+class KeyConfigUpdate(Command):
+    """Either or both minimum versions; ``min_encryption_version: null`` resets it."""
+
+    min_decryption_version: Version | None = Field(
+        None, description="The lowest version that may decrypt (1 to the primary)."
+    )
+    min_encryption_version: Version | None = Field(
+        None,
+        description="The lowest version that may encrypt when asked for explicitly; "
+        "null means only the primary encrypts.",
+    )

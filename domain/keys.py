@@ -254,6 +254,20 @@ class ManagedKey(Aggregate):
             for number, state in self.version_states.items():
                 aggregate.set_state(int(number), _as_state(state))
 
+    class MinimumVersionsChanged(Aggregate.Event):
+        """The lowest versions allowed to decrypt and to encrypt were changed.
+
+        ``min_encryption_version`` None means only the primary may encrypt.
+        """
+
+        TOPIC = "keyledger.key.MinimumVersionsChanged"
+        min_decryption_version: int
+        min_encryption_version: int | None
+
+        def apply(self, aggregate: ManagedKey) -> None:
+            aggregate.min_decryption_version = self.min_decryption_version
+            aggregate.min_encryption_version = self.min_encryption_version
+
     def __init__(
         self, name: str, algorithm: str, description: str, fingerprint: str
     ) -> None:
@@ -262,6 +276,8 @@ class ManagedKey(Aggregate):
         self.description = description
         self.enabled = True
         self.primary = 1
+        self.min_decryption_version = 1
+        self.min_encryption_version: int | None = None
         created_at = format_time(self.created_on)
         self.versions: dict[int, KeyVersion] = {
             1: KeyVersion(1, "enabled", fingerprint, created_at)
@@ -479,6 +495,7 @@ class ManagedKey(Aggregate):
         self._require_not_destroyed(record)
         self._require_not_compromised(record)
         self._require_state(record, "enabled", "make primary")
+        self._require_decryptable_primary(version)
         self.trigger_event(
             self.PrimaryRolledBack,
             version=version,
@@ -529,6 +546,7 @@ class ManagedKey(Aggregate):
                 version=past.primary,
                 state=primary.state,
             )
+        self._require_decryptable_primary(past.primary)
         self.trigger_event(
             self.RolledBack,
             to_stream_version=past.version,
@@ -536,6 +554,135 @@ class ManagedKey(Aggregate):
             version_states=states,
             timestamp=now,
         )
+
+    def change_minimum_versions(
+        self,
+        *,
+        min_decryption_version: int | None = None,
+        min_encryption_version: int | None = None,
+        set_min_encryption: bool = False,
+        now: datetime,
+    ) -> None:
+        """Change the decryption floor, the encryption floor, or both.
+
+        ``min_decryption_version`` is 1 to the primary (the primary's own
+        ciphertext must stay readable, and the primary is never above the
+        latest version). ``min_encryption_version`` is None (only the primary
+        encrypts) or from the decryption floor to the latest version. With
+        ``set_min_encryption`` false the encryption floor is left as it is.
+        Nothing is recorded when either bound is broken.
+
+        Raises:
+            InvalidArgumentError: ``MIN_VERSION_OUT_OF_RANGE``, with the field,
+                the value and the allowed range; or ``NOTHING_TO_CHANGE``.
+        """
+        if min_decryption_version is None and not set_min_encryption:
+            raise InvalidArgumentError(
+                "Give min_decryption_version, min_encryption_version or both.",
+                code="NOTHING_TO_CHANGE",
+            )
+        decryption = (
+            self.min_decryption_version
+            if min_decryption_version is None
+            else min_decryption_version
+        )
+        encryption = (
+            min_encryption_version
+            if set_min_encryption
+            else self.min_encryption_version
+        )
+        if not 1 <= decryption <= self.primary:
+            raise InvalidArgumentError(
+                f"min_decryption_version of {self.name!r} must be 1 to "
+                f"{self.primary} (the primary version).",
+                code="MIN_VERSION_OUT_OF_RANGE",
+                field="min_decryption_version",
+                value=decryption,
+                min=1,
+                max=self.primary,
+            )
+        latest = max(self.versions)
+        if encryption is not None and not decryption <= encryption <= latest:
+            raise InvalidArgumentError(
+                f"min_encryption_version of {self.name!r} must be "
+                f"{decryption} to {latest} (from the decryption floor to the "
+                "latest version), or null for the primary only.",
+                code="MIN_VERSION_OUT_OF_RANGE",
+                field="min_encryption_version",
+                value=encryption,
+                min=decryption,
+                max=latest,
+            )
+        self.trigger_event(
+            self.MinimumVersionsChanged,
+            min_decryption_version=decryption,
+            min_encryption_version=encryption,
+            timestamp=now,
+        )
+
+    # Use rules -------------------------------------------------------------
+
+    def version_for_encryption(self, requested: int | None = None) -> int:
+        """The version to encrypt under: the primary, or ``requested`` if allowed.
+
+        A version other than the primary may encrypt only when it was asked
+        for explicitly and is at or above ``min_encryption_version``; the
+        version used is never another than the one asked for.
+
+        Raises:
+            KeyLifecycleError: ``KEY_DISABLED``, ``VERSION_NOT_PRIMARY``, or the
+                version's state refuses (``VERSION_COMPROMISED``,
+                ``VERSION_DISABLED``, ``VERSION_DESTROY_SCHEDULED``,
+                ``VERSION_DESTROYED``, ``VERSION_BELOW_MIN_DECRYPTION``).
+            VersionNotFoundError: the key has no such version.
+        """
+        self._require_key_enabled()
+        version = self.primary if requested is None else requested
+        record = self._get_version(version)
+        floor = self.min_encryption_version
+        if version != self.primary and (floor is None or version < floor):
+            raise KeyLifecycleError(
+                f"Version {version} of {self.name!r} may not encrypt: only the "
+                "primary"
+                + ("" if floor is None else f" and versions from {floor}")
+                + " may.",
+                code="VERSION_NOT_PRIMARY",
+                key=self.name,
+                version=version,
+                primary=self.primary,
+                min_encryption_version=floor,
+            )
+        self._require_above_decryption_floor(record)
+        self._require_not_destroyed(record)
+        self._require_not_scheduled(record)
+        self._require_not_compromised(record)
+        self._require_version_enabled(record)
+        return version
+
+    def check_decryption(self, version: int, *, compromised_ok: bool = False) -> bool:
+        """Check that ``version`` may decrypt; return whether it is compromised.
+
+        A compromised version decrypts only with ``compromised_ok``, so data can
+        be rescued and re-encrypted; the caller MUST flag that use.
+
+        Raises:
+            KeyLifecycleError: ``KEY_DISABLED``, ``VERSION_BELOW_MIN_DECRYPTION``
+                (with ``min`` and ``version``), ``VERSION_DESTROYED``,
+                ``VERSION_DESTROY_SCHEDULED``, ``VERSION_COMPROMISED`` or
+                ``VERSION_DISABLED``.
+            VersionNotFoundError: the key has no such version.
+        """
+        self._require_key_enabled()
+        record = self._get_version(version)
+        self._require_above_decryption_floor(record)
+        self._require_not_destroyed(record)
+        self._require_not_scheduled(record)
+        if record.compromised:
+            if not compromised_ok:
+                self._require_not_compromised(record)
+            return True
+        self._require_version_enabled(record)
+        return False
 
     # Queries ---------------------------------------------------------------
 
@@ -565,6 +712,8 @@ class ManagedKey(Aggregate):
             "created_at": format_time(self.created_on),
             "updated_at": format_time(self.modified_on),
             "versions_count": len(self.versions),
+            "min_decryption_version": self.min_decryption_version,
+            "min_encryption_version": self.min_encryption_version,
         }
 
     def version_view(self, number: int) -> dict[str, Any]:
@@ -619,6 +768,50 @@ class ManagedKey(Aggregate):
                 code="VERSION_COMPROMISED",
                 key=self.name,
                 version=record.version,
+            )
+
+    def _require_not_scheduled(self, record: KeyVersion) -> None:
+        if record.state == "destroy_scheduled":
+            raise KeyLifecycleError(
+                f"Version {record.version} of {self.name!r} is scheduled for "
+                "destruction.",
+                code="VERSION_DESTROY_SCHEDULED",
+                key=self.name,
+                version=record.version,
+                destroy_at=record.destroy_at,
+            )
+
+    def _require_version_enabled(self, record: KeyVersion) -> None:
+        if record.state != "enabled":
+            raise KeyLifecycleError(
+                f"Version {record.version} of {self.name!r} is {record.state}.",
+                code="VERSION_DISABLED",
+                key=self.name,
+                version=record.version,
+                state=record.state,
+            )
+
+    def _require_above_decryption_floor(self, record: KeyVersion) -> None:
+        if record.version < self.min_decryption_version:
+            raise KeyLifecycleError(
+                f"Version {record.version} of {self.name!r} is below its "
+                f"min_decryption_version {self.min_decryption_version}.",
+                code="VERSION_BELOW_MIN_DECRYPTION",
+                key=self.name,
+                min=self.min_decryption_version,
+                version=record.version,
+            )
+
+    def _require_decryptable_primary(self, version: int) -> None:
+        if version < self.min_decryption_version:
+            raise KeyLifecycleError(
+                f"Version {version} of {self.name!r} is below its "
+                f"min_decryption_version {self.min_decryption_version}: what it "
+                "encrypted as primary could not be decrypted.",
+                code="ROLLBACK_BELOW_MIN_DECRYPTION",
+                key=self.name,
+                min=self.min_decryption_version,
+                version=version,
             )
 
     def _require_scheduled(self, record: KeyVersion) -> None:

@@ -343,6 +343,27 @@ class KeyService:
         key.roll_back_to(past, now=now)
         return self._save(key, context, [])
 
+    def change_minimum_versions(
+        self,
+        context: CommandContext,
+        name: str,
+        *,
+        min_decryption_version: int | None = None,
+        min_encryption_version: int | None = None,
+        set_min_encryption: bool = False,
+    ) -> CommandResult:
+        """Change the key's decryption and encryption floors (bounds checked)."""
+        return self._simple(
+            name,
+            context,
+            lambda key, now: key.change_minimum_versions(
+                min_decryption_version=min_decryption_version,
+                min_encryption_version=min_encryption_version,
+                set_min_encryption=set_min_encryption,
+                now=now,
+            ),
+        )
+
     def destroy_due(self, limit: int = 100) -> list[CommandResult]:
         """Destroy every version whose waiting period has passed, each exactly once.
 
@@ -597,9 +618,10 @@ class KeyService:
             subjects={str(key.id): f"key:{key.name}"},
             statements=statements,
         )
+        config = key_view.config_changed(key.pending_events)
         write.after_sealed.append(
             lambda receipts: key_view.view_statements(
-                key, touched, receipts[-1].position
+                key, touched, receipts[-1].position, config=config
             )
         )
         record = context.idempotency

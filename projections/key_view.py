@@ -2,6 +2,9 @@
 
 Each event rewrites the key's row and only the version rows it touched, so the
 cost of recording an event does not grow with the number of versions a key has.
+A key whose minimum versions differ from the defaults also has a ``key_config``
+row, kept in a table of its own so that ledgers created before it need no change
+to ``key_view``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ DDL = [
     "destroy_at TEXT, destroyed_at TEXT, PRIMARY KEY (key_name, version))",
     "CREATE INDEX IF NOT EXISTS key_versions_due_idx ON key_versions (destroy_at) "
     "WHERE state = 'destroy_scheduled'",
+    "CREATE TABLE IF NOT EXISTS key_config ("
+    "name TEXT PRIMARY KEY, min_decryption_version INTEGER NOT NULL, "
+    "min_encryption_version INTEGER)",
 ]
 
 TABLES = ("key_view", "key_versions")
@@ -47,6 +53,8 @@ _KEY_COLUMNS = (
     "updated_at",
     "last_position",
 )
+_CONFIG_COLUMNS = ("name", "min_decryption_version", "min_encryption_version")
+_CONFIG_DEFAULTS = {"min_decryption_version": 1, "min_encryption_version": None}
 _VERSION_COLUMNS = (
     "key_name",
     "version",
@@ -58,6 +66,12 @@ _VERSION_COLUMNS = (
     "scheduled_at",
     "destroy_at",
     "destroyed_at",
+)
+
+_SELECT_KEY = (
+    ", ".join(f"kv.{column}" for column in _KEY_COLUMNS)
+    + ", kc.min_decryption_version, kc.min_encryption_version "
+    "FROM key_view kv LEFT JOIN key_config kc ON kc.name = kv.name"
 )
 
 # Which versions each event changes; key-level events change only the key row.
@@ -74,6 +88,7 @@ _TOUCHES: dict[type[Any], Callable[[Any], Iterable[int]]] = {
     ManagedKey.Disabled: lambda event: [],
     ManagedKey.Enabled: lambda event: [],
     ManagedKey.PrimaryRolledBack: lambda event: [],
+    ManagedKey.MinimumVersionsChanged: lambda event: [],
 }
 
 
@@ -85,12 +100,32 @@ def touched_versions(events: Iterable[Any]) -> set[int]:
     return touched
 
 
+def config_changed(events: Iterable[Any]) -> bool:
+    """Whether ``events`` change the key's minimum versions."""
+    return any(isinstance(event, ManagedKey.MinimumVersionsChanged) for event in events)
+
+
 def view_statements(
-    key: ManagedKey, touched: Iterable[int], last_position: int
+    key: ManagedKey,
+    touched: Iterable[int],
+    last_position: int,
+    *,
+    config: bool = False,
 ) -> list[Statement]:
-    """The writes that make the read side show ``key`` as of ``last_position``."""
+    """The writes that make the read side show ``key`` as of ``last_position``.
+
+    With ``config`` the key's ``key_config`` row is written too: kept when the
+    minimum versions differ from the defaults, deleted when they do not.
+    """
     row = key_row(key, last_position)
     statements: list[Statement] = [_upsert("key_view", _KEY_COLUMNS, ("name",), row)]
+    if config:
+        config_row = key_config_row(key)
+        statements.append(
+            _upsert("key_config", _CONFIG_COLUMNS, ("name",), config_row)
+            if config_row is not None
+            else ("DELETE FROM key_config WHERE name = %s", (key.name,))
+        )
     for number in sorted(touched):
         statements.append(
             _upsert(
@@ -108,6 +143,14 @@ def key_row(key: ManagedKey, last_position: int) -> dict[str, Any]:
     row = {name: summary[name] for name in _KEY_COLUMNS if name in summary}
     row["primary_usable"] = int(summary["primary_usable"])
     row["last_position"] = last_position
+    return row
+
+
+def key_config_row(key: ManagedKey) -> dict[str, Any] | None:
+    """The key's ``key_config`` row, or None when its minimum versions are defaults."""
+    row = {name: getattr(key, name) for name in _CONFIG_COLUMNS}
+    if all(row[name] == value for name, value in _CONFIG_DEFAULTS.items()):
+        return None
     return row
 
 
@@ -144,9 +187,7 @@ def get_key(
     versions_limit: int = 100,
 ) -> dict[str, Any] | None:
     """The key called ``name`` with one page of its versions, or None."""
-    rows = recorder.query(
-        f"SELECT {', '.join(_KEY_COLUMNS)} FROM key_view WHERE name = %s", (name,)
-    )
+    rows = recorder.query(f"SELECT {_SELECT_KEY} WHERE kv.name = %s", (name,))
     if not rows:
         return None
     view = _key_json(rows[0])
@@ -177,20 +218,19 @@ def list_keys(
     clauses: list[str] = ["1 = 1"]
     params: list[Any] = []
     if after is not None:
-        clauses.append("name > %s")
+        clauses.append("kv.name > %s")
         params.append(after)
     if state is not None:
-        clauses.append("state = %s")
+        clauses.append("kv.state = %s")
         params.append(state)
     if algorithm is not None:
-        clauses.append("algorithm = %s")
+        clauses.append("kv.algorithm = %s")
         params.append(algorithm)
     if prefix is not None:
-        clauses.append("substr(name, 1, %s) = %s")
+        clauses.append("substr(kv.name, 1, %s) = %s")
         params += [len(prefix), prefix]
     rows = recorder.query(
-        f"SELECT {', '.join(_KEY_COLUMNS)} FROM key_view "
-        f"WHERE {' AND '.join(clauses)} ORDER BY name LIMIT %s",
+        f"SELECT {_SELECT_KEY} WHERE {' AND '.join(clauses)} ORDER BY kv.name LIMIT %s",
         (*params, limit + 1),
     )
     items = [_key_json(row) for row in rows[:limit]]
@@ -223,6 +263,9 @@ def snapshot_tables(
             f"SELECT {', '.join(_VERSION_COLUMNS)} FROM key_versions "
             "ORDER BY key_name, version"
         ),
+        "key_config": recorder.query(
+            f"SELECT {', '.join(_CONFIG_COLUMNS)} FROM key_config ORDER BY name"
+        ),
     }
 
 
@@ -230,18 +273,29 @@ def expected_tables(
     keys: Iterable[tuple[ManagedKey, int]],
 ) -> dict[str, list[dict[str, Any]]]:
     """The rows ``snapshot_tables`` should return for keys at their last positions."""
-    key_rows, version_rows = [], []
+    key_rows, version_rows, config_rows = [], [], []
     for key, last_position in keys:
         key_rows.append(key_row(key, last_position))
         version_rows += [version_row(key, number) for number in sorted(key.versions)]
+        config_row = key_config_row(key)
+        if config_row is not None:
+            config_rows.append(config_row)
     key_rows.sort(key=lambda row: row["name"])
     version_rows.sort(key=lambda row: (row["key_name"], row["version"]))
-    return {"key_view": key_rows, "key_versions": version_rows}
+    config_rows.sort(key=lambda row: row["name"])
+    return {
+        "key_view": key_rows,
+        "key_versions": version_rows,
+        "key_config": config_rows,
+    }
 
 
 def _key_json(row: dict[str, Any]) -> dict[str, Any]:
     view = dict(row)
     view["primary_usable"] = bool(view["primary_usable"])
+    if view["min_decryption_version"] is None:
+        # No key_config row: the key has the default minimum versions.
+        view.update(_CONFIG_DEFAULTS)
     return view
 
 

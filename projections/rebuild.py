@@ -72,6 +72,7 @@ def replay_keys(
             count += 1
             position, topic = row["notification_id"], row["topic"]
             if not topic.startswith("keyledger.key."):
+                # Usage records and clock moves change no projection.
                 continue
             stream = uuid.UUID(str(row["originator_id"]))
             stored = StoredEvent(stream, row["originator_version"], topic, row["state"])
@@ -105,10 +106,14 @@ def rebuild(app: KeyLedger, *, apply: bool = True) -> RebuildReport:
             statements: list[Statement] = [
                 ("DELETE FROM key_versions", ()),
                 ("DELETE FROM key_view", ()),
+                ("DELETE FROM key_config", ()),
             ]
             for stream, key in keys.items():
                 statements += key_view.view_statements(
-                    key, key.versions, last_position[stream]
+                    key,
+                    key.versions,
+                    last_position[stream],
+                    config=key_view.key_config_row(key) is not None,
                 )
             transaction.execute(statements)
     return RebuildReport(count, len(keys), not differences, differences, apply)

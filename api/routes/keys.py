@@ -19,8 +19,10 @@ from api.deps import (
     parse_version,
     render_command,
 )
+from api.errors import ApiError
 from api.schemas import (
     Command,
+    KeyConfigUpdate,
     KeyCreate,
     KeyRollback,
     VersionCompromise,
@@ -280,6 +282,34 @@ _key_command(
     "Make an earlier version primary, or return the key to an earlier point.",
     KeyRollback,
     _rollback,
+)
+
+
+def _config(runtime: Any, context: CommandContext, name: str, command: Any) -> Any:
+    if command.min_decryption_version is None and (
+        "min_decryption_version" in command.model_fields_set
+    ):
+        raise ApiError(
+            422,
+            "INVALID_FIELD",
+            "min_decryption_version cannot be null.",
+            fields=[{"field": "min_decryption_version", "problem": "null"}],
+        )
+    return runtime.service.change_minimum_versions(
+        context,
+        name,
+        min_decryption_version=command.min_decryption_version,
+        min_encryption_version=command.min_encryption_version,
+        set_min_encryption="min_encryption_version" in command.model_fields_set,
+    )
+
+
+_key_command(
+    "/{name}/config",
+    "configure_key",
+    "Change the key's min_decryption_version and min_encryption_version.",
+    KeyConfigUpdate,
+    _config,
 )
 _version_command(
     "/{name}/versions/{version}/disable",

@@ -1,0 +1,171 @@
+"""POST /v1/keys/{name}/config: the minimum versions, their bounds, the key view.
+
+Case C01's configuration steps: bounds refuse with 422 and nothing is appended.
+"""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+from projections.rebuild import rebuild
+from tests.api._support import (
+    all_history,
+    assert_error,
+    assert_refused,
+    create,
+    get_key,
+    post_ok,
+)
+
+
+def _key_at_v3(client: TestClient, name: str = "k1") -> None:
+    create(client, name)
+    post_ok(client, f"/v1/keys/{name}/rotate")
+    post_ok(client, f"/v1/keys/{name}/rotate")
+
+
+def test_new_key_shows_default_minimum_versions(client: TestClient) -> None:
+    """A new key decrypts from v1 and encrypts with the primary only (null)."""
+    create(client, "fresh")
+
+    view = get_key(client, "fresh")
+
+    assert view["min_decryption_version"] == 1
+    assert view["min_encryption_version"] is None
+
+
+def test_config_records_an_event_and_shows_in_the_view(client: TestClient) -> None:
+    """C01: min_decryption_version 3 after two rotations is stream version 4."""
+    _key_at_v3(client)
+
+    body = post_ok(client, "/v1/keys/k1/config", {"min_decryption_version": 3})
+
+    assert body["receipts"][-1]["type"] == "keyledger.key.MinimumVersionsChanged"
+    assert body["key"]["stream_version"] == 4
+    assert body["key"]["min_decryption_version"] == 3
+    view = get_key(client, "k1")
+    assert (view["min_decryption_version"], view["min_encryption_version"]) == (3, None)
+    assert all_history(client, "k1")[-1]["payload"]["min_decryption_version"] == 3
+    listed = client.get("/v1/keys").json()["keys"]
+    assert listed[0]["min_decryption_version"] == 3
+
+
+def test_config_sets_and_resets_min_encryption_version(client: TestClient) -> None:
+    """min_encryption_version takes a version, and null returns it to primary only."""
+    _key_at_v3(client)
+
+    set_ = post_ok(client, "/v1/keys/k1/config", {"min_encryption_version": 2})
+    reset = post_ok(client, "/v1/keys/k1/config", {"min_encryption_version": None})
+
+    assert set_["key"]["min_encryption_version"] == 2
+    assert reset["key"]["min_encryption_version"] is None
+    assert get_key(client, "k1")["min_encryption_version"] is None
+
+
+def test_config_above_latest_version_is_refused(client: TestClient) -> None:
+    """C01: min_decryption_version 5 on a key at v3 is 422 and nothing is appended."""
+    _key_at_v3(client)
+
+    details = assert_refused(
+        client,
+        "k1",
+        lambda: client.post("/v1/keys/k1/config", json={"min_decryption_version": 5}),
+        422,
+        "MIN_VERSION_OUT_OF_RANGE",
+    )
+
+    assert details["max"] == 3
+
+
+def test_config_below_one_is_refused(client: TestClient) -> None:
+    """C01: min_decryption_version -1 (and 0) is 422 and nothing is appended."""
+    _key_at_v3(client)
+
+    for value in (-1, 0):
+        assert_refused(
+            client,
+            "k1",
+            lambda value=value: client.post(
+                "/v1/keys/k1/config", json={"min_decryption_version": value}
+            ),
+            422,
+            "INVALID_FIELD",
+        )
+
+
+def test_config_refuses_null_decryption_floor_and_empty_body(
+    client: TestClient,
+) -> None:
+    """A null min_decryption_version and an empty change are both 422, unrecorded."""
+    _key_at_v3(client)
+
+    assert_refused(
+        client,
+        "k1",
+        lambda: client.post(
+            "/v1/keys/k1/config", json={"min_decryption_version": None}
+        ),
+        422,
+        "INVALID_FIELD",
+    )
+    assert_refused(
+        client,
+        "k1",
+        lambda: client.post("/v1/keys/k1/config", json={}),
+        422,
+        "NOTHING_TO_CHANGE",
+    )
+    assert_refused(
+        client,
+        "k1",
+        lambda: client.post("/v1/keys/k1/config", json={"min_decrypt_versoin": 2}),
+        422,
+        "UNKNOWN_FIELD",
+    )
+
+
+def test_config_respects_expected_version(client: TestClient) -> None:
+    """A stale expected_version is 409 with expected and actual."""
+    _key_at_v3(client)
+
+    details = assert_error(
+        client.post(
+            "/v1/keys/k1/config",
+            json={"min_decryption_version": 2, "expected_version": 1},
+        ),
+        409,
+        "EXPECTED_VERSION_MISMATCH",
+    )
+
+    assert details["actual"] == 3
+
+
+def test_rollback_below_the_floor_is_refused(client: TestClient) -> None:
+    """Rolling the primary back below min_decryption_version is 409, unrecorded."""
+    _key_at_v3(client)
+    post_ok(client, "/v1/keys/k1/config", {"min_decryption_version": 2})
+
+    assert_refused(
+        client,
+        "k1",
+        lambda: client.post("/v1/keys/k1/rollback", json={"version": 1}),
+        409,
+        "ROLLBACK_BELOW_MIN_DECRYPTION",
+    )
+
+
+def test_rebuild_reproduces_the_config(client: TestClient, runtime: object) -> None:
+    """The rebuilt read side equals the live one, with configs set and reset."""
+    _key_at_v3(client, "a")
+    _key_at_v3(client, "b")
+    post_ok(client, "/v1/keys/a/config", {"min_decryption_version": 2})
+    post_ok(client, "/v1/keys/b/config", {"min_encryption_version": 3})
+    post_ok(client, "/v1/keys/b/config", {"min_encryption_version": None})
+    before = get_key(client, "a"), get_key(client, "b")
+
+    report = rebuild(runtime.service.app)  # type: ignore[attr-defined]
+
+    assert report.matched_live, report.differences
+    assert (get_key(client, "a"), get_key(client, "b")) == before
+    assert before[0]["min_decryption_version"] == 2
+    assert before[1]["min_encryption_version"] is None
