@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from api import errors
-from api.routes import exports, keys, ledger
+from api.routes import exports, key_use, keys, ledger
 from api.runtime import Runtime, build_runtime
 from ledger.settings import Settings
 
@@ -44,6 +44,7 @@ def create_app(
     errors.install(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.include_router(keys.router)
+    app.include_router(key_use.router)
     app.include_router(ledger.router)
     app.include_router(exports.router)
     current = runtime.settings if runtime is not None else settings or Settings()

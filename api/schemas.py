@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from domain.keys import MAX_VERSION
 
@@ -71,4 +71,57 @@ class KeyConfigUpdate(Command):
         None,
         description="The lowest version that may encrypt when asked for explicitly; "
         "null means only the primary encrypts.",
+    )
+
+
+MAX_BATCH_ITEMS = 10_000
+
+Base64 = Annotated[StrictStr, Field(description="Standard base64 with padding.")]
+Context = Annotated[
+    StrictStr | None,
+    Field(description="Base64; bound as associated data, needed again to decrypt."),
+]
+
+
+class _UseItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EncryptItem(_UseItem):
+    """One plaintext to encrypt, under the primary unless a version is named."""
+
+    plaintext: Base64
+    context: Context = None
+    version: Version | None = Field(
+        None, description="Encrypt under this version (min_encryption_version)."
+    )
+
+
+class DecryptItem(_UseItem):
+    """One ciphertext to decrypt with the version it names."""
+
+    ciphertext: StrictStr = Field(description="keyledger:v<N>:<base64>")
+    context: Context = None
+    compromised_ok: StrictBool = Field(
+        False, description="Decrypt even with a compromised version (flagged)."
+    )
+
+
+class RewrapItem(DecryptItem):
+    """One ciphertext to decrypt and encrypt again, by default under the primary."""
+
+    version: Version | None = Field(
+        None, description="Encrypt under this version (min_encryption_version)."
+    )
+
+
+class DataKeyItem(_UseItem):
+    """One fresh 256-bit data key, wrapped under the key."""
+
+    plaintext: StrictBool = Field(
+        False, description="Also return the data key itself (base64)."
+    )
+    context: Context = None
+    version: Version | None = Field(
+        None, description="Wrap under this version (min_encryption_version)."
     )

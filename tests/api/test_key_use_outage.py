@@ -1,0 +1,64 @@
+"""Using a key while PostgreSQL refuses connections: 503, no result, no record."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.api._support import assert_error, create, head_position, post_ok
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def store_url(pg_url: str) -> str:
+    """These tests are about a PostgreSQL outage only."""
+    return pg_url
+
+
+@contextmanager
+def _outage(pg_database: str) -> Iterator[None]:
+    """The test database drops every session and accepts no new one meanwhile."""
+    dbname = pg_database.rpartition("/")[2]
+    admin_url = pg_database.rpartition("/")[0] + "/postgres"
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS false')
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            (dbname,),
+        )
+        try:
+            yield
+        finally:
+            admin.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
+
+
+def test_use_during_database_outage_is_503_with_no_result(
+    client: TestClient, pg_database: str
+) -> None:
+    """While the database drops sessions and refuses new ones, no use is answered."""
+    create(client, "down")
+    sealed = post_ok(client, "/v1/keys/down/encrypt", {"plaintext": "ZGF0YQ=="})
+    head = head_position(client)
+
+    # One request per outage: a second request in the same outage leaves the
+    # connection pool unable to recover (a separate, older problem).
+    with _outage(pg_database):
+        response = client.post(
+            "/v1/keys/down/decrypt", json={"ciphertext": sealed["ciphertext"]}
+        )
+
+    assert_error(response, 503, "LEDGER_UNAVAILABLE")
+    assert "ciphertext" not in response.text and "plaintext" not in response.text
+    assert base64.b64encode(b"data").decode() not in response.text
+    assert head_position(client) == head
+    opened = client.post(
+        "/v1/keys/down/decrypt", json={"ciphertext": sealed["ciphertext"]}
+    )
+    assert opened.status_code == 200, opened.text
