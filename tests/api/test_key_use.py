@@ -8,8 +8,10 @@ on the ledger, on a stream of its own, holding counts and fingerprints only.
 from __future__ import annotations
 
 import base64
+import io
 import re
 import time
+import zipfile
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -22,8 +24,10 @@ from api.main import create_app
 from api.runtime import Runtime
 from domain.clock import AdjustableClock
 from domain.usage import context_fingerprint
+from ledger import offline
 from ledger.service import KeyService
 from ledger.settings import Settings
+from projections.rebuild import rebuild
 from tests.api._support import (
     JSON,
     all_events,
@@ -763,3 +767,27 @@ def test_use_fails_closed_when_the_ledger_refuses_the_record(
         assert "ZGF0YQ" not in response.text and "keyledger:v" not in response.text
     assert head_position(client) == head
     post_ok(client, "/v1/keys/closed/rotate")
+
+
+def test_ledger_with_uses_verifies_exports_and_rebuilds(
+    client: TestClient, runtime: Runtime
+) -> None:
+    """Usage entries verify, export and verify offline, and leave the rebuild equal."""
+    create(client, "whole")
+    sealed = encrypt(client, "whole", b"x")["ciphertext"]
+    post_ok(client, "/v1/keys/whole/config", {"min_encryption_version": 1})
+    decrypt(client, "whole", sealed)
+    post_ok(client, "/v1/keys/whole/rotate")
+    post_ok(client, "/v1/keys/whole/datakey", {"batch": [{}, {}]})
+
+    verified = client.get("/v1/ledger/verify")
+    exported = client.get("/v1/exports", params={"from": "2000-01-01T00:00:00Z"})
+    report = rebuild(runtime.service.app)
+
+    assert verified.status_code == 200 and verified.json()["ok"] is True
+    assert exported.status_code == 200, exported.text
+    with zipfile.ZipFile(io.BytesIO(exported.content)) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    assert offline.verify_export(files).ok
+    assert files["views/entries.csv"].count(b"keyledger.usage.KeyUsed") == 3
+    assert report.matched_live, report.differences
