@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from eventsourcing.persistence import PersistenceError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -104,6 +105,17 @@ def install(app: FastAPI) -> None:
         return JSONResponse(
             error_body(codes.get(error.status_code, "HTTP_ERROR"), str(error.detail)),
             status_code=error.status_code,
+        )
+
+    @app.exception_handler(PersistenceError)
+    async def storage_error(request: Request, error: PersistenceError) -> JSONResponse:
+        # A read that could not reach the ledger: unavailable, never a 500.
+        logger.warning("ledger_unavailable", extra={"error_type": type(error).__name__})
+        return JSONResponse(
+            error_body(
+                "LEDGER_UNAVAILABLE", "The ledger could not be read; try again later."
+            ),
+            status_code=503,
         )
 
     @app.exception_handler(Exception)

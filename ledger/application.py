@@ -112,7 +112,7 @@ def storage_env(database_url: str) -> dict[str, str]:
             "POSTGRES_POOL_SIZE": "10",
             "POSTGRES_MAX_OVERFLOW": "10",
             "POSTGRES_LOCK_TIMEOUT": "10",
-            "POSTGRES_CONNECT_TIMEOUT": "5",
+            "POSTGRES_CONNECT_TIMEOUT": query.get("connect_timeout", ["3"])[0],
             "APPLICATION_RECORDER_TOPIC": "ledger.store:PostgresLedgerRecorder",
         }
     raise ValueError(

@@ -319,6 +319,9 @@ def checkpoint_table(events_table_name: str) -> str:
 # PostgreSQL ----------------------------------------------------------------
 
 
+_library_select_events = PostgresApplicationRecorder.select_events.__wrapped__
+
+
 class PostgresLedgerRecorder(PostgresApplicationRecorder):
     """The ledger on PostgreSQL: append-only tables, enforced by the database."""
 
@@ -615,6 +618,13 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
             if error.sqlstate == _HEAD_MOVED:
                 raise _HeadMovedError from None
             raise
+
+    @retry((InterfaceError, OperationalError), max_attempts=3, wait=0.1)
+    def select_events(self, *args: Any, **kwargs: Any) -> Sequence[StoredEvent]:
+        # The library retries ten times; with the connection timeout that makes a
+        # command wait most of a minute in an outage. Three tries fail it fast.
+        events: Sequence[StoredEvent] = _library_select_events(self, *args, **kwargs)
+        return events
 
     @retry((InterfaceError, OperationalError), max_attempts=3, wait=0.1)
     def head(self) -> Head:

@@ -84,15 +84,18 @@ def test_unreachable_database_is_unavailable_and_nothing_recorded(
             (dbname,),
         )
         try:
-            # then a command is refused as unavailable
-            with pytest.raises(LedgerUnavailableError):
-                service.rotate(ctx, "k-down")
+            # then every command is refused as unavailable, not left hanging
+            for _ in range(3):
+                with pytest.raises(LedgerUnavailableError):
+                    service.rotate(ctx, "k-down")
         finally:
             admin.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
 
-    # and once the database is back, nothing was recorded by the failed command
+    # and once the database is back, nothing was recorded by the failed commands
     assert service.ledger.head() == head
     assert service.get_key("k-down")["stream_version"] == 1
+    # and the service works again with the same connection pool
+    assert service.rotate(ctx, "k-down").key["stream_version"] == 2
 
 
 def test_racing_commands_without_expected_version_lose_with_409(

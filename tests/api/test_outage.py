@@ -1,0 +1,38 @@
+"""Reads while PostgreSQL is unreachable answer 503, never 500."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def store_url(pg_url: str) -> str:
+    """These tests need a database that can be taken away."""
+    return pg_url
+
+
+def test_reads_during_an_outage_are_503(client: TestClient, pg_database: str) -> None:
+    """Head, verify and key reads are LEDGER_UNAVAILABLE while the database is down."""
+    assert client.post("/v1/keys", json={"name": "seen"}).status_code == 201
+    dbname = pg_database.rpartition("/")[2]
+    admin_url = pg_database.rpartition("/")[0] + "/postgres"
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS false')
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            (dbname,),
+        )
+        try:
+            for path in ("/v1/ledger/head", "/v1/keys/seen", "/v1/events", "/healthz"):
+                response = client.get(path)
+                assert response.status_code == 503, (path, response.text)
+                assert response.json()["error"]["code"] == "LEDGER_UNAVAILABLE"
+        finally:
+            admin.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
+
+    assert client.get("/v1/keys/seen").status_code == 200
