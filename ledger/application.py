@@ -113,6 +113,9 @@ def storage_env(database_url: str) -> dict[str, str]:
             "POSTGRES_MAX_OVERFLOW": "10",
             "POSTGRES_LOCK_TIMEOUT": "10",
             "POSTGRES_CONNECT_TIMEOUT": query.get("connect_timeout", ["3"])[0],
+            # Test a pooled connection before use, so one the server dropped
+            # (a restart, an outage) is replaced instead of failing a request.
+            "POSTGRES_PRE_PING": "y",
             "APPLICATION_RECORDER_TOPIC": "ledger.store:PostgresLedgerRecorder",
         }
     raise ValueError(

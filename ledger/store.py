@@ -15,6 +15,7 @@ still the head. On SQLite, sealing happens under the write lock.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import threading
@@ -23,7 +24,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import psycopg
 from eventsourcing.persistence import (
@@ -37,7 +38,6 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.sqlite import SQLiteApplicationRecorder
-from eventsourcing.utils import retry
 from psycopg.sql import SQL, Identifier
 
 from domain.clock import Clock, format_time
@@ -320,6 +320,31 @@ def checkpoint_table(events_table_name: str) -> str:
 
 
 _library_select_events = PostgresApplicationRecorder.select_events.__wrapped__
+
+Method = TypeVar("Method", bound=Callable[..., Any])
+
+
+def _reconnecting(method: Method) -> Method:
+    """Try a read twice, briefly.
+
+    The library retries ten times with a connection timeout each, which holds a
+    request for most of a minute in an outage; this fails fast instead. Dead
+    pooled connections are weeded out by the pool's pre-ping, so the service
+    recovers as soon as the database is back.
+    """
+
+    @functools.wraps(method)
+    def reading(self: PostgresLedgerRecorder, *args: Any, **kwargs: Any) -> Any:
+        for attempt in range(1, 3):
+            try:
+                return method(self, *args, **kwargs)
+            except (InterfaceError, OperationalError):
+                if attempt == 2:
+                    raise
+                time.sleep(0.05 * attempt)
+        raise AssertionError("unreachable")
+
+    return reading  # type: ignore[return-value]
 
 
 class PostgresLedgerRecorder(PostgresApplicationRecorder):
@@ -619,14 +644,12 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
                 raise _HeadMovedError from None
             raise
 
-    @retry((InterfaceError, OperationalError), max_attempts=3, wait=0.1)
+    @_reconnecting
     def select_events(self, *args: Any, **kwargs: Any) -> Sequence[StoredEvent]:
-        # The library retries ten times; with the connection timeout that makes a
-        # command wait most of a minute in an outage. Three tries fail it fast.
         events: Sequence[StoredEvent] = _library_select_events(self, *args, **kwargs)
         return events
 
-    @retry((InterfaceError, OperationalError), max_attempts=3, wait=0.1)
+    @_reconnecting
     def head(self) -> Head:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(self._select_head)
@@ -635,7 +658,7 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
             return EMPTY_HEAD
         return Head(row["notification_id"], row["entry_hash"], row["recorded_at"])
 
-    @retry((InterfaceError, OperationalError), max_attempts=3, wait=0.1)
+    @_reconnecting
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(

@@ -130,3 +130,18 @@ def service(open_service: Callable[..., KeyService]) -> KeyService:
 def ctx() -> CommandContext:
     """A command context for the test admin."""
     return CommandContext(ADMIN, f"req-{uuid.uuid4().hex[:8]}")
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Poll ``check`` until it holds, e.g. for a connection pool to reconnect.
+
+    Polling for a state is not a timing assertion: the test fails only if the
+    state never comes within a generous bound.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still not true after {timeout} s")
+        time.sleep(0.2)

@@ -6,13 +6,15 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.conftest import wait_until
+
 pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
 def store_url(pg_url: str) -> str:
     """These tests need a database that can be taken away."""
-    return pg_url
+    return f"{pg_url}&connect_timeout=1"
 
 
 def test_reads_during_an_outage_are_503(client: TestClient, pg_database: str) -> None:
@@ -35,4 +37,5 @@ def test_reads_during_an_outage_are_503(client: TestClient, pg_database: str) ->
         finally:
             admin.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
 
+    wait_until(lambda: client.get("/healthz").status_code == 200)
     assert client.get("/v1/keys/seen").status_code == 200

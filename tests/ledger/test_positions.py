@@ -11,10 +11,12 @@ from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
+from eventsourcing.persistence import PersistenceError
 
 from domain.errors import ConcurrentModificationError, LedgerUnavailableError
 from ledger.service import CommandContext, KeyService
 from ledger.verify import verify_ledger
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.postgres
 
@@ -22,7 +24,7 @@ pytestmark = pytest.mark.postgres
 @pytest.fixture
 def store_url(pg_url: str) -> str:
     """These tests are about PostgreSQL only."""
-    return pg_url
+    return f"{pg_url}&connect_timeout=1"
 
 
 @pytest.fixture
@@ -92,6 +94,7 @@ def test_unreachable_database_is_unavailable_and_nothing_recorded(
             admin.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
 
     # and once the database is back, nothing was recorded by the failed commands
+    wait_until(lambda: _reachable(service))
     assert service.ledger.head() == head
     assert service.get_key("k-down")["stream_version"] == 1
     # and the service works again with the same connection pool
@@ -132,3 +135,11 @@ def test_racing_commands_without_expected_version_lose_with_409(
     history, _ = services[0].history("raced")
     assert len(history) == 1 + len(won)
     assert verify_ledger(services[0].ledger, services[0].public_keys()).ok
+
+
+def _reachable(service: KeyService) -> bool:
+    try:
+        service.ledger.head()
+    except PersistenceError:
+        return False
+    return True
