@@ -10,6 +10,7 @@ checkpoint the demo just had signed.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import secrets
@@ -17,6 +18,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +64,6 @@ class Client:
         self.http = httpx.Client(
             base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30
         )
-        self.events = 0
 
     def post(
         self, path: str, body: dict[str, Any] | None = None, expect: int = 200
@@ -72,9 +73,14 @@ class Client:
             raise DemoError(
                 f"POST {path} -> {response.status_code}: {response.text[:300]}"
             )
-        data = response.json()
-        self.events += len(data.get("receipts", []))
-        return data
+        return response.json()
+
+    def refused(self, path: str, body: dict[str, Any], code: str) -> None:
+        """POST that must be refused with ``code``; the refusal is recorded too."""
+        response = self.http.post(path, json=body)
+        error = response.json().get("error", {}) if response.content else {}
+        if response.status_code < 400 or error.get("code") != code:
+            raise DemoError(f"POST {path} should be {code}: {response.text[:300]}")
 
     def get(self, path: str, expect: int = 200) -> Any:
         response = self.http.get(path)
@@ -85,11 +91,22 @@ class Client:
         return response.json()
 
 
-def live_a_life(client: Client, name: str, rotations: int) -> int:
-    """Run one key through its whole life; return how many events it appended."""
-    before = client.events
+@dataclass(frozen=True)
+class Sealed:
+    """Data a key's life encrypted: under version 1 (to be destroyed) and version 2."""
+
+    key: str
+    plaintext: str
+    under_v1: str
+    under_v2: str
+
+
+def live_a_life(client: Client, name: str, rotations: int) -> Sealed:
+    """Run one key through its whole life, using it along the way."""
     key = f"/v1/keys/{name}"
     client.post("/v1/keys", {"name": name, "description": "demo key"}, expect=201)
+    plaintext = base64.b64encode(f"records of {name}".encode()).decode()
+    under_v1 = client.post(f"{key}/encrypt", {"plaintext": plaintext})["ciphertext"]
     for _ in range(3):
         client.post(f"{key}/rotate")  # v4 is primary
     client.post(f"{key}/disable")
@@ -102,15 +119,40 @@ def live_a_life(client: Client, name: str, rotations: int) -> int:
     client.post(f"{key}/versions/3/schedule-destruction", {"days": 7})
     client.post(f"{key}/versions/3/cancel-destruction")
     client.post(f"{key}/versions/1/schedule-destruction", {"days": 7})
+    client.refused(
+        f"{key}/decrypt", {"ciphertext": under_v1}, "VERSION_DESTROY_SCHEDULED"
+    )
     client.post(f"{key}/versions/3/compromise", {"reason": "demo: leaked in a log"})
     view = client.post(f"{key}/rollback", {"version": 2})["key"]
+    under_v2 = client.post(f"{key}/encrypt", {"plaintext": plaintext})["ciphertext"]
     client.post(f"{key}/rollback", {"to_stream_version": view["stream_version"] - 1})
     stream_version = client.get(key)["stream_version"]
     for _ in range(rotations):
         stream_version = client.post(
             f"{key}/rotate", {"expected_version": stream_version}
         )["key"]["stream_version"]
-    return client.events - before
+    # after the rollbacks and rotations, data sealed under version 2 still opens
+    opened = client.post(f"{key}/decrypt", {"ciphertext": under_v2})
+    if opened["plaintext"] != plaintext:
+        raise DemoError(f"{name}: data under version 2 did not round-trip")
+    return Sealed(name, plaintext, under_v1, under_v2)
+
+
+def _check_data(client: Client, lives: list[Sealed], destroyed: bool) -> str:
+    """Everything that should still decrypt does; nothing under version 1 does."""
+    gone = "VERSION_DESTROYED" if destroyed else "VERSION_DESTROY_SCHEDULED"
+    for life in lives:
+        key = f"/v1/keys/{life.key}"
+        if (
+            client.post(f"{key}/decrypt", {"ciphertext": life.under_v2})["plaintext"]
+            != life.plaintext
+        ):
+            raise DemoError(f"{life.key}: data under version 2 no longer decrypts")
+        client.refused(f"{key}/decrypt", {"ciphertext": life.under_v1}, gone)
+    return (
+        f"data: {len(lives)} ciphertexts under version 2 still decrypt; "
+        f"{len(lives)} under version 1 are refused ({gone})"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -120,7 +162,7 @@ def main(args: argparse.Namespace) -> int:
     prefix = args.prefix or f"demo-{secrets.token_hex(3)}"
     clients = [Client(args.url, args.token) for _ in range(max(1, args.workers))]
     try:
-        clients[0].get("/healthz")
+        first_head = clients[0].get("/v1/ledger/head")["head"]["position"]
     except (httpx.HTTPError, DemoError) as error:
         print(
             f"keyledger demo: service not reachable at {args.url}: {error}",
@@ -142,11 +184,13 @@ def main(args: argparse.Namespace) -> int:
                 )
                 for i, name in enumerate(names)
             ]
+            lives = []
             for future in as_completed(futures):
-                future.result()
+                lives.append(future.result())
                 progress.update()
         client = clients[0]
         destroyed = _complete_destructions(client)
+        data = _check_data(client, lives, destroyed=" completed" in destroyed)
         checkpoint = client.post("/v1/ledger/checkpoints", expect=201)["checkpoint"]
         report = client.get("/v1/ledger/verify")
         evidence = _audit_offline(client, checkpoint)
@@ -154,12 +198,13 @@ def main(args: argparse.Namespace) -> int:
         print(f"keyledger demo: {error}", file=sys.stderr)
         return 1
     elapsed = time.perf_counter() - started
-    events = sum(c.events for c in clients)
+    events = report["head"]["position"] - first_head
     print(
         f"\n{len(names)} keys, {events} events appended over HTTP in {elapsed:.1f} s "
         f"({events / elapsed:.0f} events/s)"
     )
     print(destroyed)
+    print(data)
     print(
         f"checkpoint signed at position {checkpoint['position']}: {checkpoint['hash']}"
     )
@@ -201,9 +246,7 @@ def _complete_destructions(client: Client) -> str:
             "scheduled destructions left pending: start the service with "
             "KEYLEDGER_DEV_CLOCK=true to let the demo move its clock 8 days on"
         )
-    client.events += len(response.json().get("receipts", []))
     destroyed = client.post("/v1/scheduler/run")["destroyed"]
-    client.events += len(destroyed)
     return (
         f"clock moved 8 days forward to {response.json()['now']}; "
         f"{len(destroyed)} scheduled destructions completed"

@@ -121,6 +121,10 @@ def test_demo_against_real_server_then_verify(
         assert demo.returncode == 0, demo.stdout + demo.stderr
         assert "verification: OK" in demo.stdout
         assert "auditor: export intact" in demo.stdout
+        assert (
+            "data: 6 ciphertexts under version 2 still decrypt; 6 under version 1 "
+            "are refused (VERSION_DESTROYED)" in demo.stdout
+        )
         assert "6 scheduled destructions completed" in demo.stdout
     finally:
         server.stop()
