@@ -22,6 +22,7 @@ from domain.errors import (
     KeyNotFoundError,
     LedgerBrokenError,
     LedgerUnavailableError,
+    MaterialUnreadableError,
     VersionNotFoundError,
 )
 from ledger.service import Replay
@@ -44,6 +45,7 @@ _STATUS: list[tuple[type[KeyledgerError], int]] = [
     (LedgerBrokenError, 409),
     (InvalidArgumentError, 422),
     (LedgerUnavailableError, 503),
+    (MaterialUnreadableError, 500),
 ]
 
 

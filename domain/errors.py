@@ -64,6 +64,16 @@ class ConcurrentModificationError(KeyLifecycleError):
     code = "CONCURRENT_MODIFICATION"
 
 
+class MaterialUnreadableError(KeyledgerError):
+    """A version's kept material could not be unwrapped: a server fault (HTTP 500).
+
+    The wrong key-encryption key, or a damaged material row. It never says which,
+    and it carries no bytes.
+    """
+
+    code = "MATERIAL_UNREADABLE"
+
+
 class LedgerUnavailableError(KeyledgerError):
     """The ledger could not durably record the event; the action did not happen."""
 

@@ -11,6 +11,7 @@ nothing is returned.
 from __future__ import annotations
 
 import base64
+import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,11 +20,14 @@ from typing import TYPE_CHECKING, Any
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from eventsourcing.persistence import PersistenceError
 
-from domain.errors import KeyledgerError, KeyLifecycleError
+from domain.errors import KeyledgerError, KeyLifecycleError, MaterialUnreadableError
 from domain.usage import KeyUse, Operation
 from ledger import cipher
+from ledger.material import UnwrapError
 from ledger.service import _unavailable
 from ledger.store import LedgerWrite, Receipt
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from domain.keys import ManagedKey
@@ -191,7 +195,10 @@ class KeyUser:
 
     @staticmethod
     def _run(
-        key: ManagedKey, operation: Operation, item: _Work, aeads: dict[int, AESGCM]
+        key: ManagedKey,
+        operation: Operation,
+        item: _Work,
+        aeads: dict[int, AESGCM | None],
     ) -> dict[str, Any]:
         result: dict[str, Any] = {}
         plaintext = item.plaintext
@@ -220,8 +227,14 @@ class KeyUser:
             result["plaintext"] = _b64(plaintext)
         return result
 
-    def _materials(self, key: ManagedKey, versions: set[int]) -> dict[int, AESGCM]:
-        """An AES-GCM instance per version whose material is still kept."""
+    def _materials(
+        self, key: ManagedKey, versions: set[int]
+    ) -> dict[int, AESGCM | None]:
+        """An AES-GCM instance per version whose material is still kept.
+
+        A version whose kept material cannot be unwrapped maps to None: its items
+        fail as MATERIAL_UNREADABLE, and the request is still recorded.
+        """
         if not versions:
             return {}
         service = self.service
@@ -234,12 +247,21 @@ class KeyUser:
             )
         except PersistenceError as error:
             raise _unavailable(error) from error
-        aeads = {}
+        aeads: dict[int, AESGCM | None] = {}
         for row in rows:
             version = int(row["version"])
-            material = service.kek.unwrap(
-                base64.b64decode(row["wrapped"]), key_id=str(key.id), version=version
-            )
+            try:
+                material = service.kek.unwrap(
+                    base64.b64decode(row["wrapped"]),
+                    key_id=str(key.id),
+                    version=version,
+                )
+            except (UnwrapError, ValueError):
+                logger.error(
+                    "material_unreadable", extra={"key": key.name, "version": version}
+                )
+                aeads[version] = None
+                continue
             aeads[version] = AESGCM(material)
         return aeads
 
@@ -296,9 +318,9 @@ class KeyUser:
         return write.receipts
 
 
-def _aead(key: ManagedKey, aeads: dict[int, AESGCM], version: int) -> AESGCM:
+def _aead(key: ManagedKey, aeads: dict[int, AESGCM | None], version: int) -> AESGCM:
     try:
-        return aeads[version]
+        aead = aeads[version]
     except KeyError:
         # The version was destroyed after the key was read: its material is gone.
         raise KeyLifecycleError(
@@ -307,6 +329,13 @@ def _aead(key: ManagedKey, aeads: dict[int, AESGCM], version: int) -> AESGCM:
             key=key.name,
             version=version,
         ) from None
+    if aead is None:
+        raise MaterialUnreadableError(
+            f"The material of version {version} of {key.name!r} could not be read.",
+            key=key.name,
+            version=version,
+        )
+    return aead
 
 
 def _b64(data: bytes) -> str:
