@@ -74,6 +74,14 @@ class KeyConfigUpdate(Command):
     )
 
 
+class KeyTrim(Command):
+    """Trim every version below ``min_available_version``."""
+
+    min_available_version: Version = Field(
+        description="The lowest version kept; at most min_decryption_version."
+    )
+
+
 MAX_BATCH_ITEMS = 10_000
 
 Base64 = Annotated[StrictStr, Field(description="Standard base64 with padding.")]

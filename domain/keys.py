@@ -13,7 +13,7 @@ import re
 import uuid
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, get_args
+from typing import Any, Literal, NoReturn, get_args
 
 from eventsourcing.domain import Aggregate
 from eventsourcing.utils import get_topic
@@ -106,6 +106,9 @@ class KeyVersion:
 
 class ManagedKey(Aggregate):
     """A named key with an ordered list of versions, one of them primary."""
+
+    # Versions below this were trimmed: gone from ``versions`` for good.
+    min_available_version = 1
 
     class Generated(Aggregate.Created):
         """The key was created and its version 1 generated."""
@@ -268,6 +271,22 @@ class ManagedKey(Aggregate):
             aggregate.min_decryption_version = self.min_decryption_version
             aggregate.min_encryption_version = self.min_encryption_version
 
+    class VersionsTrimmed(Aggregate.Event):
+        """Every version below ``min_available_version`` left the key for good.
+
+        ``removed`` lists the versions that were still kept; their material is
+        erased in the same transaction. History keeps the events that made them.
+        """
+
+        TOPIC = "keyledger.key.VersionsTrimmed"
+        min_available_version: int
+        removed: list[int]
+
+        def apply(self, aggregate: ManagedKey) -> None:
+            for number in self.removed:
+                aggregate.versions.pop(number, None)
+            aggregate.min_available_version = self.min_available_version
+
     def __init__(
         self, name: str, algorithm: str, description: str, fingerprint: str
     ) -> None:
@@ -278,6 +297,7 @@ class ManagedKey(Aggregate):
         self.primary = 1
         self.min_decryption_version = 1
         self.min_encryption_version: int | None = None
+        self.min_available_version = 1
         created_at = format_time(self.created_on)
         self.versions: dict[int, KeyVersion] = {
             1: KeyVersion(1, "enabled", fingerprint, created_at)
@@ -521,6 +541,8 @@ class ManagedKey(Aggregate):
                 stream_version=self.version,
                 target=past.version,
             )
+        if past.primary < self.min_available_version:
+            self._refuse_trimmed(past.primary)
         states: dict[str, str] = {}
         for number, record in self.versions.items():
             state: VersionState
@@ -601,6 +623,15 @@ class ManagedKey(Aggregate):
                 min=1,
                 max=self.primary,
             )
+        if decryption < self.min_available_version:
+            raise KeyLifecycleError(
+                f"Versions of {self.name!r} below {self.min_available_version} "
+                "were trimmed; min_decryption_version cannot go below it.",
+                code="VERSION_TRIMMED",
+                key=self.name,
+                min_available_version=self.min_available_version,
+                version=decryption,
+            )
         latest = max(self.versions)
         if encryption is not None and not decryption <= encryption <= latest:
             raise InvalidArgumentError(
@@ -619,6 +650,59 @@ class ManagedKey(Aggregate):
             min_encryption_version=encryption,
             timestamp=now,
         )
+
+    def trim(self, min_available_version: int, *, now: datetime) -> list[int]:
+        """Remove every version below ``min_available_version``; return them.
+
+        Only versions below ``min_decryption_version`` can go, so nothing that
+        may still decrypt is removed and the primary (never below that floor)
+        always stays. The caller MUST erase the removed versions' material in
+        the same transaction.
+
+        Raises:
+            InvalidArgumentError: ``INVALID_VERSION`` unless a positive integer.
+            KeyLifecycleError: ``TRIM_ABOVE_MIN_DECRYPTION`` (with ``min`` and
+                ``requested``) or ``NOTHING_TO_TRIM`` (at or below the lowest
+                kept version, with ``lowest`` and ``requested``).
+        """
+        if (
+            isinstance(min_available_version, bool)
+            or not isinstance(min_available_version, int)
+            or not 1 <= min_available_version <= MAX_VERSION
+        ):
+            raise InvalidArgumentError(
+                "min_available_version must be a positive integer.",
+                code="INVALID_VERSION",
+                field="min_available_version",
+            )
+        if min_available_version > self.min_decryption_version:
+            raise KeyLifecycleError(
+                f"Cannot trim {self.name!r} above its min_decryption_version "
+                f"{self.min_decryption_version}: those versions may still decrypt.",
+                code="TRIM_ABOVE_MIN_DECRYPTION",
+                key=self.name,
+                min=self.min_decryption_version,
+                requested=min_available_version,
+            )
+        lowest = min(self.versions)
+        if min_available_version <= lowest:
+            raise KeyLifecycleError(
+                f"Key {self.name!r} keeps no version below {min_available_version}.",
+                code="NOTHING_TO_TRIM",
+                key=self.name,
+                lowest=lowest,
+                requested=min_available_version,
+            )
+        removed = sorted(n for n in self.versions if n < min_available_version)
+        if self.primary in removed:  # pragma: no cover - the floor forbids it
+            raise AssertionError("The primary is never below min_decryption_version.")
+        self.trigger_event(
+            self.VersionsTrimmed,
+            min_available_version=min_available_version,
+            removed=removed,
+            timestamp=now,
+        )
+        return removed
 
     # Use rules -------------------------------------------------------------
 
@@ -740,11 +824,22 @@ class ManagedKey(Aggregate):
         try:
             return self.versions[version]
         except KeyError:
+            if 1 <= version < self.min_available_version:
+                self._refuse_trimmed(version)
             raise VersionNotFoundError(
                 f"Key {self.name!r} has no version {version}.",
                 key=self.name,
                 version=version,
             ) from None
+
+    def _refuse_trimmed(self, version: int) -> NoReturn:
+        raise KeyLifecycleError(
+            f"Version {version} of {self.name!r} was trimmed; its material is gone.",
+            code="VERSION_TRIMMED",
+            key=self.name,
+            version=version,
+            min_available_version=self.min_available_version,
+        )
 
     def _require_key_enabled(self) -> None:
         if not self.enabled:

@@ -296,6 +296,22 @@ class KeyService:
         )
         return self._save(key, context, [erase])
 
+    def trim_versions(
+        self, context: CommandContext, name: str, *, min_available_version: int
+    ) -> CommandResult:
+        """Trim every version below ``min_available_version``, erasing its material.
+
+        The material rows go in the same commit as the ``VersionsTrimmed`` event.
+        """
+        key = self._load_for_command(name, context)
+        removed = key.trim(min_available_version, now=self.clock.now())
+        erase = (
+            "DELETE FROM key_material WHERE key_id = %s AND version < %s",
+            (str(key.id), min_available_version),
+        )
+        notes = {"removed": removed, "min_available_version": min_available_version}
+        return self._save(key, context, [erase], notes=notes)
+
     def roll_back(
         self,
         context: CommandContext,
@@ -609,7 +625,8 @@ class KeyService:
         result_notes = dict(notes or {})
         if version is not None:
             result_notes["version"] = version
-        touched = key_view.touched_versions(key.pending_events)
+        removed = key_view.removed_versions(key.pending_events)
+        touched = key_view.touched_versions(key.pending_events) - removed
         view = key.summary()
         versions = [key.version_view(number) for number in sorted(touched)]
         write = LedgerWrite(
@@ -621,7 +638,7 @@ class KeyService:
         config = key_view.config_changed(key.pending_events)
         write.after_sealed.append(
             lambda receipts: key_view.view_statements(
-                key, touched, receipts[-1].position, config=config
+                key, touched, receipts[-1].position, config=config, removed=removed
             )
         )
         record = context.idempotency

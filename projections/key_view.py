@@ -89,6 +89,8 @@ _TOUCHES: dict[type[Any], Callable[[Any], Iterable[int]]] = {
     ManagedKey.Enabled: lambda event: [],
     ManagedKey.PrimaryRolledBack: lambda event: [],
     ManagedKey.MinimumVersionsChanged: lambda event: [],
+    # Trimmed versions' rows are deleted, not rewritten: see ``removed_versions``.
+    ManagedKey.VersionsTrimmed: lambda event: [],
 }
 
 
@@ -98,6 +100,15 @@ def touched_versions(events: Iterable[Any]) -> set[int]:
     for event in events:
         touched.update(_TOUCHES[type(event)](event))
     return touched
+
+
+def removed_versions(events: Iterable[Any]) -> set[int]:
+    """The version numbers that ``events`` trim away."""
+    removed: set[int] = set()
+    for event in events:
+        if isinstance(event, ManagedKey.VersionsTrimmed):
+            removed.update(event.removed)
+    return removed
 
 
 def config_changed(events: Iterable[Any]) -> bool:
@@ -111,11 +122,13 @@ def view_statements(
     last_position: int,
     *,
     config: bool = False,
+    removed: Iterable[int] = (),
 ) -> list[Statement]:
     """The writes that make the read side show ``key`` as of ``last_position``.
 
     With ``config`` the key's ``key_config`` row is written too: kept when the
-    minimum versions differ from the defaults, deleted when they do not.
+    minimum versions differ from the defaults, deleted when they do not. The
+    rows of ``removed`` (trimmed) versions are deleted.
     """
     row = key_row(key, last_position)
     statements: list[Statement] = [_upsert("key_view", _KEY_COLUMNS, ("name",), row)]
@@ -125,6 +138,13 @@ def view_statements(
             _upsert("key_config", _CONFIG_COLUMNS, ("name",), config_row)
             if config_row is not None
             else ("DELETE FROM key_config WHERE name = %s", (key.name,))
+        )
+    for number in sorted(removed):
+        statements.append(
+            (
+                "DELETE FROM key_versions WHERE key_name = %s AND version = %s",
+                (key.name, number),
+            )
         )
     for number in sorted(touched):
         statements.append(

@@ -25,6 +25,7 @@ from api.schemas import (
     KeyConfigUpdate,
     KeyCreate,
     KeyRollback,
+    KeyTrim,
     VersionCompromise,
     VersionScheduleDestruction,
 )
@@ -310,6 +311,15 @@ _key_command(
     "Change the key's min_decryption_version and min_encryption_version.",
     KeyConfigUpdate,
     _config,
+)
+_key_command(
+    "/{name}/trim",
+    "trim_key",
+    "Trim every version below min_available_version and erase its material.",
+    KeyTrim,
+    lambda rt, ctx, name, cmd: rt.service.trim_versions(
+        ctx, name, min_available_version=cmd.min_available_version
+    ),
 )
 _version_command(
     "/{name}/versions/{version}/disable",
