@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
 from tests.api._support import assert_error, create, head_position, post_ok
-from tests.conftest import wait_until
+from tests.conftest import database_outage, wait_until
 
 pytestmark = pytest.mark.postgres
 
@@ -22,24 +19,6 @@ def store_url(pg_url: str) -> str:
     return f"{pg_url}&connect_timeout=1"
 
 
-@contextmanager
-def _outage(pg_database: str) -> Iterator[None]:
-    """The test database drops every session and accepts no new one meanwhile."""
-    dbname = pg_database.rpartition("/")[2]
-    admin_url = pg_database.rpartition("/")[0] + "/postgres"
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS false')
-        admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = %s AND pid <> pg_backend_pid()",
-            (dbname,),
-        )
-        try:
-            yield
-        finally:
-            admin.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
-
-
 def test_use_during_database_outage_is_503_with_no_result(
     client: TestClient, pg_database: str
 ) -> None:
@@ -48,7 +27,7 @@ def test_use_during_database_outage_is_503_with_no_result(
     sealed = post_ok(client, "/v1/keys/down/encrypt", {"plaintext": "ZGF0YQ=="})
     head = head_position(client)
 
-    with _outage(pg_database):
+    with database_outage(pg_database):
         response = client.post(
             "/v1/keys/down/decrypt", json={"ciphertext": sealed["ciphertext"]}
         )

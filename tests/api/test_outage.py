@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import wait_until
+from tests.conftest import database_outage, wait_until
 
 pytestmark = pytest.mark.postgres
 
@@ -20,22 +19,11 @@ def store_url(pg_url: str) -> str:
 def test_reads_during_an_outage_are_503(client: TestClient, pg_database: str) -> None:
     """Head, verify and key reads are LEDGER_UNAVAILABLE while the database is down."""
     assert client.post("/v1/keys", json={"name": "seen"}).status_code == 201
-    dbname = pg_database.rpartition("/")[2]
-    admin_url = pg_database.rpartition("/")[0] + "/postgres"
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS false')
-        admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = %s AND pid <> pg_backend_pid()",
-            (dbname,),
-        )
-        try:
-            for path in ("/v1/ledger/head", "/v1/keys/seen", "/v1/events", "/healthz"):
-                response = client.get(path)
-                assert response.status_code == 503, (path, response.text)
-                assert response.json()["error"]["code"] == "LEDGER_UNAVAILABLE"
-        finally:
-            admin.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
+    with database_outage(pg_database):
+        for path in ("/v1/ledger/head", "/v1/keys/seen", "/v1/events", "/healthz"):
+            response = client.get(path)
+            assert response.status_code == 503, (path, response.text)
+            assert response.json()["error"]["code"] == "LEDGER_UNAVAILABLE"
 
     wait_until(lambda: client.get("/healthz").status_code == 200)
     assert client.get("/v1/keys/seen").status_code == 200

@@ -16,7 +16,7 @@ from eventsourcing.persistence import PersistenceError
 from domain.errors import ConcurrentModificationError, LedgerUnavailableError
 from ledger.service import CommandContext, KeyService
 from ledger.verify import verify_ledger
-from tests.conftest import wait_until
+from tests.conftest import database_outage, wait_until
 
 pytestmark = pytest.mark.postgres
 
@@ -74,24 +74,12 @@ def test_unreachable_database_is_unavailable_and_nothing_recorded(
     """When the database drops and refuses connections, a command fails closed."""
     service.create_key(ctx, name="k-down")
     head = service.ledger.head()
-    dbname = pg_database.rpartition("/")[2]
-    admin_url = pg_database.rpartition("/")[0] + "/postgres"
-
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        # given a database that has dropped every session and accepts no new ones
-        admin.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS false')
-        admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = %s AND pid <> pg_backend_pid()",
-            (dbname,),
-        )
-        try:
-            # then every command is refused as unavailable, not left hanging
-            for _ in range(3):
-                with pytest.raises(LedgerUnavailableError):
-                    service.rotate(ctx, "k-down")
-        finally:
-            admin.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
+    # given a database that has dropped every session and accepts no new ones
+    with database_outage(pg_database):
+        # then every command is refused as unavailable, not left hanging
+        for _ in range(3):
+            with pytest.raises(LedgerUnavailableError):
+                service.rotate(ctx, "k-down")
 
     # and once the database is back, nothing was recorded by the failed commands
     wait_until(lambda: _reachable(service))
