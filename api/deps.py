@@ -12,6 +12,7 @@ from fastapi import Depends, Header, Request
 from api.body import parse_json, read_body
 from api.errors import ApiError
 from api.runtime import Runtime
+from domain.access import Permission, permissions_of
 from domain.keys import MAX_VERSION
 from ledger.service import CommandContext, CommandResult, IdempotencyRecord
 from ledger.store import Actor
@@ -42,6 +43,26 @@ def get_actor(request: Request, runtime: RuntimeDep) -> Actor:
 
 
 ActorDep = Annotated[Actor, Depends(get_actor)]
+
+
+def require(*permissions: Permission) -> Any:
+    """A dependency: the caller, if its roles carry one of ``permissions``, else 403.
+
+    Use it as ``actor: Annotated[Actor, require(Permission.KEY_READ)]``.
+    """
+    names = [permission.value for permission in permissions]
+
+    def check(actor: ActorDep) -> Actor:
+        if permissions_of(actor.roles).isdisjoint(permissions):
+            raise ApiError(
+                403,
+                "FORBIDDEN",
+                f"This action needs the {' or '.join(names)} permission.",
+                permission=names[0] if len(names) == 1 else names,
+            )
+        return actor
+
+    return Depends(check)
 
 
 def get_request_id(request: Request) -> str:

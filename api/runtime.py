@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
+from domain.access import ALL_ROLES
 from domain.clock import AdjustableClock, Clock, SystemClock
 from domain.errors import KeyledgerError
 from ledger.application import redact_url
@@ -52,7 +53,7 @@ class Runtime:
     def authenticate(self, token: str) -> Actor | None:
         """The actor a bearer token stands for, or None if it is unknown."""
         if hmac.compare_digest(token_digest(token), self.admin_token_digest):
-            return Actor(principal="bootstrap-admin", token_id=token_id(token))
+            return Actor("bootstrap-admin", token_id(token), roles=ALL_ROLES)
         return None
 
     def start_scheduler(self) -> None:

@@ -40,6 +40,7 @@ from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.sqlite import SQLiteApplicationRecorder
 from psycopg.sql import SQL, Identifier
 
+from domain.access import Role
 from domain.clock import Clock, format_time
 from ledger.entry import (
     GENESIS_HASH,
@@ -61,6 +62,8 @@ class Actor:
 
     principal: str
     token_id: str
+    # What the caller may do through the API; the service layer does not check it.
+    roles: frozenset[Role] = field(default=frozenset(), compare=False)
 
     def as_json(self) -> dict[str, str]:
         return {"principal": self.principal, "token_id": self.token_id}

@@ -6,10 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from api.deps import ActorDep, RuntimeDep
+from api.deps import RuntimeDep, require
 from api.errors import ApiError
+from domain.access import Permission
 from ledger.export import ExportScope, build_export
 from ledger.service import parse_optional_time
+from ledger.store import Actor
 
 router = APIRouter(tags=["exports"])
 
@@ -24,7 +26,7 @@ MAX_KEYS = 100
 )
 def export_evidence(
     runtime: RuntimeDep,
-    actor: ActorDep,
+    actor: Annotated[Actor, require(Permission.AUDIT_READ)],
     *,
     from_: Annotated[
         str | None, Query(alias="from", description="A time with offset.")

@@ -8,13 +8,13 @@ recorded on the ledger before it is answered.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Response
 from pydantic import BaseModel
 
 from api.body import validate
-from api.deps import ActorDep, BodyDep, RequestIdDep, RuntimeDep
+from api.deps import ActorDep, BodyDep, RequestIdDep, RuntimeDep, require
 from api.errors import ApiError, error_body, status_for
 from api.schemas import (
     MAX_BATCH_ITEMS,
@@ -23,10 +23,12 @@ from api.schemas import (
     EncryptItem,
     RewrapItem,
 )
+from domain.access import Permission
 from domain.errors import KeyledgerError
 from domain.usage import Operation
 from ledger.key_use import ItemOutcome, KeyUser, UseItem
 from ledger.service import CommandContext
+from ledger.store import Actor
 
 router = APIRouter(prefix="/v1/keys", tags=["key use"])
 
@@ -166,7 +168,7 @@ def _route(operation: Operation, model: type[BaseModel], doc: str) -> None:
         name: str,
         response: Response,
         runtime: RuntimeDep,
-        actor: ActorDep,
+        actor: Annotated[Actor, require(Permission.KEY_USE)],
         request_id: RequestIdDep,
         body: BodyDep,
     ) -> dict[str, Any]:

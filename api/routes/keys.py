@@ -18,6 +18,7 @@ from api.deps import (
     command_context,
     parse_version,
     render_command,
+    require,
 )
 from api.errors import ApiError
 from api.schemas import (
@@ -29,7 +30,9 @@ from api.schemas import (
     VersionCompromise,
     VersionScheduleDestruction,
 )
+from domain.access import Permission
 from ledger.service import CommandContext, CommandResult, parse_optional_time
+from ledger.store import Actor
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
 
@@ -80,7 +83,7 @@ def create_key(
     request: Request,
     response: Response,
     runtime: RuntimeDep,
-    actor: ActorDep,
+    actor: Annotated[Actor, require(Permission.KEY_MANAGE)],
     request_id: RequestIdDep,
     body: BodyDep,
     idempotency_key: IdempotencyKeyDep = None,
@@ -103,7 +106,7 @@ def create_key(
 def list_keys(
     response: Response,
     runtime: RuntimeDep,
-    actor: ActorDep,
+    actor: Annotated[Actor, require(Permission.KEY_READ)],
     *,
     after: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9._-]{1,64}$")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -131,7 +134,7 @@ def get_key(
     name: str,
     response: Response,
     runtime: RuntimeDep,
-    actor: ActorDep,
+    actor: Annotated[Actor, require(Permission.KEY_READ)],
     *,
     at: Annotated[str | None, Query(description="A time with offset.")] = None,
     versions_after: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
@@ -153,7 +156,7 @@ def get_history(
     name: str,
     response: Response,
     runtime: RuntimeDep,
-    actor: ActorDep,
+    actor: Annotated[Actor, require(Permission.KEY_READ)],
     *,
     after: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -176,7 +179,7 @@ def _key_command(
         request: Request,
         response: Response,
         runtime: RuntimeDep,
-        actor: ActorDep,
+        actor: Annotated[Actor, require(Permission.KEY_MANAGE)],
         request_id: RequestIdDep,
         body: BodyDep,
         idempotency_key: IdempotencyKeyDep = None,
@@ -216,7 +219,7 @@ def _version_command(
         request: Request,
         response: Response,
         runtime: RuntimeDep,
-        actor: ActorDep,
+        actor: Annotated[Actor, require(Permission.KEY_MANAGE)],
         request_id: RequestIdDep,
         body: BodyDep,
         idempotency_key: IdempotencyKeyDep = None,

@@ -8,12 +8,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 
 from api.body import validate
-from api.deps import ActorDep, BodyDep, RequestIdDep, RuntimeDep
+from api.deps import BodyDep, RequestIdDep, RuntimeDep, require
 from api.errors import ApiError
 from api.schemas import ClockAdvance
+from domain.access import Permission
 from domain.clock import AdjustableClock, format_time
 from ledger.service import CommandContext
-from ledger.store import checkpoint_table
+from ledger.store import Actor, checkpoint_table
 from ledger.verify import verify_ledger
 
 router = APIRouter(tags=["ledger"])
@@ -23,7 +24,7 @@ router = APIRouter(tags=["ledger"])
 def list_events(
     response: Response,
     runtime: RuntimeDep,
-    actor: ActorDep,
+    actor: Annotated[Actor, require(Permission.LEDGER_READ, Permission.REPLICATION)],
     *,
     after: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -38,7 +39,9 @@ def list_events(
 
 @router.get("/v1/ledger/head", operation_id="get_ledger_head")
 def get_head(
-    response: Response, runtime: RuntimeDep, actor: ActorDep
+    response: Response,
+    runtime: RuntimeDep,
+    actor: Annotated[Actor, require(Permission.LEDGER_READ, Permission.REPLICATION)],
 ) -> dict[str, Any]:
     """The current head and the latest signed checkpoint."""
     ledger = runtime.service.ledger
@@ -67,7 +70,9 @@ def get_head(
     "/v1/ledger/checkpoints", status_code=201, operation_id="create_checkpoint"
 )
 def create_checkpoint(
-    response: Response, runtime: RuntimeDep, actor: ActorDep
+    response: Response,
+    runtime: RuntimeDep,
+    actor: Annotated[Actor, require(Permission.LEDGER_CHECKPOINT)],
 ) -> dict[str, Any]:
     """Sign the current head now and store it as a checkpoint."""
     signed = runtime.service.checkpoint_now()
@@ -78,7 +83,11 @@ def create_checkpoint(
 
 
 @router.get("/v1/ledger/verify", operation_id="verify_ledger")
-def verify(response: Response, runtime: RuntimeDep, actor: ActorDep) -> dict[str, Any]:
+def verify(
+    response: Response,
+    runtime: RuntimeDep,
+    actor: Annotated[Actor, require(Permission.LEDGER_READ)],
+) -> dict[str, Any]:
     """Verify the whole ledger: positions, links, hashes, signatures, checkpoints."""
     report = verify_ledger(runtime.service.ledger, runtime.service.public_keys())
     response.headers["Ledger-Position"] = str(report.head_position)
@@ -86,7 +95,9 @@ def verify(response: Response, runtime: RuntimeDep, actor: ActorDep) -> dict[str
 
 
 @router.post("/v1/scheduler/run", operation_id="run_scheduler")
-def run_scheduler(runtime: RuntimeDep, actor: ActorDep) -> dict[str, Any]:
+def run_scheduler(
+    runtime: RuntimeDep, actor: Annotated[Actor, require(Permission.ADMIN)]
+) -> dict[str, Any]:
     """Destroy every version whose waiting period has passed, now."""
     done = runtime.service.destroy_due()
     return {
@@ -104,7 +115,7 @@ dev_router = APIRouter(tags=["development"])
 def advance_clock(
     response: Response,
     runtime: RuntimeDep,
-    actor: ActorDep,
+    actor: Annotated[Actor, require(Permission.ADMIN)],
     request_id: RequestIdDep,
     body: BodyDep,
 ) -> dict[str, Any]:

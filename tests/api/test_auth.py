@@ -8,6 +8,9 @@ from contextlib import contextmanager
 import pytest
 from fastapi.testclient import TestClient
 
+from api.runtime import Runtime
+from domain.access import Role
+from ledger.store import Actor
 from tests.api._support import JSON, assert_error, create, head_position
 from tests.api.conftest import TOKEN
 
@@ -112,3 +115,31 @@ def test_healthz_needs_no_token(client: TestClient) -> None:
         response = client.get("/healthz")
     assert response.status_code == 200, response.text
     assert response.json() == {"status": "ok", "head_position": 1}
+
+
+AUDITOR_TOKEN = "kl_test-auditor-token-not-a-secret"
+
+
+def test_a_role_without_the_permission_is_403_and_records_nothing(
+    client: TestClient, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller whose roles lack a route's permission gets 403 FORBIDDEN, naming it."""
+    create(client, "k")
+    admin = runtime.authenticate
+
+    def authenticate(token: str) -> Actor | None:
+        if token == AUDITOR_TOKEN:
+            return Actor("an-auditor", "tok_auditor", roles=frozenset({Role.AUDITOR}))
+        return admin(token)
+
+    monkeypatch.setattr(runtime, "authenticate", authenticate)
+    auditor = {"Authorization": f"Bearer {AUDITOR_TOKEN}"}
+    refused = client.post("/v1/keys/k/rotate", json={}, headers=auditor)
+    assert_error(refused, 403, "FORBIDDEN")
+    assert refused.json()["error"]["details"] == {"permission": "key:manage"}
+    encrypt = client.post(
+        "/v1/keys/k/encrypt", json={"plaintext": "aGk="}, headers=auditor
+    )
+    assert_error(encrypt, 403, "FORBIDDEN")
+    assert head_position(client) == 1
+    assert client.get("/v1/keys/k", headers=auditor).json()["primary_version"] == 1
