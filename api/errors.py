@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from domain.errors import (
+    BackupNotFoundError,
     InvalidArgumentError,
     KeyledgerError,
     KeyLifecycleError,
@@ -40,6 +41,7 @@ class ApiError(KeyledgerError):
 
 _STATUS: list[tuple[type[KeyledgerError], int]] = [
     (KeyNotFoundError, 404),
+    (BackupNotFoundError, 404),
     (VersionNotFoundError, 404),
     (KeyLifecycleError, 409),
     (LedgerBrokenError, 409),

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
+from backup.key import BackupKey
+from backup.service import BackupService
 from domain.access import ALL_ROLES
 from domain.clock import AdjustableClock, Clock, SystemClock
 from domain.errors import KeyledgerError
@@ -49,6 +51,16 @@ class Runtime:
     new_admin_token: str | None = None
     stopping: threading.Event = field(default_factory=threading.Event)
     scheduler: threading.Thread | None = None
+    backup_service: BackupService | None = field(default=None, repr=False)
+
+    @property
+    def backups(self) -> BackupService:
+        """The backup service, with the backup key from the data folder."""
+        if self.backup_service is None:
+            self.backup_service = BackupService(
+                self.service, BackupKey.load_or_create(self.settings.data_dir)
+            )
+        return self.backup_service
 
     def authenticate(self, token: str) -> Actor | None:
         """The actor a bearer token stands for, or None if it is unknown."""
@@ -69,6 +81,12 @@ class Runtime:
                         )
                 except KeyledgerError as error:
                     logger.warning("scheduler_failed", extra={"code": error.code})
+                try:
+                    self.backups.run_scheduler(record_idle=False)
+                except KeyledgerError as error:
+                    logger.warning(
+                        "backup_scheduler_failed", extra={"code": error.code}
+                    )
 
         self.scheduler = threading.Thread(target=loop, name="scheduler", daemon=True)
         self.scheduler.start()

@@ -133,3 +133,65 @@ class DataKeyItem(_UseItem):
     version: Version | None = Field(
         None, description="Wrap under this version (min_encryption_version)."
     )
+
+
+# Backups ---------------------------------------------------------------------
+
+TargetName = Annotated[StrictStr, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
+
+
+class BackupCreate(BaseModel):
+    """Back a key up now; every field is optional."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    targets: list[TargetName] | None = Field(
+        None, description="Targets to write to (default: the policy's, or all)."
+    )
+    retain_until: StrictStr | None = Field(
+        None, description="Keep the copies until this time (default: the policy's)."
+    )
+
+
+class BackupPolicyUpdate(BaseModel):
+    """A backup policy; for a key, ``use_default`` drops its own policy instead."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    use_default: StrictBool = False
+    copies: StrictInt = 2
+    locations: StrictInt = 2
+    interval_hours: StrictInt = 24
+    retention_days: StrictInt = 30
+    targets: list[TargetName] = Field(default_factory=list)
+
+
+class BackupTargetConfig(BaseModel):
+    """A target: its kind, its location label, and its kind's options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["dir", "s3"]
+    location: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+    options: dict[str, StrictStr] = Field(
+        description="dir: path, prefix. s3: bucket, prefix, endpoint_url, region."
+    )
+
+
+class BackupPrune(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    target: TargetName
+
+
+class KeyRestore(Command):
+    """Exactly one of ``backup_id`` or ``bundle`` (base64 of a bundle file)."""
+
+    backup_id: Annotated[StrictStr, Field(pattern=r"^bkp_[0-9a-f]{24}$")] | None = None
+    bundle: StrictStr | None = Field(None, description="A bundle file, base64.")
+    into: StrictStr | None = Field(
+        None, description="Restore as a new key of this name (default: same key)."
+    )
+    source_public_key: StrictStr | None = Field(
+        None, description="PEM of the source ledger's public key (disaster recovery)."
+    )

@@ -64,6 +64,22 @@ class ConcurrentModificationError(KeyLifecycleError):
     code = "CONCURRENT_MODIFICATION"
 
 
+class BackupNotFoundError(KeyledgerError):
+    """No backup has that id (HTTP 404)."""
+
+    code = "BACKUP_NOT_FOUND"
+
+
+class BackupRefusedError(KeyLifecycleError):
+    """A backup, verification, restore or prune is refused; nothing is recorded (409).
+
+    A bundle that fails verification is ``BUNDLE_INVALID`` with a fixed message
+    (no oracle on what failed); the other codes name the rule.
+    """
+
+    code = "BACKUP_REFUSED"
+
+
 class MaterialUnreadableError(KeyledgerError):
     """A version's kept material could not be unwrapped: a server fault (HTTP 500).
 

@@ -287,6 +287,54 @@ class ManagedKey(Aggregate):
                 aggregate.versions.pop(number, None)
             aggregate.min_available_version = self.min_available_version
 
+    class Restored(Aggregate.Created):
+        """The key was created from a backup bundle, with every version it held.
+
+        ``versions`` are the bundle's version records (no material); ``source``
+        names the backup, its digest, the source key and the source ledger.
+        """
+
+        TOPIC = "keyledger.key.Restored"
+        name: str
+        algorithm: str
+        description: str
+        fingerprint: str
+        versions: list[dict[str, Any]]
+        primary: int
+        enabled: bool
+        min_decryption_version: int
+        min_encryption_version: int | None
+        min_available_version: int
+        source: dict[str, Any]
+
+        def apply(self, aggregate: ManagedKey) -> None:
+            aggregate.versions = {
+                int(item["version"]): _version_record(item) for item in self.versions
+            }
+            aggregate.primary = self.primary
+            aggregate.enabled = self.enabled
+            aggregate.min_decryption_version = self.min_decryption_version
+            aggregate.min_encryption_version = self.min_encryption_version
+            aggregate.min_available_version = self.min_available_version
+
+    class RestoredInPlace(Aggregate.Event):
+        """A backup was restored over the key: material put back, states returned.
+
+        Destroyed, compromised and destroy-scheduled versions keep their state;
+        ``version_states`` holds only the states that changed.
+        """
+
+        TOPIC = "keyledger.key.RestoredInPlace"
+        primary: int
+        version_states: dict[str, str]
+        material_versions: list[int]
+        source: dict[str, Any]
+
+        def apply(self, aggregate: ManagedKey) -> None:
+            aggregate.primary = self.primary
+            for number, state in self.version_states.items():
+                aggregate.set_state(int(number), _as_state(state))
+
     def __init__(
         self, name: str, algorithm: str, description: str, fingerprint: str
     ) -> None:
@@ -316,6 +364,122 @@ class ManagedKey(Aggregate):
         self.versions[version] = replace(self.versions[version], state=state)
 
     # Commands --------------------------------------------------------------
+
+    @classmethod
+    def restore(
+        cls,
+        *,
+        name: str,
+        settings: dict[str, Any],
+        versions: list[dict[str, Any]],
+        source: dict[str, Any],
+        now: datetime,
+    ) -> ManagedKey:
+        """Create a key from a backup bundle's settings and version records."""
+        records = [_version_fields(item) for item in versions]
+        if not records or settings["primary"] not in {r["version"] for r in records}:
+            raise InvalidArgumentError(
+                "A restored key needs its primary version among its versions.",
+                code="INVALID_BUNDLE_CONTENT",
+            )
+        return cls._create(
+            cls.Restored,
+            id=key_id_for(name),
+            name=name,
+            algorithm=settings["algorithm"],
+            description=settings["description"],
+            fingerprint=records[0]["fingerprint"],
+            versions=records,
+            primary=settings["primary"],
+            enabled=settings["enabled"],
+            min_decryption_version=settings["min_decryption_version"],
+            min_encryption_version=settings["min_encryption_version"],
+            min_available_version=settings["min_available_version"],
+            source=source,
+            timestamp=now,
+        )
+
+    def require_nothing_undestroyed(self, versions: list[dict[str, Any]]) -> None:
+        """Refuse a restore that would bring back material this key destroyed.
+
+        ``versions`` are a bundle's records with a ``material`` flag.
+        """
+        for item in versions:
+            number = int(item["version"])
+            if not item["material"]:
+                continue
+            record = self.versions.get(number)
+            if number < self.min_available_version or (
+                record is not None and record.state == "destroyed"
+            ):
+                raise KeyLifecycleError(
+                    f"Version {number} of {self.name!r} was destroyed; a restore "
+                    "never brings it back.",
+                    code="RESTORE_WOULD_UNDESTROY",
+                    key=self.name,
+                    version=number,
+                )
+
+    def restore_in_place(
+        self,
+        *,
+        primary: int,
+        versions: list[dict[str, Any]],
+        source: dict[str, Any],
+        now: datetime,
+    ) -> list[int]:
+        """Put a bundle of this key back: return its version states and material.
+
+        Refused when the key has versions newer than the bundle's (a rollback),
+        when it would bring back a destroyed or trimmed version, or when a
+        fingerprint differs from the ledger's (another key's bundle). Returns the
+        versions whose material is put back.
+        """
+        newest = max(int(item["version"]) for item in versions)
+        if self.next_version - 1 > newest:
+            raise KeyLifecycleError(
+                f"Key {self.name!r} has versions up to {self.next_version - 1}; the "
+                f"backup holds only up to {newest}.",
+                code="RESTORE_WOULD_ROLL_BACK",
+                key=self.name,
+                latest=self.next_version - 1,
+                backup_latest=newest,
+            )
+        self.require_nothing_undestroyed(versions)
+        for item in versions:
+            record = self.versions.get(int(item["version"]))
+            if record is not None and record.fingerprint != item["fingerprint"]:
+                raise KeyLifecycleError(
+                    f"Version {record.version} of the backup is not version "
+                    f"{record.version} of {self.name!r}.",
+                    code="BUNDLE_MISMATCH",
+                    key=self.name,
+                    version=record.version,
+                )
+        states: dict[str, str] = {}
+        for item in versions:
+            record = self.versions.get(int(item["version"]))
+            if record is None or record.state not in ("enabled", "disabled"):
+                continue
+            if item["state"] in ("enabled", "disabled") and item["state"] != (
+                record.state
+            ):
+                states[str(record.version)] = item["state"]
+        new_primary = primary
+        if states.get(str(primary), self.versions[primary].state) != "enabled":
+            new_primary = self.primary
+        materials = sorted(
+            int(item["version"]) for item in versions if item["material"]
+        )
+        self.trigger_event(
+            self.RestoredInPlace,
+            primary=new_primary,
+            version_states=states,
+            material_versions=materials,
+            source=source,
+            timestamp=now,
+        )
+        return materials
 
     @classmethod
     def generate(
@@ -939,6 +1103,38 @@ def _as_state(text: str) -> VersionState:
     if text not in get_args(VersionState):
         raise ValueError(f"Unknown version state {text!r}.")
     return text  # type: ignore[return-value]
+
+
+_VERSION_FIELDS = (
+    "version",
+    "state",
+    "fingerprint",
+    "created_at",
+    "compromised",
+    "compromise_reason",
+    "scheduled_at",
+    "destroy_at",
+    "destroyed_at",
+)
+
+
+def _version_fields(item: dict[str, Any]) -> dict[str, Any]:
+    """A version record as a restore event carries it: the fields, no material."""
+    return {name: item.get(name) for name in _VERSION_FIELDS}
+
+
+def _version_record(item: dict[str, Any]) -> KeyVersion:
+    return KeyVersion(
+        version=int(item["version"]),
+        state=_as_state(item["state"]),
+        fingerprint=item["fingerprint"],
+        created_at=item["created_at"],
+        compromised=bool(item["compromised"]),
+        compromise_reason=item["compromise_reason"],
+        scheduled_at=item["scheduled_at"],
+        destroy_at=item["destroy_at"],
+        destroyed_at=item["destroyed_at"],
+    )
 
 
 def _register_event_topics() -> None:

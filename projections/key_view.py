@@ -91,6 +91,10 @@ _TOUCHES: dict[type[Any], Callable[[Any], Iterable[int]]] = {
     ManagedKey.MinimumVersionsChanged: lambda event: [],
     # Trimmed versions' rows are deleted, not rewritten: see ``removed_versions``.
     ManagedKey.VersionsTrimmed: lambda event: [],
+    ManagedKey.Restored: lambda event: [
+        int(item["version"]) for item in event.versions
+    ],
+    ManagedKey.RestoredInPlace: lambda event: [int(v) for v in event.version_states],
 }
 
 
@@ -113,7 +117,10 @@ def removed_versions(events: Iterable[Any]) -> set[int]:
 
 def config_changed(events: Iterable[Any]) -> bool:
     """Whether ``events`` change the key's minimum versions."""
-    return any(isinstance(event, ManagedKey.MinimumVersionsChanged) for event in events)
+    return any(
+        isinstance(event, ManagedKey.MinimumVersionsChanged | ManagedKey.Restored)
+        for event in events
+    )
 
 
 def view_statements(

@@ -246,3 +246,67 @@ def test_secrets_never_appear_in_logs(
             "utf-8", "surrogatepass"
         )
     assert _leaks(needles, haystacks) == []
+
+
+# Backups ---------------------------------------------------------------------
+
+
+def test_backups_leak_no_material_no_backup_key_and_no_kek_blob(
+    client: TestClient,
+    runtime: Runtime,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Any,
+) -> None:
+    """Taking, verifying, refusing and restoring backups shows no secret anywhere.
+
+    The bundle files themselves hold material only wrapped under the backup key:
+    neither the material, nor a KEK-wrapped blob, nor the backup key is in them.
+    """
+    from backup.key import BACKUP_KEY_FILE
+    from tests.api.test_backups import configure_targets
+
+    caplog.set_level(logging.DEBUG)
+    folders = configure_targets(client, tmp_path / "targets")
+    send = Recorder(client)
+    send.ok("POST", "/v1/keys", json={"name": "b1"})
+    send.ok("POST", "/v1/keys/b1/rotate", json={})
+    taken = send.ok("POST", "/v1/keys/b1/backups", json={}).json()
+    send.ok("POST", f"/v1/backups/{taken['backup_id']}/verify")
+    send.ok("GET", "/v1/keys/b1/backups")
+    send.ok("GET", "/v1/backup-status")
+    bundle_file = folders["dc1"] / taken["backup"]["copies"][0]["object"]
+    data = bundle_file.read_bytes()
+    tampered = bytearray(data)
+    tampered[len(data) // 2] ^= 1
+    send(
+        "POST",
+        "/v1/keys/b1/restore",
+        json={"bundle": base64.b64encode(bytes(tampered)).decode(), "into": "b2"},
+    )
+    send.ok(
+        "POST",
+        "/v1/keys/b1/restore",
+        json={"backup_id": taken["backup_id"], "into": "b2"},
+    )
+    blobs = _material_rows(runtime)
+    needles = _needles(runtime, blobs)
+    backup_key = (runtime.settings.data_dir / BACKUP_KEY_FILE).read_bytes()
+    needles |= {
+        "backup key raw": backup_key,
+        "backup key hex": backup_key.hex().encode(),
+        "backup key base64": base64.b64encode(backup_key).rstrip(b"="),
+    }
+
+    ledger = runtime.service.ledger
+    haystacks = {"bundle file": data}
+    for table in (ledger.events_table_name, "backup_keys", "backup_records"):
+        for i, row in enumerate(ledger.query(f"SELECT * FROM {table}")):
+            for column, value in row.items():
+                haystacks[f"{table} row {i} {column}"] = _as_bytes(value)
+    for i, response in enumerate(send.responses):
+        haystacks[f"response {i}"] = response.content
+    formatter = logging.Formatter()
+    for i, record in enumerate(caplog.records):
+        extras = repr(sorted((k, repr(v)) for k, v in vars(record).items()))
+        haystacks[f"log {i}"] = (formatter.format(record) + extras).encode()
+    assert _leaks(needles, haystacks) == []

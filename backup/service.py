@@ -1,0 +1,675 @@
+"""The backup service: takes, verifies, prunes and restores backups, all on the ledger.
+
+Every action is recorded before it is reported. A backup is first claimed
+(``Started``, with the record's expected version, so two schedulers never both
+take it), then its bundle is written to each target, read back and checked, and
+only then are the whole copies recorded (``BackupTaken``), each failed copy as a
+``CopyFailed``. The ledger never claims a copy that is not whole: a crash
+between the claim and the record leaves only the claim.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import IntegrityError, PersistenceError
+
+from backup.bundle import BundleError, build_bundle, digest_of, open_bundle
+from backup.key import BackupKey
+from backup.targets import Target, TargetError, build_target, object_name
+from domain.backups import (
+    SCHEDULER_ID,
+    SETTINGS_ID,
+    BackupPolicy,
+    BackupRecord,
+    BackupSettings,
+    KeyBackups,
+    SchedulerRuns,
+    backups_id_for,
+    validate_location,
+    validate_target_name,
+)
+from domain.clock import format_time, parse_time
+from domain.errors import (
+    BackupNotFoundError,
+    BackupRefusedError,
+    InvalidArgumentError,
+    KeyExistsError,
+    KeyledgerError,
+    KeyNotFoundError,
+)
+from domain.keys import ManagedKey, key_id_for, validate_key_name
+from ledger.service import (
+    CommandContext,
+    CommandResult,
+    KeyService,
+    _unavailable,
+)
+from ledger.store import SYSTEM_ACTOR, LedgerWrite, Receipt, Statement
+from projections import backup_status
+
+logger = logging.getLogger(__name__)
+
+_BUNDLE_REFUSALS = {
+    "FROM_OTHER_LEDGER": (
+        "BUNDLE_FROM_OTHER_LEDGER",
+        "The bundle is signed by a ledger whose public key was not given.",
+    ),
+    "OTHER_BACKUP_KEY": (
+        "BUNDLE_OTHER_BACKUP_KEY",
+        "The bundle was wrapped under another backup key.",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class BackupOutcome:
+    """What taking a backup did: the record (None if no copy was whole)."""
+
+    key_name: str
+    backup_id: str
+    record: BackupRecord | None
+    failures: list[dict[str, Any]]
+    receipts: list[Receipt]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key_name,
+            "backup_id": self.backup_id,
+            "backup": None if self.record is None else self.record.as_json(),
+            "failures": self.failures,
+            "receipts": [receipt.as_json() for receipt in self.receipts],
+        }
+
+
+class BackupService:
+    """Backups of keys to the configured targets, recorded on the keys' ledger."""
+
+    def __init__(
+        self,
+        keys: KeyService,
+        backup_key: BackupKey,
+        *,
+        target_factory: Callable[[dict[str, Any]], Target] = build_target,
+    ) -> None:
+        self.keys = keys
+        self.backup_key = backup_key
+        self.target_factory = target_factory
+
+    # Settings ----------------------------------------------------------------
+
+    def settings(self) -> BackupSettings:
+        found = self._get(SETTINGS_ID)
+        if found is None:
+            return BackupSettings.open(now=self.keys.clock.now())
+        assert isinstance(found, BackupSettings)
+        return found
+
+    def targets(self) -> dict[str, dict[str, Any]]:
+        return dict(self.settings().targets)
+
+    def default_policy(self) -> BackupPolicy:
+        return BackupPolicy.from_json(self.settings().default_policy)
+
+    def configure_target(
+        self,
+        context: CommandContext,
+        *,
+        name: str,
+        kind: str,
+        location: str,
+        options: dict[str, Any],
+    ) -> list[Receipt]:
+        """Record a target's configuration (nothing if it is already so).
+
+        The target is built first, so a configuration that cannot work (an S3
+        bucket without Object Lock) is refused and nothing is recorded.
+        """
+        validate_target_name(name)
+        validate_location(location)
+        config = {"name": name, "kind": kind, "location": location, "options": options}
+        try:
+            self.target_factory(config)
+        except TargetError as error:
+            raise BackupRefusedError(
+                error.message, code=f"TARGET_{error.code}", target=name
+            ) from None
+        except (KeyError, TypeError, ValueError) as error:
+            raise InvalidArgumentError(
+                f"Target {name!r} is not configured right: {error}",
+                code="INVALID_TARGET",
+                target=name,
+            ) from None
+        settings = self.settings()
+        if not settings.configure_target(
+            name, kind, location, options, now=self.keys.clock.now()
+        ):
+            return []
+        return self._record(settings, context, "backup-settings", [])
+
+    def change_default_policy(
+        self, context: CommandContext, policy: BackupPolicy
+    ) -> list[Receipt]:
+        settings = self.settings()
+        settings.change_default_policy(policy, now=self.keys.clock.now())
+        return self._record(settings, context, "backup-settings", [])
+
+    def change_key_policy(
+        self, context: CommandContext, key_name: str, policy: BackupPolicy | None
+    ) -> list[Receipt]:
+        """Give a key its own policy, or (None) return it to the default."""
+        self.keys._load(key_name)
+        backups = self._key_backups(key_name)
+        backups.change_policy(policy, now=self.keys.clock.now())
+        return self._save_backups(backups, context)
+
+    def policy_for(self, key_name: str) -> BackupPolicy:
+        found = self._get(backups_id_for(key_name))
+        if isinstance(found, KeyBackups) and found.policy is not None:
+            return BackupPolicy.from_json(found.policy)
+        return self.default_policy()
+
+    # Backups ---------------------------------------------------------------
+
+    def take_backup(
+        self,
+        context: CommandContext,
+        key_name: str,
+        *,
+        target_names: list[str] | None = None,
+        retain_until: datetime | None = None,
+        reason: str = "manual",
+    ) -> BackupOutcome:
+        """Back the key up now to its policy's targets (or the ones named).
+
+        Raises:
+            KeyNotFoundError: no key has that name.
+            InvalidArgumentError: an unknown target, or a retention date not in
+                the future (``RETENTION_IN_PAST``).
+            BackupRefusedError: no target is configured, or another backup of
+                the key is under way (``BACKUP_IN_PROGRESS``).
+        """
+        validate_key_name(key_name)
+        self.keys._load(key_name)
+        now = self.keys.clock.now()
+        policy = self.policy_for(key_name)
+        targets = self._chosen_targets(target_names or list(policy.targets))
+        until = retain_until or now + timedelta(days=policy.retention_days)
+        if until <= now:
+            raise InvalidArgumentError(
+                "The retention date must be in the future.",
+                code="RETENTION_IN_PAST",
+                retain_until=format_time(until),
+            )
+        backup_id = "bkp_" + secrets.token_hex(12)
+
+        # 1. Claim it: only one claimant of a due backup gets past this.
+        backups = self._key_backups(key_name)
+        backups.start(
+            backup_id,
+            reason=reason,
+            now=now,
+            interval=timedelta(hours=policy.interval_hours)
+            if reason == "scheduled"
+            else None,
+        )
+        receipts = self._save_backups(backups, context)
+
+        # 2. Build and write every copy; each is read back before it counts.
+        bundle = build_bundle(
+            self.keys, key_name, backup_key=self.backup_key, backup_id=backup_id
+        )
+        name = object_name(bundle.digest)
+        copies, failures = [], []
+        for target in targets:
+            try:
+                target.put(name, bundle.data, retain_until=until)
+                if digest_of(target.get(name)) != bundle.digest:
+                    raise TargetError(
+                        "READ_BACK_MISMATCH",
+                        f"Target {target.name!r} returned other bytes than written.",
+                    )
+            except TargetError as error:
+                logger.warning(
+                    "backup_copy_failed",
+                    extra={"key": key_name, "target": target.name, "code": error.code},
+                )
+                failures.append(
+                    {
+                        "target": target.name,
+                        "location": target.location,
+                        "code": error.code,
+                        "message": error.message,
+                    }
+                )
+                continue
+            copies.append(
+                {"target": target.name, "location": target.location, "object": name}
+            )
+
+        # 3. Record what is whole, and every failure.
+        backups.record_taken(
+            backup_id,
+            digest=bundle.digest,
+            size=bundle.size,
+            versions=bundle.versions,
+            retain_until=format_time(until),
+            copies=copies,
+            failures=failures,
+            checkpoint_position=bundle.checkpoint_position,
+            now=self.keys.clock.now(),
+        )
+        receipts += self._save_backups(backups, context)
+        return BackupOutcome(
+            key_name, backup_id, backups.records.get(backup_id), failures, receipts
+        )
+
+    def verify_backup(
+        self, context: CommandContext, backup_id: str
+    ) -> tuple[BackupRecord, list[Receipt]]:
+        """Read every copy back and check it; record the result per copy."""
+        key_name, record = self._find(backup_id)
+        key = self._current_key(key_name)
+        results = []
+        for copy in record.copies:
+            if copy["target"] in record.pruned:
+                continue
+            code = self._check_copy(copy, record, key)
+            results.append({**copy, "ok": code is None, "code": code or "OK"})
+        backups = self._key_backups(key_name)
+        backups.record_verified(backup_id, results, now=self.keys.clock.now())
+        receipts = self._save_backups(backups, context)
+        return backups.records[backup_id], receipts
+
+    def prune(
+        self, context: CommandContext, backup_id: str, target_name: str
+    ) -> list[Receipt]:
+        """Delete a copy past its retention date, and record that as an event.
+
+        The retention date is checked against the ledger's record and again by
+        the target; a refused deletion (``RETAINED``) records nothing.
+        """
+        key_name, record = self._find(backup_id)
+        copy = next((c for c in record.copies if c["target"] == target_name), None)
+        if copy is None:
+            raise BackupNotFoundError(
+                f"Backup {backup_id} has no copy on {target_name!r}.",
+                backup_id=backup_id,
+                target=target_name,
+            )
+        now = self.keys.clock.now()
+        if format_time(now) < record.retain_until:
+            raise BackupRefusedError(
+                f"Backup {backup_id} is retained until {record.retain_until}.",
+                code="RETAINED",
+                backup_id=backup_id,
+                retain_until=record.retain_until,
+            )
+        backups = self._key_backups(key_name)
+        backups.record_pruned(backup_id, target_name, copy["object"], now=now)
+        try:
+            self._target(target_name).delete(copy["object"], now=now)
+        except TargetError as error:
+            raise BackupRefusedError(
+                error.message, code=f"TARGET_{error.code}", backup_id=backup_id
+            ) from None
+        return self._save_backups(backups, context)
+
+    # Restore ---------------------------------------------------------------
+
+    def read_bundle(self, backup_id: str) -> bytes:
+        """The bytes of a backup from the first copy that is whole."""
+        _, record = self._find(backup_id)
+        for copy in record.copies:
+            if copy["target"] in record.pruned:
+                continue
+            try:
+                data = self._target(copy["target"]).get(copy["object"])
+            except (TargetError, BackupRefusedError):
+                continue
+            if digest_of(data) == record.digest:
+                return data
+        raise BackupRefusedError(
+            f"No copy of backup {backup_id} could be read whole.",
+            code="NO_WHOLE_COPY",
+            backup_id=backup_id,
+        )
+
+    def restore(
+        self,
+        context: CommandContext,
+        data: bytes,
+        *,
+        into: str | None = None,
+        source_public_keys: dict[str, Ed25519PublicKey] | None = None,
+        expected_key: str | None = None,
+    ) -> CommandResult:
+        """Restore a bundle into its own key or as a new key called ``into``.
+
+        Nothing is recorded when the bundle fails verification, when the
+        restore would roll back a key with newer versions, or when it would
+        bring back a version this ledger destroyed (all 409).
+        """
+        if into is not None:
+            validate_key_name(into)
+        opened = self._open(data, source_public_keys)
+        source_name = opened.key["name"]
+        if expected_key is not None and expected_key != source_name:
+            raise InvalidArgumentError(
+                f"The bundle is a backup of {source_name!r}, not {expected_key!r}.",
+                code="BUNDLE_KEY_MISMATCH",
+                key=expected_key,
+            )
+        name = into or source_name
+        source = {
+            "backup_id": opened.body["backup_id"],
+            "digest": digest_of(data),
+            "key": source_name,
+            "ledger_kid": opened.body["ledger_kid"],
+            "taken_at": opened.body["taken_at"],
+        }
+        versions = [
+            {**item, "material": item["wrapped"] is not None}
+            for item in opened.versions
+        ]
+        existing = self._current_key(name)
+        now = self.keys.clock.now()
+        if opened.body["ledger_kid"] == self.keys.signer.kid and name != source_name:
+            # A copy under a new name must not revive what the source destroyed.
+            origin = self._current_key(source_name)
+            if origin is not None:
+                origin.require_nothing_undestroyed(versions)
+        if existing is None:
+            key = ManagedKey.restore(
+                name=name,
+                settings=opened.key,
+                versions=versions,
+                source=source,
+                now=now,
+            )
+            material_versions = sorted(opened.materials)
+        elif name != source_name:
+            raise KeyExistsError(f"A key named {name!r} already exists.", key=name)
+        else:
+            key = self.keys._load_for_command(name, context)
+            material_versions = key.restore_in_place(
+                primary=opened.key["primary"], versions=versions, source=source, now=now
+            )
+        key_id = str(key_id_for(name))
+        statements: list[Statement] = [
+            ("DELETE FROM key_material WHERE key_id = %s AND version = %s", (key_id, n))
+            for n in material_versions
+        ]
+        statements += [
+            self.keys._put_material(key_id, n, opened.materials[n])
+            for n in material_versions
+        ]
+        return self.keys._save(
+            key, context, statements, notes={"restored_from": source}
+        )
+
+    # Scheduler -------------------------------------------------------------
+
+    def run_scheduler(
+        self, *, limit: int = 100, record_idle: bool = True
+    ) -> dict[str, Any]:
+        """Take every backup that is due, and only those; record the run.
+
+        Safe to run in several processes at once: the claim on each key's
+        backup record lets exactly one of them take a due backup. A run that
+        found nothing due is recorded only with ``record_idle``.
+        """
+        now = self.keys.clock.now()
+        due, _ = backup_status.status_page(
+            self.keys.ledger,
+            default_policy=self.default_policy(),
+            now=now,
+            after=None,
+            limit=10_000,
+            status=None,
+        )
+        names = [item["key"] for item in due if item["status"] in ("due", "overdue")][
+            :limit
+        ]
+        taken, failed, skipped = [], [], []
+        for name in names:
+            context = CommandContext(
+                SYSTEM_ACTOR, f"backup-scheduler-{secrets.token_hex(8)}"
+            )
+            try:
+                outcome = self.take_backup(context, name, reason="scheduled")
+            except KeyledgerError as refusal:
+                skipped.append({"key": name, "code": refusal.code})
+                continue
+            if outcome.record is None:
+                failed.append({"key": name, "backup_id": outcome.backup_id})
+            else:
+                taken.append({"key": name, "backup_id": outcome.backup_id})
+        report = {"taken": taken, "failed": failed, "skipped": skipped}
+        if taken or failed or skipped or record_idle:
+            self._record_run(report)
+        return report
+
+    # Queries ---------------------------------------------------------------
+
+    def status(
+        self, *, after: str | None, limit: int, status: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        return backup_status.status_page(
+            self.keys.ledger,
+            default_policy=self.default_policy(),
+            now=self.keys.clock.now(),
+            after=after,
+            limit=limit,
+            status=status,
+        )
+
+    def key_backups(
+        self, key_name: str, *, after: str | None, limit: int
+    ) -> dict[str, Any]:
+        """The key's status and one page of its backups, newest first."""
+        self.keys._load(key_name)
+        [status], _ = backup_status.status_page(
+            self.keys.ledger,
+            default_policy=self.default_policy(),
+            now=self.keys.clock.now(),
+            after=None,
+            limit=1,
+            status=None,
+            key=key_name,
+        )
+        records, cursor = backup_status.key_backups(
+            self.keys.ledger, key_name, after=after, limit=limit
+        )
+        return {
+            **status,
+            "backups": [record.as_json() for record in records],
+            "next_cursor": cursor,
+        }
+
+    def get_backup(self, backup_id: str) -> dict[str, Any]:
+        key_name, record = self._find(backup_id)
+        return {"key": key_name, **record.as_json()}
+
+    # Internals -------------------------------------------------------------
+
+    def _open(
+        self, data: bytes, source_public_keys: dict[str, Ed25519PublicKey] | None
+    ) -> Any:
+        public_keys = {self.keys.signer.kid: self.keys.signer.public_key}
+        public_keys.update(source_public_keys or {})
+        try:
+            return open_bundle(
+                data, public_keys=public_keys, backup_key=self.backup_key
+            )
+        except BundleError as error:
+            code, message = _BUNDLE_REFUSALS.get(
+                error.reason,
+                (
+                    "BUNDLE_INVALID",
+                    "The bundle failed verification; nothing was restored.",
+                ),
+            )
+            logger.warning("bundle_refused", extra={"reason": error.reason})
+            raise BackupRefusedError(message, code=code) from None
+
+    def _check_copy(
+        self, copy: dict[str, Any], record: BackupRecord, key: ManagedKey | None
+    ) -> str | None:
+        """None if the copy is whole and agrees with the ledger, else a reason code."""
+        try:
+            data = self._target(copy["target"]).get(copy["object"])
+        except TargetError as error:
+            return error.code
+        except BackupRefusedError:
+            return "TARGET_NOT_CONFIGURED"
+        if digest_of(data) != record.digest:
+            return "DIGEST_MISMATCH"
+        try:
+            opened = self._open(data, None)
+        except BackupRefusedError as refusal:
+            return refusal.code
+        if key is not None:
+            for item in opened.versions:
+                kept = key.versions.get(int(item["version"]))
+                if kept is not None and kept.fingerprint != item["fingerprint"]:
+                    return "FINGERPRINT_MISMATCH"
+        return None
+
+    def _chosen_targets(self, names: list[str]) -> list[Target]:
+        configured = self.targets()
+        if not configured:
+            raise BackupRefusedError(
+                "No backup target is configured.", code="NO_BACKUP_TARGETS"
+            )
+        for name in names:
+            if name not in configured:
+                raise InvalidArgumentError(
+                    f"No backup target is called {name!r}.",
+                    code="UNKNOWN_TARGET",
+                    target=name,
+                )
+        chosen = names or sorted(configured)
+        return [self.target_factory(configured[name]) for name in chosen]
+
+    def _target(self, name: str) -> Target:
+        config = self.targets().get(name)
+        if config is None:
+            raise BackupRefusedError(
+                f"No backup target is called {name!r}.",
+                code="UNKNOWN_TARGET",
+                target=name,
+            )
+        return self.target_factory(config)
+
+    def _find(self, backup_id: str) -> tuple[str, BackupRecord]:
+        found = backup_status.get_record(self.keys.ledger, backup_id)
+        if found is None:
+            raise BackupNotFoundError(f"No backup {backup_id!r}.", backup_id=backup_id)
+        return found
+
+    def _current_key(self, name: str) -> ManagedKey | None:
+        try:
+            return self.keys._load(name)
+        except KeyNotFoundError:
+            return None
+
+    def _get(self, aggregate_id: Any) -> Aggregate | None:
+        try:
+            found: Aggregate = self.keys.app.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            return None
+        except PersistenceError as error:
+            raise _unavailable(error) from error
+        return found
+
+    def _key_backups(self, key_name: str) -> KeyBackups:
+        found = self._get(backups_id_for(key_name))
+        if found is None:
+            return KeyBackups.open(key_name, now=self.keys.clock.now())
+        assert isinstance(found, KeyBackups)
+        return found
+
+    def _save_backups(
+        self, backups: KeyBackups, context: CommandContext
+    ) -> list[Receipt]:
+        touched = backup_status.touched_backups(list(backups.pending_events))
+
+        def callback(receipts: list[Receipt]) -> list[Statement]:
+            return backup_status.view_statements(
+                backups, touched, receipts[-1].position
+            )
+
+        return self._record(
+            backups, context, f"backups:{backups.key_name}", [], after=[callback]
+        )
+
+    def _record(
+        self,
+        aggregate: Aggregate,
+        context: CommandContext,
+        subject: str,
+        statements: list[Statement],
+        *,
+        after: list[Callable[[list[Receipt]], list[Statement]]] | None = None,
+    ) -> list[Receipt]:
+        write = LedgerWrite(
+            actor=context.actor,
+            request_id=context.request_id,
+            subjects={str(aggregate.id): subject},
+            statements=statements,
+            after_sealed=list(after or []),
+        )
+        try:
+            self.keys.app.save(aggregate, ledger=write)
+        except IntegrityError:
+            raise BackupRefusedError(
+                "Another backup command on the same record was recorded first.",
+                code="BACKUP_IN_PROGRESS",
+            ) from None
+        except PersistenceError as error:
+            raise _unavailable(error) from error
+        return write.receipts
+
+    def _record_run(self, report: dict[str, Any]) -> None:
+        context = CommandContext(
+            SYSTEM_ACTOR, f"backup-scheduler-{secrets.token_hex(8)}"
+        )
+        for _ in range(3):
+            found = self._get(SCHEDULER_ID)
+            runs = (
+                found
+                if isinstance(found, SchedulerRuns)
+                else SchedulerRuns.open(now=self.keys.clock.now())
+            )
+            runs.record_run(**report, now=self.keys.clock.now())
+            try:
+                self._record(runs, context, "backup-scheduler", [])
+                return
+            except BackupRefusedError:
+                continue  # another scheduler recorded its run first: reload
+        logger.warning("scheduler_run_unrecorded")
+
+
+def decode_bundle_upload(text: str) -> bytes:
+    """A bundle sent in a JSON body as standard base64."""
+    from ledger.cipher import decode_base64
+
+    return decode_base64(text, field="bundle", allow_empty=False)
+
+
+def parse_retain_until(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        return parse_time(text)
+    except ValueError as error:
+        raise InvalidArgumentError(str(error), code="INVALID_TIME") from None

@@ -1,0 +1,210 @@
+"""Backup targets: named places outside the ledger that keep bundles write-once.
+
+A target writes an object once and never replaces it, reports success only when
+the object is durable, and refuses to delete it before its retention date. Each
+failure is a ``TargetError`` with a stable code (``UNREACHABLE``, ``READ_ONLY``,
+``FULL``, ``OBJECT_EXISTS``, ``MISSING``, ``RETAINED``, ...) and a message that
+names the target, never the bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from domain.clock import format_time, parse_time
+
+OBJECT_SUFFIX = ".klbackup"
+
+
+class TargetError(Exception):
+    """A target could not do what was asked; ``code`` says which way it failed."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def object_name(digest: str) -> str:
+    """The name of a bundle's object: its content digest."""
+    return digest.removeprefix("sha256:") + OBJECT_SUFFIX
+
+
+class Target(Protocol):
+    """What the backup service needs from a place that keeps bundles."""
+
+    name: str
+    kind: str
+    location: str
+
+    def put(self, name: str, data: bytes, *, retain_until: datetime) -> str:
+        """Write ``data`` once as ``name``, durable on return; its locator."""
+
+    def get(self, name: str) -> bytes:
+        """The object's bytes; ``TargetError("MISSING")`` if it is gone."""
+
+    def delete(self, name: str, *, now: datetime) -> None:
+        """Delete the object; ``TargetError("RETAINED")`` before its retention date."""
+
+
+@dataclass
+class DirTarget:
+    """A directory (a local disk, a mounted share) under ``path/prefix``.
+
+    Objects are written to a temporary file opened create-only, flushed and
+    synced, then linked to their final name (which fails if it exists) and the
+    directory synced: the final name never shows a partial object. Objects and
+    their retention files are then made read-only. A directory without write
+    bits, or on a read-only mount, is refused as ``READ_ONLY``, even for root.
+
+    Limitation: a directory cannot stop its owner or root from deleting files;
+    the retention date is enforced by this code and recorded on the ledger,
+    not by the file system. Use an ``s3`` target with Object Lock for WORM that
+    holds against an administrator.
+    """
+
+    name: str
+    location: str
+    path: Path
+    prefix: str = ""
+    kind: str = "dir"
+
+    @property
+    def folder(self) -> Path:
+        return self.path / self.prefix if self.prefix else self.path
+
+    def put(self, name: str, data: bytes, *, retain_until: datetime) -> str:
+        folder = self._writable_folder()
+        final = folder / name
+        temporary = folder / f".partial-{secrets.token_hex(8)}-{name}"
+        try:
+            self._write_new(temporary, data)
+            try:
+                os.link(temporary, final)
+            except FileExistsError:
+                if self._read(final) != data:
+                    raise TargetError(
+                        "OBJECT_EXISTS",
+                        f"Target {self.name!r} already holds another {name}.",
+                    ) from None
+            retain = folder / (name + ".retain")
+            with contextlib.suppress(FileExistsError):
+                self._write_new(retain, format_time(retain_until).encode("ascii"))
+            for path in (final, retain):
+                os.chmod(path, 0o444)
+            self._sync_folder(folder)
+        except OSError as error:
+            raise self._error(error) from None
+        finally:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+        return str(final)
+
+    def get(self, name: str) -> bytes:
+        return self._read(self.folder / name)
+
+    def delete(self, name: str, *, now: datetime) -> None:
+        final = self.folder / name
+        retain = self.folder / (name + ".retain")
+        try:
+            until = parse_time(retain.read_text("ascii").strip())
+        except (OSError, ValueError):
+            raise TargetError(
+                "RETAINED",
+                f"Target {self.name!r} cannot tell the retention date of {name}; "
+                "it is kept.",
+            ) from None
+        if now < until:
+            raise TargetError(
+                "RETAINED",
+                f"{name} on {self.name!r} is retained until {format_time(until)}.",
+            )
+        try:
+            final.unlink()
+            retain.unlink()
+            self._sync_folder(self.folder)
+        except OSError as error:
+            raise self._error(error) from None
+
+    def _writable_folder(self) -> Path:
+        if not self.path.is_dir():
+            raise TargetError(
+                "UNREACHABLE", f"Target {self.name!r}: {self.path} is not there."
+            )
+        folder = self.folder
+        try:
+            folder.mkdir(exist_ok=True)
+        except OSError as error:
+            raise self._error(error) from None
+        if not folder.stat().st_mode & 0o222:
+            raise TargetError(
+                "READ_ONLY", f"Target {self.name!r}: {folder} is read-only."
+            )
+        return folder
+
+    @staticmethod
+    def _write_new(path: Path, data: bytes) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    @staticmethod
+    def _sync_folder(folder: Path) -> None:
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _read(self, path: Path) -> bytes:
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise TargetError(
+                "MISSING", f"Target {self.name!r} no longer holds {path.name}."
+            ) from None
+        except OSError as error:
+            raise self._error(error) from None
+
+    def _error(self, error: OSError) -> TargetError:
+        codes = {
+            errno.ENOSPC: "FULL",
+            errno.EDQUOT: "FULL",
+            errno.EROFS: "READ_ONLY",
+            errno.EACCES: "READ_ONLY",
+            errno.EPERM: "READ_ONLY",
+            errno.ENOENT: "UNREACHABLE",
+        }
+        code = codes.get(error.errno or 0, "WRITE_FAILED")
+        return TargetError(
+            code, f"Target {self.name!r} failed: {error.strerror or code}."
+        )
+
+
+def build_target(config: dict[str, Any]) -> Target:
+    """The target a recorded configuration describes."""
+    options = config["options"]
+    if config["kind"] == "dir":
+        return DirTarget(
+            name=config["name"],
+            location=config["location"],
+            path=Path(options["path"]),
+            prefix=options.get("prefix", ""),
+        )
+    if config["kind"] == "s3":
+        from backup.s3 import S3Target
+
+        target: Target = S3Target.from_options(
+            config["name"], config["location"], options
+        )
+        return target
+    raise ValueError(f"Unknown target kind {config['kind']!r}.")

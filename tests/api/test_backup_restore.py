@@ -1,0 +1,260 @@
+"""Restoring keys from backups: in place, as a new key, and into a fresh ledger.
+
+Every refusal (a rollback, a destroyed version brought back, a tampered,
+truncated or foreign bundle) is a 409 that records nothing and changes nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi.testclient import TestClient
+
+from api.runtime import Runtime
+from backup.bundle import build_bundle
+from domain.clock import AdjustableClock
+from ledger.material import KeyEncryptionKey
+from ledger.service import CommandContext, KeyService
+from ledger.signing import LedgerSigner, public_key_pem
+from tests.api._support import assert_refused, create, get_key, post_ok, snapshot
+from tests.api.test_backups import configure_targets, take
+from tests.conftest import ADMIN, T0
+
+
+@pytest.fixture
+def folders(client: TestClient, tmp_path: Path) -> dict[str, Path]:
+    return configure_targets(client, tmp_path / "targets")
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def encrypt(client: TestClient, name: str, text: bytes) -> str:
+    body = post_ok(client, f"/v1/keys/{name}/encrypt", {"plaintext": b64(text)})
+    ciphertext: str = body["ciphertext"]
+    return ciphertext
+
+
+def decrypt(client: TestClient, name: str, ciphertext: str) -> bytes:
+    body = post_ok(client, f"/v1/keys/{name}/decrypt", {"ciphertext": ciphertext})
+    return base64.b64decode(body["plaintext"])
+
+
+def bundle_bytes(folders: dict[str, Path], backup: dict[str, Any]) -> bytes:
+    return (folders["dc1"] / backup["backup"]["copies"][0]["object"]).read_bytes()
+
+
+def restore(client: TestClient, name: str, **body: Any) -> Any:
+    return client.post(f"/v1/keys/{name}/restore", json=body)
+
+
+def test_restore_as_a_new_key_decrypts_what_the_source_encrypted(
+    client: TestClient, folders: dict[str, Path]
+) -> None:
+    """A key restored under a new name opens the source's ciphertexts."""
+    create(client, "k1")
+    post_ok(client, "/v1/keys/k1/rotate")
+    ciphertext = encrypt(client, "k1", b"payroll")
+    backup = take(client, "k1")
+
+    response = restore(client, "k1", backup_id=backup["backup_id"], into="k1-copy")
+
+    assert response.status_code == 200, response.text
+    assert [r["type"] for r in response.json()["receipts"]] == [
+        "keyledger.key.Restored"
+    ]
+    assert response.json()["restored_from"]["backup_id"] == backup["backup_id"]
+    copy, source = get_key(client, "k1-copy"), get_key(client, "k1")
+    assert [v["fingerprint"] for v in copy["versions"]] == [
+        v["fingerprint"] for v in source["versions"]
+    ]
+    assert copy["primary_version"] == 2
+    assert decrypt(client, "k1-copy", ciphertext) == b"payroll"
+
+
+def test_restore_in_place_puts_back_states_and_material(
+    client: TestClient, runtime: Runtime, folders: dict[str, Path]
+) -> None:
+    """Restoring over the same key returns its states and rewrites its material."""
+    create(client, "k1")
+    backup = take(client, "k1")
+    post_ok(client, "/v1/keys/k1/rotate")
+    runtime.service.ledger.execute(
+        [("DELETE FROM key_material WHERE version = %s", (1,))]
+    )
+    post_ok(client, "/v1/keys/k1/versions/1/disable")
+
+    with_newer = restore(client, "k1", backup_id=backup["backup_id"])
+    assert with_newer.status_code == 409
+    assert with_newer.json()["error"]["code"] == "RESTORE_WOULD_ROLL_BACK"
+    second = take(client, "k1")
+    post_ok(client, "/v1/keys/k1/versions/1/enable")
+    post_ok(client, "/v1/keys/k1/versions/1/disable")
+    response = restore(client, "k1", backup_id=second["backup_id"])
+
+    assert response.status_code == 200, response.text
+    assert [r["type"] for r in response.json()["receipts"]] == [
+        "keyledger.key.RestoredInPlace"
+    ]
+    assert get_key(client, "k1")["versions"][0]["state"] == "disabled"
+
+
+def test_restore_repairs_lost_material(
+    client: TestClient, runtime: Runtime, folders: dict[str, Path]
+) -> None:
+    """A version whose material row was lost decrypts again after a restore."""
+    create(client, "k1")
+    ciphertext = encrypt(client, "k1", b"ledger")
+    backup = take(client, "k1")
+    runtime.service.ledger.execute([("DELETE FROM key_material", ())])
+
+    response = restore(client, "k1", backup_id=backup["backup_id"])
+
+    assert response.status_code == 200, response.text
+    assert decrypt(client, "k1", ciphertext) == b"ledger"
+
+
+def test_restore_never_brings_back_a_destroyed_version(
+    client: TestClient, runtime: Runtime, folders: dict[str, Path]
+) -> None:
+    """A backup made before a destruction cannot revive it, in place or by copy."""
+    create(client, "k1")
+    post_ok(client, "/v1/keys/k1/rotate")
+    backup = take(client, "k1")
+    post_ok(client, "/v1/keys/k1/versions/1/schedule-destruction", {"days": 7})
+    runtime.clock.advance(timedelta(days=7))  # type: ignore[attr-defined]
+    post_ok(client, "/v1/scheduler/run")
+
+    for into in (None, "k1-copy"):
+        body = {"backup_id": backup["backup_id"], "into": into}
+        assert_refused(
+            client,
+            into or "k1",
+            lambda body=body: restore(client, "k1", **body),  # type: ignore[misc]
+            409,
+            "RESTORE_WOULD_UNDESTROY",
+        )
+
+
+def _tampered(data: bytes) -> list[bytes]:
+    flips = []
+    for at in (0, 9, len(data) // 3, len(data) // 2, len(data) - 40, len(data) - 2):
+        changed = bytearray(data)
+        changed[at] ^= 0x01
+        flips.append(bytes(changed))
+    return flips
+
+
+def test_tampered_or_truncated_bundles_are_refused(
+    client: TestClient, folders: dict[str, Path]
+) -> None:
+    """One byte changed anywhere, or a cut bundle, is BUNDLE_INVALID; nothing moves."""
+    create(client, "k1")
+    data = bundle_bytes(folders, take(client, "k1"))
+    broken = [*_tampered(data), data[: len(data) // 2], data[:-1], b""]
+
+    for bad in broken:
+        send: Callable[[], Any] = lambda bad=bad: restore(  # noqa: E731
+            client, "k1", bundle=b64(bad), into="k1-copy"
+        )
+        status = 422 if not bad else 409
+        code = "INVALID_BUNDLE" if not bad else "BUNDLE_INVALID"
+        assert_refused(client, "k1-copy", send, status, code)
+    assert restore(client, "k1", bundle=b64(data), into="k1-copy").status_code == 200
+
+
+def test_a_bundle_from_another_ledger_needs_its_public_key(
+    client: TestClient, runtime: Runtime, folders: dict[str, Path], tmp_path: Path
+) -> None:
+    """A foreign bundle is refused, and restores once the operator gives its key."""
+    other_signer = LedgerSigner(Ed25519PrivateKey.generate())
+    other = KeyService.open(
+        database_url=f"sqlite:///{tmp_path / 'other.sqlite3'}",
+        signer=other_signer,
+        kek=KeyEncryptionKey(os.urandom(32)),
+        clock=AdjustableClock(T0),
+    )
+    try:
+        other.create_key(CommandContext(ADMIN, "req-other"), name="far")
+        bundle = build_bundle(
+            other, "far", backup_key=runtime.backups.backup_key, backup_id="bkp_x"
+        )
+    finally:
+        other.close()
+
+    assert_refused(
+        client,
+        "far",
+        lambda: restore(client, "far", bundle=b64(bundle.data)),
+        409,
+        "BUNDLE_FROM_OTHER_LEDGER",
+    )
+    response = restore(
+        client,
+        "far",
+        bundle=b64(bundle.data),
+        source_public_key=public_key_pem(other_signer.public_key),
+    )
+    assert response.status_code == 200, response.text
+    assert get_key(client, "far")["versions"][0]["fingerprint"] == (
+        bundle.versions and get_key(client, "far")["versions"][0]["fingerprint"]
+    )
+    assert encrypt(client, "far", b"back")
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        pytest.param({}, 422, "INVALID_RESTORE_SOURCE", id="no source"),
+        pytest.param({"bundle": "!!"}, 422, "INVALID_BUNDLE", id="bundle not base64"),
+        pytest.param(
+            {"backup_id": "bkp_" + "0" * 24}, 404, "BACKUP_NOT_FOUND", id="no backup"
+        ),
+        pytest.param(
+            {"backup_id": "BACKUP", "into": "x"}, 422, "INVALID_FIELD", id="bad id"
+        ),
+        pytest.param({"into": "k2", "use": 1}, 422, "UNKNOWN_FIELD", id="unknown"),
+    ],
+)
+def test_bad_restore_requests_are_refused(
+    client: TestClient,
+    folders: dict[str, Path],
+    body: dict[str, Any],
+    status: int,
+    code: str,
+) -> None:
+    """Malformed restore requests are refused and record nothing."""
+    create(client, "k1")
+    assert_refused(client, "k1", lambda: restore(client, "k1", **body), status, code)
+
+
+def test_restore_into_an_existing_other_key_is_refused(
+    client: TestClient, folders: dict[str, Path]
+) -> None:
+    """A bundle never lands on another existing key, nor under a wrong path."""
+    create(client, "k1")
+    create(client, "k2")
+    backup = take(client, "k1")
+    assert_refused(
+        client,
+        "k2",
+        lambda: restore(client, "k1", backup_id=backup["backup_id"], into="k2"),
+        409,
+        "KEY_EXISTS",
+    )
+    assert_refused(
+        client,
+        "k2",
+        lambda: restore(client, "k2", backup_id=backup["backup_id"]),
+        422,
+        "BUNDLE_KEY_MISMATCH",
+    )
+    assert snapshot(client, "k1").view is not None
