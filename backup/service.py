@@ -103,6 +103,7 @@ class BackupService:
         self.keys = keys
         self.backup_key = backup_key
         self.target_factory = target_factory
+        self._built: dict[str, tuple[dict[str, Any], Target]] = {}
 
     # Settings ----------------------------------------------------------------
 
@@ -229,8 +230,9 @@ class BackupService:
         )
         name = object_name(bundle.digest)
         copies, failures = [], []
-        for target in targets:
+        for config in targets:
             try:
+                target = self._build(config)
                 target.put(name, bundle.data, retain_until=until)
                 if digest_of(target.get(name)) != bundle.digest:
                     raise TargetError(
@@ -240,19 +242,27 @@ class BackupService:
             except TargetError as error:
                 logger.warning(
                     "backup_copy_failed",
-                    extra={"key": key_name, "target": target.name, "code": error.code},
+                    extra={
+                        "key": key_name,
+                        "target": config["name"],
+                        "code": error.code,
+                    },
                 )
                 failures.append(
                     {
-                        "target": target.name,
-                        "location": target.location,
+                        "target": config["name"],
+                        "location": config["location"],
                         "code": error.code,
                         "message": error.message,
                     }
                 )
                 continue
             copies.append(
-                {"target": target.name, "location": target.location, "object": name}
+                {
+                    "target": config["name"],
+                    "location": config["location"],
+                    "object": name,
+                }
             )
 
         # 3. Record what is whole, and every failure.
@@ -544,7 +554,7 @@ class BackupService:
                     return "FINGERPRINT_MISMATCH"
         return None
 
-    def _chosen_targets(self, names: list[str]) -> list[Target]:
+    def _chosen_targets(self, names: list[str]) -> list[dict[str, Any]]:
         configured = self.targets()
         if not configured:
             raise BackupRefusedError(
@@ -558,7 +568,7 @@ class BackupService:
                     target=name,
                 )
         chosen = names or sorted(configured)
-        return [self.target_factory(configured[name]) for name in chosen]
+        return [configured[name] for name in chosen]
 
     def _target(self, name: str) -> Target:
         config = self.targets().get(name)
@@ -568,7 +578,15 @@ class BackupService:
                 code="UNKNOWN_TARGET",
                 target=name,
             )
-        return self.target_factory(config)
+        return self._build(config)
+
+    def _build(self, config: dict[str, Any]) -> Target:
+        """The target for ``config``, built once per configuration."""
+        built = self._built.get(config["name"])
+        if built is None or built[0] != config:
+            built = (config, self.target_factory(config))
+            self._built[config["name"]] = built
+        return built[1]
 
     def _find(self, backup_id: str) -> tuple[str, BackupRecord]:
         found = backup_status.get_record(self.keys.ledger, backup_id)

@@ -1,11 +1,13 @@
-"""The ``keyledger`` command: serve, demo, verify, rebuild, export, verify-export."""
+"""The ``keyledger`` command: serve, demo, verify, rebuild, export, backups, restore."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from scripts import (
+    backup_tools,
     export_ledger,
     rebuild_projections,
     run_demo,
@@ -14,7 +16,8 @@ from scripts import (
     verify_ledger,
 )
 
-COMMANDS = {
+# A command is a module or a class with add_arguments(parser) and main(args).
+COMMANDS: dict[str, tuple[Any, str]] = {
     "serve": (run_service, "Run the HTTP service."),
     "demo": (run_demo, "Drive a realistic workload at a running service, then verify."),
     "verify": (verify_ledger, "Verify the whole ledger; exit 0 only when intact."),
@@ -26,6 +29,19 @@ COMMANDS = {
     "verify-export": (
         verify_export,
         "Verify an export offline; exit 0 only when everything holds.",
+    ),
+    "backup": (backup_tools.Backup, "Back a key up now to its policy's targets."),
+    "verify-backup": (
+        backup_tools.VerifyBackup,
+        "Read every copy of a backup back and check it; exit 0 only when all hold.",
+    ),
+    "restore": (
+        backup_tools.Restore,
+        "Restore a key from a backup id or a bundle file, in place or as a new key.",
+    ),
+    "scheduler": (
+        backup_tools.Scheduler,
+        "Carry out due destructions and take due backups (--once for cron).",
     ),
 }
 

@@ -60,3 +60,30 @@ def open_ledger_for(args: argparse.Namespace, command: str) -> KeyService | None
     except (KeyledgerError, ValueError, OSError) as error:
         print(f"keyledger {command}: cannot open the ledger: {error}", file=sys.stderr)
         return None
+
+
+def open_backups(service: KeyService, args: argparse.Namespace) -> Any:
+    """The backup service over ``service``, with the backup key of the data folder.
+
+    Raises:
+        FileNotFoundError: the data folder holds no backup key.
+    """
+    from backup.key import BackupKey
+    from backup.service import BackupService
+
+    data_dir = Settings(
+        **({"data_dir": args.data_dir} if args.data_dir is not None else {})
+    ).data_dir
+    return BackupService(service, BackupKey.load_or_create(data_dir, create=False))
+
+
+def cli_context(command: str) -> Any:
+    """The context of a command run from the command line, named after its user."""
+    import getpass
+    import secrets
+
+    from ledger.service import CommandContext
+    from ledger.store import Actor
+
+    actor = Actor(principal=f"cli:{getpass.getuser()}", token_id="-")
+    return CommandContext(actor, f"cli-{command}-{secrets.token_hex(8)}")

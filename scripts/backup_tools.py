@@ -1,0 +1,163 @@
+"""``keyledger backup``, ``verify-backup``, ``restore`` and ``scheduler``.
+
+Each opens the ledger and the backup key the service uses, runs one backup
+command (recorded on the ledger like its HTTP twin, attributed to the user who ran
+it), prints the result as JSON, and exits 0 on success, 1 on a refusal or a
+failed check, 2 when the ledger cannot be opened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from domain.errors import KeyledgerError
+from scripts.common import (
+    add_ledger_arguments,
+    cli_context,
+    open_backups,
+    open_ledger_for,
+)
+
+
+def _run(args: argparse.Namespace, command: str, work: Callable[[Any], int]) -> int:
+    service = open_ledger_for(args, command)
+    if service is None:
+        return 2
+    try:
+        backups = open_backups(service, args)
+        return work(backups)
+    except (KeyledgerError, OSError) as error:
+        code = getattr(error, "code", type(error).__name__)
+        print(f"keyledger {command}: refused ({code}): {error}", file=sys.stderr)
+        return 1
+    finally:
+        service.close()
+
+
+def _print(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True))
+
+
+class Backup:
+    """``keyledger backup KEY``: back a key up now."""
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        add_ledger_arguments(parser)
+        parser.add_argument("key", help="The key to back up.")
+        parser.add_argument(
+            "--target",
+            action="append",
+            default=None,
+            help="A target to write to (repeatable; default: the key's policy).",
+        )
+
+    @staticmethod
+    def main(args: argparse.Namespace) -> int:
+        def work(backups: Any) -> int:
+            outcome = backups.take_backup(
+                cli_context("backup"), args.key, target_names=args.target
+            )
+            _print(outcome.as_json())
+            return 0 if outcome.record is not None else 1
+
+        return _run(args, "backup", work)
+
+
+class VerifyBackup:
+    """``keyledger verify-backup ID``: read every copy back and check it."""
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        add_ledger_arguments(parser)
+        parser.add_argument("backup_id", help="The backup to verify (bkp_...).")
+
+    @staticmethod
+    def main(args: argparse.Namespace) -> int:
+        def work(backups: Any) -> int:
+            record, _ = backups.verify_backup(
+                cli_context("verify-backup"), args.backup_id
+            )
+            _print(record.as_json())
+            return 0 if record.verified_ok else 1
+
+        return _run(args, "verify-backup", work)
+
+
+class Restore:
+    """``keyledger restore KEY``: restore a key from a backup id or a bundle file."""
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        add_ledger_arguments(parser)
+        parser.add_argument("key", help="The key the backup is of.")
+        source = parser.add_mutually_exclusive_group(required=True)
+        source.add_argument("--backup-id", help="A backup recorded on this ledger.")
+        source.add_argument("--bundle", help="A bundle file (disaster recovery).")
+        parser.add_argument("--into", help="Restore as a new key of this name.")
+        parser.add_argument(
+            "--source-public-key",
+            help="PEM file of the source ledger's public key, for a bundle of "
+            "another ledger.",
+        )
+
+    @staticmethod
+    def main(args: argparse.Namespace) -> int:
+        def work(backups: Any) -> int:
+            from ledger.signing import key_id, load_public_key
+
+            if args.backup_id is not None:
+                data = backups.read_bundle(args.backup_id)
+            else:
+                data = Path(args.bundle).read_bytes()
+            source_keys = None
+            if args.source_public_key is not None:
+                public_key = load_public_key(Path(args.source_public_key).read_bytes())
+                source_keys = {key_id(public_key): public_key}
+            result = backups.restore(
+                cli_context("restore"),
+                data,
+                into=args.into,
+                source_public_keys=source_keys,
+                expected_key=args.key,
+            )
+            _print({"key": result.key, "restored_from": result.notes["restored_from"]})
+            return 0
+
+        return _run(args, "restore", work)
+
+
+class Scheduler:
+    """``keyledger scheduler``: carry out due destructions and take due backups."""
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        add_ledger_arguments(parser)
+        parser.add_argument(
+            "--once", action="store_true", help="Run once and exit (for cron)."
+        )
+        parser.add_argument(
+            "--interval",
+            type=float,
+            default=60.0,
+            help="Seconds between runs without --once.",
+        )
+
+    @staticmethod
+    def main(args: argparse.Namespace) -> int:
+        def work(backups: Any) -> int:
+            while True:
+                destroyed = backups.keys.destroy_due()
+                report = backups.run_scheduler(record_idle=args.once)
+                _print({"destroyed": len(destroyed), **report})
+                if args.once:
+                    return 0 if not report["failed"] else 1
+                time.sleep(args.interval)
+
+        return _run(args, "scheduler", work)
