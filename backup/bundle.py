@@ -201,8 +201,9 @@ def build_bundle(
         ],
         "checkpoint": checkpoint.as_json(),
     }
-    signature = service.signer.sign(_signing_message(body))
-    data = canonical_json({"body": body, "signature": signature.hex()})
+    body_bytes = canonical_json(body)
+    signature = service.signer.sign(_signing_message(body_bytes))
+    data = _PREFIX + body_bytes + _MIDDLE + signature.hex().encode("ascii") + _SUFFIX
     return Bundle(
         data=data,
         digest=digest_of(data),
@@ -250,16 +251,12 @@ def open_bundle(
             by a key not in ``public_keys``; ``OTHER_BACKUP_KEY`` when another
             backup key wrapped it; otherwise a reason code for the operator.
     """
-    body = _parse(data)
+    body, body_bytes, signature = _parse(data)
     kid = body["ledger_kid"]
     public_key = public_keys.get(kid)
     if public_key is None:
         raise BundleError("FROM_OTHER_LEDGER")
-    try:
-        signature = bytes.fromhex(_text(_parse_outer(data)["signature"]))
-    except ValueError:
-        raise BundleError("MALFORMED") from None
-    if not verify_signature(public_key, signature, _signing_message(body)):
+    if not verify_signature(public_key, signature, _signing_message(body_bytes)):
         raise BundleError("SIGNATURE")
     _check_history(body, public_keys)
     if body["backup_key_id"] != backup_key.key_id:
@@ -267,8 +264,16 @@ def open_bundle(
     return OpenedBundle(body, _unwrap_all(body, backup_key))
 
 
-def _signing_message(body: dict[str, Any]) -> bytes:
-    return SIGNING_CONTEXT + hashlib.sha256(canonical_json(body)).digest()
+# The file is ``{"body":<canonical body>,"signature":"<hex>"}``: exactly the RFC 8785
+# encoding of that document, built around the body's bytes so they are encoded once.
+_PREFIX = b'{"body":'
+_MIDDLE = b',"signature":"'
+_SUFFIX = b'"}'
+_SIGNATURE_HEX = 128
+
+
+def _signing_message(body_bytes: bytes) -> bytes:
+    return SIGNING_CONTEXT + hashlib.sha256(body_bytes).digest()
 
 
 def _parse_outer(data: bytes) -> dict[str, Any]:
@@ -283,13 +288,25 @@ def _parse_outer(data: bytes) -> dict[str, Any]:
     return document
 
 
-def _parse(data: bytes) -> dict[str, Any]:
+def _parse(data: bytes) -> tuple[dict[str, Any], bytes, bytes]:
+    """The body, its exact bytes and the signature; every byte must be canonical."""
     document = _parse_outer(data)
+    tail = len(_MIDDLE) + _SIGNATURE_HEX + len(_SUFFIX)
+    if not data.startswith(_PREFIX) or not data.endswith(_SUFFIX) or len(data) < tail:
+        raise BundleError("NOT_CANONICAL")
+    body_bytes = data[len(_PREFIX) : -tail]
+    signature_hex = data[-tail + len(_MIDDLE) : -len(_SUFFIX)]
     try:
-        canonical = canonical_json(document)
-    except TypeError:
+        canonical = canonical_json(document["body"])
+        signature = bytes.fromhex(signature_hex.decode("ascii"))
+    except (TypeError, ValueError):
         raise BundleError("MALFORMED") from None
-    if canonical != data:
+    if (
+        canonical != body_bytes
+        or data[-tail : -tail + len(_MIDDLE)] != _MIDDLE
+        or signature_hex.decode("ascii") != document["signature"]
+        or signature_hex != signature_hex.lower()
+    ):
         raise BundleError("NOT_CANONICAL")
     body = document["body"]
     if not isinstance(body, dict) or body.get("format") != FORMAT:
@@ -310,7 +327,7 @@ def _parse(data: bytes) -> dict[str, Any]:
         body["versions"], list
     ):
         raise BundleError("MALFORMED")
-    return body
+    return body, body_bytes, signature
 
 
 def _check_history(

@@ -24,14 +24,22 @@ from eventsourcing.persistence import IntegrityError, PersistenceError
 
 from backup.bundle import BundleError, build_bundle, digest_of, open_bundle
 from backup.key import BackupKey
+from backup.ledger_archive import (
+    Archive,
+    build_archive,
+    open_archive,
+    restore_statements,
+)
 from backup.targets import Target, TargetError, build_target, object_name
 from domain.backups import (
+    LEDGER_BACKUPS_ID,
     SCHEDULER_ID,
     SETTINGS_ID,
     BackupPolicy,
     BackupRecord,
     BackupSettings,
     KeyBackups,
+    LedgerBackups,
     SchedulerRuns,
     backups_id_for,
     validate_location,
@@ -435,8 +443,14 @@ class BackupService:
 
         Safe to run in several processes at once: the claim on each key's
         backup record lets exactly one of them take a due backup. A run that
-        found nothing due is recorded only with ``record_idle``.
+        found nothing due is recorded only with ``record_idle``; with no target
+        configured nothing is due.
         """
+        if not self.targets():
+            report: dict[str, Any] = {"taken": [], "failed": [], "skipped": []}
+            if record_idle:
+                self._record_run(report)
+            return report
         now = self.keys.clock.now()
         due, _ = backup_status.status_page(
             self.keys.ledger,
@@ -467,6 +481,117 @@ class BackupService:
         if taken or failed or skipped or record_idle:
             self._record_run(report)
         return report
+
+    # Whole ledger ------------------------------------------------------------
+
+    def backup_ledger(
+        self, context: CommandContext, *, target_names: list[str] | None = None
+    ) -> tuple[Archive, list[dict[str, Any]], list[dict[str, Any]], list[Receipt]]:
+        """Write the whole ledger as one archive to the targets; record it.
+
+        Returns the archive, the whole copies, the failed ones and the receipts.
+        """
+        archive = build_archive(self.keys, backup_key=self.backup_key)
+        until = self.keys.clock.now() + timedelta(
+            days=self.default_policy().retention_days
+        )
+        name = "ledger-" + object_name(archive.digest)
+        copies, failures = [], []
+        for config in self._chosen_targets(target_names or []):
+            try:
+                target = self._build(config)
+                target.put(name, archive.data, retain_until=until)
+                if digest_of(target.get(name)) != archive.digest:
+                    raise TargetError("READ_BACK_MISMATCH", "Read back other bytes.")
+            except TargetError as error:
+                failures.append(
+                    {
+                        "target": config["name"],
+                        "code": error.code,
+                        "message": error.message,
+                    }
+                )
+                continue
+            copies.append(
+                {
+                    "target": config["name"],
+                    "location": config["location"],
+                    "object": name,
+                }
+            )
+        found = self._get(LEDGER_BACKUPS_ID)
+        record = (
+            found
+            if isinstance(found, LedgerBackups)
+            else LedgerBackups.open(now=self.keys.clock.now())
+        )
+        record.trigger_event(
+            LedgerBackups.ArchiveTaken,
+            digest=archive.digest,
+            size=len(archive.data),
+            head_position=archive.head_position,
+            copies=copies,
+            failures=failures,
+            timestamp=self.keys.clock.now(),
+        )
+        receipts = self._record(record, context, "ledger-backups", [])
+        return archive, copies, failures, receipts
+
+    def restore_ledger(
+        self,
+        context: CommandContext,
+        data: bytes,
+        *,
+        source_public_keys: dict[str, Ed25519PublicKey] | None = None,
+    ) -> list[Receipt]:
+        """Rebuild this (empty) ledger from an archive, then record that it was.
+
+        Raises:
+            BackupRefusedError: ``LEDGER_NOT_EMPTY``, or the archive failed a
+                check (``ARCHIVE_INVALID`` with the reason); nothing is written.
+        """
+        public_keys = {self.keys.signer.kid: self.keys.signer.public_key}
+        public_keys.update(source_public_keys or {})
+        try:
+            opened = open_archive(
+                data, public_keys=public_keys, backup_key=self.backup_key
+            )
+        except BundleError as error:
+            raise BackupRefusedError(
+                "The archive failed verification; nothing was restored.",
+                code="ARCHIVE_INVALID",
+                reason=error.reason,
+            ) from None
+        statements = restore_statements(self.keys, opened)
+        with self.keys.ledger.exclusive() as transaction:
+            if transaction.query(
+                f"SELECT 1 FROM {self.keys.ledger.events_table_name} LIMIT 1"
+            ):
+                raise BackupRefusedError(
+                    "A ledger is restored only into an empty one.",
+                    code="LEDGER_NOT_EMPTY",
+                )
+            transaction.execute(statements)
+        from projections.rebuild import rebuild
+
+        rebuild(self.keys.app)
+        self.keys.ledger.execute(
+            backup_status.rebuild_statements(self.keys.ledger, self.keys.app.repository)
+        )
+        found = self._get(LEDGER_BACKUPS_ID)
+        record = (
+            found
+            if isinstance(found, LedgerBackups)
+            else LedgerBackups.open(now=self.keys.clock.now())
+        )
+        record.trigger_event(
+            LedgerBackups.LedgerRestored,
+            digest=digest_of(data),
+            head_position=opened.body["head"]["position"],
+            source_kid=opened.body["ledger_kid"],
+            timestamp=self.keys.clock.now(),
+        )
+        return self._record(record, context, "ledger-backups", [])
 
     # Queries ---------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from domain.errors import BackupNotFoundError, InvalidArgumentError, KeyLifecycl
 _NAMESPACE = uuid.UUID("3b0f6a8e-51d2-4c1e-8f7a-2d9c4e6b1a05")
 SETTINGS_ID = uuid.UUID("7c2e9d41-0a6b-4f38-b5e1-93d8a6c4f207")
 SCHEDULER_ID = uuid.UUID("a4d81f36-2c9e-4b70-8e15-6f0b3d7a9c12")
+LEDGER_BACKUPS_ID = uuid.UUID("5e93c0d7-8b14-4a62-9f3e-c1a27d4b6e98")
 
 # A claim older than this is taken to be from a scheduler that died mid-backup.
 CLAIM_TIMEOUT = timedelta(minutes=10)
@@ -546,6 +547,47 @@ class SchedulerRuns(Aggregate):
         )
 
 
+class LedgerBackups(Aggregate):
+    """Whole-ledger archives taken, and restores of a ledger from one."""
+
+    class Opened(Aggregate.Created):
+        """The first whole-ledger archive was taken (or the ledger restored)."""
+
+        TOPIC = "keyledger.backup.LedgerBackupsOpened"
+
+    class ArchiveTaken(Aggregate.Event):
+        """The whole ledger up to ``head_position`` was written as one archive."""
+
+        TOPIC = "keyledger.backup.ArchiveTaken"
+        digest: str
+        size: int
+        head_position: int
+        copies: list[dict[str, Any]]
+        failures: list[dict[str, Any]]
+
+        def apply(self, aggregate: LedgerBackups) -> None:
+            aggregate.archives += 1
+
+    class LedgerRestored(Aggregate.Event):
+        """This ledger was rebuilt from an archive; every entry before came from it."""
+
+        TOPIC = "keyledger.backup.LedgerRestored"
+        digest: str
+        head_position: int
+        source_kid: str
+
+        def apply(self, aggregate: LedgerBackups) -> None:
+            aggregate.restores += 1
+
+    def __init__(self) -> None:
+        self.archives = 0
+        self.restores = 0
+
+    @classmethod
+    def open(cls, *, now: datetime) -> LedgerBackups:
+        return cls._create(cls.Opened, id=LEDGER_BACKUPS_ID, timestamp=now)
+
+
 # Status --------------------------------------------------------------------
 
 
@@ -593,7 +635,7 @@ def _replace(record: BackupRecord, **changes: Any) -> BackupRecord:
     return replace(record, **changes)
 
 
-for _aggregate in (KeyBackups, BackupSettings, SchedulerRuns):
+for _aggregate in (KeyBackups, BackupSettings, SchedulerRuns, LedgerBackups):
     for _item in vars(_aggregate).values():
         if isinstance(_item, type) and isinstance(getattr(_item, "TOPIC", None), str):
             get_topic(_item)

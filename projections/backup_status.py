@@ -292,3 +292,34 @@ def _record(text: str) -> BackupRecord:
 
 def _dump(value: Any) -> str | None:
     return None if value is None else json.dumps(value, sort_keys=True)
+
+
+def rebuild_statements(recorder: LedgerRecorder, repository: Any) -> list[Statement]:
+    """Every backup row as the backup events make it (after a ledger restore).
+
+    TODO: call this from ``projections.rebuild`` too, because a rebuild now
+    leaves the backup tables as they are instead of checking them.
+    """
+    rows = recorder.query(
+        "SELECT originator_id, max(notification_id) AS last_position "
+        f"FROM {recorder.events_table_name} WHERE topic LIKE %s "
+        "GROUP BY originator_id",
+        ("keyledger.backup.%",),
+    )
+    statements: list[Statement] = [
+        ("DELETE FROM backup_records", ()),
+        ("DELETE FROM backup_keys", ()),
+    ]
+    for row in rows:
+        aggregate = repository.get(_uuid(row["originator_id"]))
+        if isinstance(aggregate, KeyBackups):
+            statements += view_statements(
+                aggregate, set(aggregate.records), int(row["last_position"])
+            )
+    return statements
+
+
+def _uuid(value: Any) -> Any:
+    import uuid
+
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))

@@ -1,4 +1,4 @@
-"""``keyledger backup``, ``verify-backup``, ``restore`` and ``scheduler``.
+"""The backup commands of ``keyledger``: one class per subcommand.
 
 Each opens the ledger and the backup key the service uses, runs one backup
 command (recorded on the ledger like its HTTP twin, attributed to the user who ran
@@ -161,3 +161,108 @@ class Scheduler:
                 time.sleep(args.interval)
 
         return _run(args, "scheduler", work)
+
+
+class BackupLedger:
+    """``keyledger backup-ledger``: archive the whole ledger to the targets."""
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        add_ledger_arguments(parser)
+        parser.add_argument(
+            "--target",
+            action="append",
+            default=None,
+            help="A target to write to (repeatable; default: every target).",
+        )
+        parser.add_argument("--out", help="Also write the archive to this file.")
+
+    @staticmethod
+    def main(args: argparse.Namespace) -> int:
+        def work(backups: Any) -> int:
+            archive, copies, failures, receipts = backups.backup_ledger(
+                cli_context("backup-ledger"), target_names=args.target
+            )
+            if args.out:
+                Path(args.out).write_bytes(archive.data)
+            _print(
+                {
+                    "digest": archive.digest,
+                    "size": len(archive.data),
+                    "head_position": archive.head_position,
+                    "copies": copies,
+                    "failures": failures,
+                    "position": receipts[-1].position,
+                }
+            )
+            return 0 if copies or args.out else 1
+
+        return _run(args, "backup-ledger", work)
+
+
+class RestoreLedger:
+    """``keyledger restore-ledger FILE``: build a new instance from an archive."""
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        add_ledger_arguments(parser)
+        parser.add_argument("archive", help="The archive file (from backup-ledger).")
+        parser.add_argument(
+            "--source-public-key",
+            help="PEM file of the source ledger's public key, when this instance "
+            "signs with another key.",
+        )
+
+    @staticmethod
+    def main(args: argparse.Namespace) -> int:
+        from backup.key import BackupKey
+        from backup.service import BackupService
+        from domain.clock import SystemClock
+        from ledger.service import KeyService, load_local_secrets
+        from ledger.settings import Settings
+        from ledger.signing import key_id, load_public_key
+
+        overrides = {
+            name: value
+            for name, value in (
+                ("data_dir", args.data_dir),
+                ("database_url", args.database_url),
+            )
+            if value is not None
+        }
+        try:
+            settings = Settings(**overrides)
+            backup_key = BackupKey.load_or_create(settings.data_dir, create=False)
+            signer, kek, _ = load_local_secrets(settings.data_dir)
+            service = KeyService.open(
+                database_url=settings.resolved_database_url,
+                signer=signer,
+                kek=kek,
+                clock=SystemClock(),
+                checkpoint_interval=settings.checkpoint_interval,
+            )
+        except (KeyledgerError, ValueError, OSError) as error:
+            print(f"keyledger restore-ledger: cannot open: {error}", file=sys.stderr)
+            return 2
+        try:
+            source_keys = None
+            if args.source_public_key is not None:
+                public_key = load_public_key(Path(args.source_public_key).read_bytes())
+                source_keys = {key_id(public_key): public_key}
+            receipts = BackupService(service, backup_key).restore_ledger(
+                cli_context("restore-ledger"),
+                Path(args.archive).read_bytes(),
+                source_public_keys=source_keys,
+            )
+            _print({"restored": True, "position": receipts[-1].position})
+            return 0
+        except (KeyledgerError, OSError) as error:
+            code = getattr(error, "code", type(error).__name__)
+            details = getattr(error, "details", {})
+            print(
+                f"keyledger restore-ledger: refused ({code}): {error} {details}",
+                file=sys.stderr,
+            )
+            return 1
+        finally:
+            service.close()

@@ -39,6 +39,14 @@ COMMANDS: dict[str, tuple[Any, str]] = {
         backup_tools.Restore,
         "Restore a key from a backup id or a bundle file, in place or as a new key.",
     ),
+    "backup-ledger": (
+        backup_tools.BackupLedger,
+        "Archive the whole ledger (entries, checkpoints, material) to the targets.",
+    ),
+    "restore-ledger": (
+        backup_tools.RestoreLedger,
+        "Build a new, empty instance from a ledger archive, verifying every entry.",
+    ),
     "scheduler": (
         backup_tools.Scheduler,
         "Carry out due destructions and take due backups (--once for cron).",

@@ -2,7 +2,8 @@
 
 Each key lives a life: rotations, a disable and re-enable, a scheduled and a
 cancelled destruction, a destruction that completes by the service's controlled
-clock, a compromise and two kinds of rollback. Then the whole ledger is verified,
+clock, a compromise and two kinds of rollback. Some keys are backed up to two
+locations, verified, and restored from each. Then the whole ledger is verified,
 and an auditor exports the period and verifies the export offline against the
 checkpoint the demo just had signed.
 """
@@ -55,6 +56,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--prefix", default=None, help="Key name prefix (default: demo-<random>)."
     )
     parser.add_argument("--quiet", action="store_true", help="No progress bar.")
+    parser.add_argument(
+        "--backup-dir",
+        default=None,
+        help="A folder the service can write, for the demo's two backup "
+        "locations (default: a new temporary folder; the service must run on "
+        "this machine).",
+    )
 
 
 class Client:
@@ -189,8 +197,11 @@ def main(args: argparse.Namespace) -> int:
                 lives.append(future.result())
                 progress.update()
         client = clients[0]
+        backup_dir = Path(args.backup_dir or tempfile.mkdtemp(prefix="kl-demo-"))
+        backups = _back_up_and_restore(client, lives[:3], backup_dir)
         destroyed = _complete_destructions(client)
         data = _check_data(client, lives, destroyed=" completed" in destroyed)
+        backups += "\n" + _after_destruction(client, lives[0])
         checkpoint = client.post("/v1/ledger/checkpoints", expect=201)["checkpoint"]
         report = client.get("/v1/ledger/verify")
         evidence = _audit_offline(client, checkpoint)
@@ -203,6 +214,7 @@ def main(args: argparse.Namespace) -> int:
         f"\n{len(names)} keys, {events} events appended over HTTP in {elapsed:.1f} s "
         f"({events / elapsed:.0f} events/s)"
     )
+    print(backups)
     print(destroyed)
     print(data)
     print(
@@ -237,6 +249,72 @@ def _audit_offline(client: Client, checkpoint: dict[str, Any]) -> str:
         )
     summary = offline.describe(result).splitlines()[0]
     return f"auditor: {summary} ({len(response.content):,} bytes, checked offline)"
+
+
+def _back_up_and_restore(client: Client, lives: list[Sealed], folder: Path) -> str:
+    """Back keys up to two locations, verify, and restore from each location."""
+    sites = {}
+    for site in ("site-a", "site-b"):
+        (folder / site).mkdir(parents=True, exist_ok=True)
+        sites[site] = folder / site
+        client.http.put(
+            f"/v1/backup-targets/demo-{site}",
+            json={
+                "kind": "dir",
+                "location": site,
+                "options": {"path": str(folder / site)},
+            },
+        ).raise_for_status()
+    taken = []
+    for life in lives:
+        backup = client.post(f"/v1/keys/{life.key}/backups", expect=201)
+        verified = client.post(f"/v1/backups/{backup['backup_id']}/verify")["backup"]
+        if not verified["verified_ok"]:
+            raise DemoError(f"{life.key}: backup {backup['backup_id']} did not verify")
+        taken.append((life, backup["backup"]))
+    life, backup = taken[0]
+    restored = []
+    # From site A by backup id, and from site B by uploading the bundle file.
+    copy_b = next(c for c in backup["copies"] if c["location"] == "site-b")
+    bundle = (sites["site-b"] / copy_b["object"]).read_bytes()
+    for into, body in (
+        (f"{life.key}-from-a", {"backup_id": backup["backup_id"]}),
+        (f"{life.key}-from-b", {"bundle": base64.b64encode(bundle).decode()}),
+    ):
+        client.post(f"/v1/keys/{life.key}/restore", {**body, "into": into})
+        # The copy is a demo artefact: keep its version 1 from being destroyed.
+        client.post(f"/v1/keys/{into}/versions/1/cancel-destruction")
+        opened = client.post(f"/v1/keys/{into}/decrypt", {"ciphertext": life.under_v2})
+        if opened["plaintext"] != life.plaintext:
+            raise DemoError(f"{into}: restored key does not decrypt")
+        restored.append(into)
+    client.post(f"/v1/keys/{life.key}/rotate")
+    client.refused(
+        f"/v1/keys/{life.key}/restore",
+        {"backup_id": backup["backup_id"]},
+        "RESTORE_WOULD_ROLL_BACK",
+    )
+    return (
+        f"backups: {len(taken)} keys backed up to site-a and site-b and verified; "
+        f"{', '.join(restored)} restored (one from each site) and decrypt"
+    )
+
+
+def _after_destruction(client: Client, life: Sealed) -> str:
+    """After destruction, backups still list what they hold, and never revive it."""
+    status = client.get(f"/v1/keys/{life.key}/backups")
+    held = status["destroyed_versions_held"]
+    [backup] = status["backups"][-1:]
+    client.refused(
+        f"/v1/keys/{life.key}/restore",
+        {"backup_id": backup["backup_id"], "into": f"{life.key}-revived"},
+        "RESTORE_WOULD_UNDESTROY",
+    )
+    return (
+        f"backups: {life.key} status {status['status']}; destroyed version 1 is "
+        f"still held by {len(held[0]['backups']) if held else 0} immutable backup(s), "
+        "and restoring it is refused (RESTORE_WOULD_UNDESTROY)"
+    )
 
 
 def _complete_destructions(client: Client) -> str:

@@ -94,3 +94,83 @@ def test_refusals_exit_1_and_a_missing_ledger_exits_2(
     assert code == 1
     empty = tmp_path / "empty"
     assert main(["backup", "k1", "--data-dir", str(empty)]) == 2
+
+
+def test_a_ledger_archive_restores_into_a_fresh_instance_and_verifies(
+    ledger: tuple[Path, list[str]],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """backup-ledger, then restore-ledger into a new instance that signs with its
+    own key: every entry verifies against the source's public key, the keys and
+    their material are back, and a changed or reused archive is refused."""
+    import shutil
+
+    from backup.key import BACKUP_KEY_FILE
+    from ledger.signing import public_key_pem
+
+    _, options = ledger
+    assert run(capsys, "backup", "k1", *options)[0] == 0
+    archive = tmp_path / "ledger.klarchive"
+    code, report = run(capsys, "backup-ledger", "--out", str(archive), *options)
+    assert code == 0 and report is not None
+    assert len(report["copies"]) == 2
+    source_signer, _, _ = load_local_secrets(Path(options[1]), create=False)
+    public = tmp_path / "source.pem"
+    public.write_text(public_key_pem(source_signer.public_key))
+    fresh = tmp_path / "fresh"
+    fresh.mkdir(mode=0o700)
+    shutil.copy2(Path(options[1]) / BACKUP_KEY_FILE, fresh / BACKUP_KEY_FILE)
+    fresh_options = ["--data-dir", str(fresh)]
+
+    tampered = tmp_path / "tampered.klarchive"
+    data = bytearray(archive.read_bytes())
+    data[len(data) // 2] ^= 1
+    tampered.write_bytes(bytes(data))
+    assert run(capsys, "restore-ledger", str(tampered), *fresh_options)[0] == 1
+    assert main(["restore-ledger", str(archive), *fresh_options]) == 1  # foreign
+    capsys.readouterr()
+    code, restored = run(
+        capsys,
+        "restore-ledger",
+        str(archive),
+        "--source-public-key",
+        str(public),
+        *fresh_options,
+    )
+
+    assert code == 0 and restored is not None
+    assert restored["position"] == report["head_position"] + 2
+    assert main(["verify", "--public-key", str(public), *fresh_options]) == 0
+    signer, kek, _ = load_local_secrets(fresh, create=False)
+    service = KeyService.open(
+        database_url=f"sqlite:///{fresh / 'ledger.sqlite3'}",
+        signer=signer,
+        kek=kek,
+        clock=SystemClock(),
+        create=False,
+    )
+    try:
+        assert service.get_key("k1")["versions"][0]["state"] == "enabled"
+        rows = service.ledger.query("SELECT count(*) AS n FROM key_material")
+        assert rows[0]["n"] == 1
+        assert (
+            service.ledger.query("SELECT count(*) AS n FROM backup_records")[0]["n"]
+            == 1
+        )
+    finally:
+        service.close()
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "restore-ledger",
+                str(archive),
+                "--source-public-key",
+                str(public),
+                *fresh_options,
+            ]
+        )
+        == 1
+    )
+    assert "LEDGER_NOT_EMPTY" in capsys.readouterr().err

@@ -126,6 +126,9 @@ def test_demo_against_real_server_then_verify(
             "are refused (VERSION_DESTROYED)" in demo.stdout
         )
         assert "6 scheduled destructions completed" in demo.stdout
+        assert "backed up to site-a and site-b and verified" in demo.stdout
+        assert "restored (one from each site) and decrypt" in demo.stdout
+        assert "restoring it is refused (RESTORE_WOULD_UNDESTROY)" in demo.stdout
     finally:
         server.stop()
 
