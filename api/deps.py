@@ -7,7 +7,8 @@ import re
 import uuid
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.routing import APIRoute, iter_route_contexts
 
 from api.body import parse_json, read_body
 from api.errors import ApiError
@@ -29,7 +30,7 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
 def get_actor(request: Request, runtime: RuntimeDep) -> Actor:
-    """The authenticated caller; 401 for a missing or unknown bearer token."""
+    """The caller; 401 for a missing, unknown, expired or revoked token."""
     header = request.headers.get("authorization")
     if not header:
         raise ApiError(401, "MISSING_TOKEN", "Send Authorization: Bearer <token>.")
@@ -45,15 +46,21 @@ def get_actor(request: Request, runtime: RuntimeDep) -> Actor:
 ActorDep = Annotated[Actor, Depends(get_actor)]
 
 
-def require(*permissions: Permission) -> Any:
-    """A dependency: the caller, if its roles carry one of ``permissions``, else 403.
+class Requirement:
+    """The dependency ``require`` builds; it keeps its permissions visible.
 
-    Use it as ``actor: Annotated[Actor, require(Permission.KEY_READ)]``.
+    Keeping them on the dependency lets the route matrix test (and anything
+    else) read what each route needs from the app itself: see
+    ``required_permissions``.
     """
-    names = [permission.value for permission in permissions]
 
-    def check(actor: ActorDep) -> Actor:
-        if permissions_of(actor.roles).isdisjoint(permissions):
+    def __init__(self, permissions: tuple[Permission, ...]) -> None:
+        self.permissions = frozenset(permissions)
+        self.names = [permission.value for permission in permissions]
+
+    def __call__(self, actor: ActorDep) -> Actor:
+        if permissions_of(actor.roles).isdisjoint(self.permissions):
+            names = self.names
             raise ApiError(
                 403,
                 "FORBIDDEN",
@@ -62,11 +69,48 @@ def require(*permissions: Permission) -> Any:
             )
         return actor
 
-    return Depends(check)
+
+def require(*permissions: Permission) -> Any:
+    """A dependency: the caller, if its roles carry one of ``permissions``, else 403.
+
+    Use it as ``actor: Annotated[Actor, require(Permission.KEY_READ)]``.
+    """
+    return Depends(Requirement(permissions))
+
+
+def required_permissions(route: APIRoute) -> frozenset[Permission] | None:
+    """The permissions a route's ``require`` accepts (any one of them suffices).
+
+    None for a route without ``require``: it needs no token at all.
+    """
+    pending = list(route.dependant.dependencies)
+    while pending:
+        dependency = pending.pop()
+        if isinstance(dependency.call, Requirement):
+            return dependency.call.permissions
+        pending += dependency.dependencies
+    return None
+
+
+def api_routes(app: FastAPI) -> list[tuple[str, str, APIRoute]]:
+    """Every (method, path, route) the app serves, included routers flattened."""
+    found = []
+    for context in iter_route_contexts(app.routes):
+        route = context.original_route
+        if isinstance(route, APIRoute):
+            path = context.path or route.path
+            found += [(method, path, route) for method in sorted(route.methods or ())]
+    return found
 
 
 def get_request_id(request: Request) -> str:
-    """The caller's ``X-Request-Id`` if well-formed, else a fresh one."""
+    """The caller's ``X-Request-Id`` if well-formed, else a fresh one.
+
+    The same for every call during one request.
+    """
+    known = getattr(request.state, "request_id", None)
+    if known is not None:
+        return str(known)
     given = request.headers.get("x-request-id")
     request_id = given if given and _REQUEST_ID.fullmatch(given) else None
     request_id = request_id or f"req_{uuid.uuid4().hex}"

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from domain.errors import (
+    AuthenticationError,
     BackupNotFoundError,
     InvalidArgumentError,
     KeyledgerError,
@@ -24,6 +25,7 @@ from domain.errors import (
     LedgerBrokenError,
     LedgerUnavailableError,
     MaterialUnreadableError,
+    PrincipalNotFoundError,
     VersionNotFoundError,
 )
 from ledger.service import Replay
@@ -43,6 +45,8 @@ _STATUS: list[tuple[type[KeyledgerError], int]] = [
     (KeyNotFoundError, 404),
     (BackupNotFoundError, 404),
     (VersionNotFoundError, 404),
+    (PrincipalNotFoundError, 404),
+    (AuthenticationError, 401),
     (KeyLifecycleError, 409),
     (LedgerBrokenError, 409),
     (InvalidArgumentError, 422),

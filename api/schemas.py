@@ -195,3 +195,46 @@ class KeyRestore(Command):
     source_public_key: StrictStr | None = Field(
         None, description="PEM of the source ledger's public key (disaster recovery)."
     )
+
+
+# Access control (admin) ------------------------------------------------------
+
+RoleName = Literal[
+    "admin", "custodian", "backup-operator", "service", "auditor", "replica"
+]
+
+
+class PrincipalCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: StrictStr = Field(
+        description="1-64 of a-z 0-9 . _ @ -, starting with a letter or digit."
+    )
+    roles: list[RoleName] = Field(min_length=1, max_length=6)
+    description: Annotated[StrictStr, Field(max_length=1000)] = ""
+
+
+class PrincipalRolesUpdate(BaseModel):
+    """The principal's new roles, replacing the old ones (may be empty)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    roles: list[RoleName] = Field(max_length=6)
+
+
+class TokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    expires_in_seconds: StrictInt = Field(
+        90 * 24 * 3600,
+        ge=60,
+        le=400 * 24 * 3600,
+        description="Lifetime of the token: 60 s to 400 days (default 90 days).",
+    )
+    label: Annotated[StrictStr, Field(max_length=200)] = ""
+
+
+class TokenRevoke(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Annotated[StrictStr, Field(min_length=1, max_length=1000)]

@@ -103,3 +103,19 @@ class LedgerBrokenError(KeyledgerError):
     """
 
     code = "LEDGER_BROKEN"
+
+
+class PrincipalNotFoundError(KeyledgerError):
+    """No principal (or token) has that name or id (HTTP 404)."""
+
+    code = "PRINCIPAL_NOT_FOUND"
+
+
+class AuthenticationError(KeyledgerError):
+    """A token that was once valid no longer is: expired or revoked (HTTP 401).
+
+    Unknown tokens are not this error: they get the generic ``INVALID_TOKEN``, so
+    a caller cannot tell a guessed token from a mistyped one.
+    """
+
+    code = "INVALID_TOKEN"

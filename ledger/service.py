@@ -46,7 +46,7 @@ from ledger.store import (
     Sequencer,
     Statement,
 )
-from projections import backup_status, key_view
+from projections import access_view, backup_status, key_view
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +164,12 @@ class KeyService:
         try:
             app = KeyLedger(
                 sequencer=sequencer,
-                extra_ddl=[*key_view.DDL, *backup_status.DDL, *MATERIAL_DDL],
+                extra_ddl=[
+                    *key_view.DDL,
+                    *backup_status.DDL,
+                    *MATERIAL_DDL,
+                    *access_view.DDL,
+                ],
                 env=env,
                 create_tables=create,
             )

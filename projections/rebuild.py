@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import TopicError
 
-from projections import key_view
+from projections import access_view, key_view
 
 if TYPE_CHECKING:
     from domain.keys import ManagedKey
@@ -101,6 +101,9 @@ def rebuild(app: KeyLedger, *, apply: bool = True) -> RebuildReport:
         expected = key_view.expected_tables(
             (key, last_position[stream]) for stream, key in keys.items()
         )
+        principals = access_view.replay_principals(app, transaction)
+        live.update(access_view.snapshot_tables(transaction))
+        expected.update(access_view.expected_tables(principals))
         differences = _differences(live, expected)
         if apply and differences:
             statements: list[Statement] = [
@@ -115,6 +118,7 @@ def rebuild(app: KeyLedger, *, apply: bool = True) -> RebuildReport:
                     last_position[stream],
                     config=key_view.key_config_row(key) is not None,
                 )
+            statements += access_view.rebuild_statements(principals)
             transaction.execute(statements)
     return RebuildReport(count, len(keys), not differences, differences, apply)
 

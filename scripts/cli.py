@@ -1,4 +1,5 @@
-"""The ``keyledger`` command: serve, demo, verify, rebuild, export, backups, restore."""
+"""The ``keyledger`` command: serve, demo, verify, rebuild, export, backups, restore,
+principals, tokens."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from typing import Any
 from scripts import (
     backup_tools,
     export_ledger,
+    principals,
     rebuild_projections,
     run_demo,
     run_service,
+    tokens,
     verify_export,
     verify_ledger,
 )
@@ -51,6 +54,8 @@ COMMANDS: dict[str, tuple[Any, str]] = {
         backup_tools.Scheduler,
         "Carry out due destructions and take due backups (--once for cron).",
     ),
+    "principals": (principals, "List, show, create principals; replace roles."),
+    "tokens": (tokens, "Issue (printed once) and revoke principals' tokens."),
 }
 
 

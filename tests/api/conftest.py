@@ -19,9 +19,13 @@ TOKEN = "kl_test-admin-token-not-a-secret"
 
 @pytest.fixture
 def runtime(service: KeyService, clock: AdjustableClock, tmp_path: Path) -> Runtime:
-    """A runtime over the test's store, with a known admin token and the test clock."""
+    """A runtime over the test's store, with a known admin token and the test clock.
+
+    It records no access facts (uses of the bootstrap token, refusals), so tests
+    can count the positions of their own events; the access tests turn it on.
+    """
     settings = Settings(data_dir=tmp_path, dev_clock=True, max_body_bytes=64 * 1024)
-    return Runtime(settings, service, clock, token_digest(TOKEN))
+    return Runtime(settings, service, clock, token_digest(TOKEN), record_access=False)
 
 
 @pytest.fixture
@@ -30,4 +34,24 @@ def client(runtime: Runtime) -> Iterator[TestClient]:
     app = create_app(runtime.settings, runtime=runtime)
     with TestClient(app, raise_server_exceptions=False) as test_client:
         test_client.headers["Authorization"] = f"Bearer {TOKEN}"
+        yield test_client
+
+
+# Access control: a runtime that records access facts, as the service does -------
+
+
+@pytest.fixture
+def recording_runtime(
+    service: KeyService, clock: AdjustableClock, tmp_path: Path
+) -> Runtime:
+    """Like ``runtime``, but recording bootstrap-token uses and refusals."""
+    settings = Settings(data_dir=tmp_path, dev_clock=True, max_body_bytes=64 * 1024)
+    return Runtime(settings, service, clock, token_digest(TOKEN))
+
+
+@pytest.fixture
+def recording_client(recording_runtime: Runtime) -> Iterator[TestClient]:
+    """A client with no token set, over ``recording_runtime``."""
+    app = create_app(recording_runtime.settings, runtime=recording_runtime)
+    with TestClient(app, raise_server_exceptions=False) as test_client:
         yield test_client

@@ -1,0 +1,136 @@
+"""Access facts that may repeat many times: recorded once per window, with a count.
+
+The first occurrence in a window is recorded before the request goes on (fail
+closed); repeats of the same fact within the window are only counted, and the
+count is recorded as one more event on the same short stream when the window
+closes. So a client that repeats a request cannot flood the ledger, and still
+every repeat is accounted for.
+
+Each window is its own stream (a fresh id), so recording never loads history.
+Event topics are a stored format (``keyledger.access.*``): never rename them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from eventsourcing.domain import Aggregate
+from eventsourcing.utils import get_topic
+
+from domain.clock import format_time
+
+
+class _Window(Aggregate):
+    """One window of a repeating fact: its first occurrence and its repeats."""
+
+    repeats = 0
+    # The name of the subclass's event for "this many more in the window"
+    # (a name, as the library re-creates event classes held as attributes).
+    counted = ""
+
+    def count_repeats(self, repeats: int, *, last_at: datetime, now: datetime) -> None:
+        self.trigger_event(
+            getattr(self, self.counted),
+            repeats=repeats,
+            last_at=format_time(last_at),
+            timestamp=now,
+        )
+
+
+class BootstrapTokenUse(_Window):
+    """The bootstrap token was used; PCI DSS 10.2.1.5 wants every such use seen."""
+
+    class Used(Aggregate.Created):
+        """The bootstrap token was used, the first time in this window."""
+
+        TOPIC = "keyledger.access.BootstrapTokenUsed"
+        token_id: str
+        window_seconds: int
+
+    class UsesCounted(Aggregate.Event):
+        """The bootstrap token was used ``repeats`` more times in the window."""
+
+        TOPIC = "keyledger.access.BootstrapTokenUsesCounted"
+        repeats: int
+        last_at: str
+
+        def apply(self, aggregate: BootstrapTokenUse) -> None:
+            aggregate.repeats += self.repeats
+
+    counted = "UsesCounted"
+
+    def __init__(self, token_id: str, window_seconds: int) -> None:
+        self.token_id = token_id
+
+    @classmethod
+    def record(
+        cls, *, token_id: str, window_seconds: int, now: datetime
+    ) -> BootstrapTokenUse:
+        return cls._create(
+            cls.Used,
+            id=uuid.uuid4(),
+            token_id=token_id,
+            window_seconds=window_seconds,
+            timestamp=now,
+        )
+
+
+class RequestRefusal(_Window):
+    """A request was refused: 401, 403, or a command refused with 409 or 422.
+
+    What is kept: status, reason code, method, route template, key name if the
+    route names one, and who and from where. Never the token or the body.
+    """
+
+    class Refused(Aggregate.Created):
+        """A request was refused, the first time in this window."""
+
+        TOPIC = "keyledger.access.RequestRefused"
+        status: int
+        code: str
+        method: str
+        route: str
+        key: str | None
+        principal: str | None
+        token_id: str | None
+        client: str | None
+        user_agent: str | None
+        window_seconds: int
+
+    class RepeatsCounted(Aggregate.Event):
+        """The same refusal happened ``repeats`` more times in the window."""
+
+        TOPIC = "keyledger.access.RefusalsRepeated"
+        repeats: int
+        last_at: str
+
+        def apply(self, aggregate: RequestRefusal) -> None:
+            aggregate.repeats += self.repeats
+
+    counted = "RepeatsCounted"
+
+    def __init__(self, **fields: Any) -> None:
+        self.fields = fields
+
+    @classmethod
+    def record(
+        cls, *, fields: dict[str, Any], window_seconds: int, now: datetime
+    ) -> RequestRefusal:
+        return cls._create(
+            cls.Refused,
+            id=uuid.uuid4(),
+            window_seconds=window_seconds,
+            timestamp=now,
+            **fields,
+        )
+
+
+for _event in (
+    BootstrapTokenUse.Used,
+    BootstrapTokenUse.UsesCounted,
+    RequestRefusal.Refused,
+    RequestRefusal.RepeatsCounted,
+):
+    get_topic(_event)
