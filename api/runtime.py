@@ -164,7 +164,14 @@ def build_runtime(settings: Settings) -> Runtime:
             "kid": signer.kid,
         },
     )
-    return Runtime(settings, service, clock, digest, new_token)
+    runtime = Runtime(settings, service, clock, digest, new_token)
+    if settings.backup_settings_file is not None:
+        try:
+            runtime.backups.apply_settings_file(settings.backup_settings_file)
+        except BaseException:
+            runtime.close()
+            raise
+    return runtime
 
 
 def _admin_token(settings: Settings, data_dir: Path) -> tuple[str, str | None]:

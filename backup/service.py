@@ -10,11 +10,13 @@ between the claim and the record leaves only the claim.
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -163,6 +165,44 @@ class BackupService:
         ):
             return []
         return self._record(settings, context, "backup-settings", [])
+
+    def apply_settings_file(self, path: Path) -> list[Receipt]:
+        """Record the targets and default policy of a settings file, if they differ.
+
+        The file is ``{"targets": [{"name", "kind", "location", "options"}],
+        "default_policy": {...}}`` (both optional). Applying the same file again
+        records nothing.
+
+        Raises:
+            InvalidArgumentError: the file is not of that shape (``INVALID_SETTINGS``).
+            OSError: the file cannot be read.
+        """
+        context = CommandContext(SYSTEM_ACTOR, f"settings-file-{secrets.token_hex(8)}")
+        try:
+            document = json.loads(path.read_text("utf-8"))
+            targets = list(document.get("targets", []))
+            policy = document.get("default_policy")
+            receipts = []
+            for item in targets:
+                receipts += self.configure_target(
+                    context,
+                    name=item["name"],
+                    kind=item["kind"],
+                    location=item["location"],
+                    options=dict(item["options"]),
+                )
+            if policy is not None:
+                wanted = BackupPolicy.from_json(
+                    {**BackupPolicy().as_json(), **dict(policy)}
+                )
+                if wanted != self.default_policy():
+                    receipts += self.change_default_policy(context, wanted)
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise InvalidArgumentError(
+                f"{path} is not a backup settings file: {error}",
+                code="INVALID_SETTINGS",
+            ) from None
+        return receipts
 
     def change_default_policy(
         self, context: CommandContext, policy: BackupPolicy
@@ -439,15 +479,22 @@ class BackupService:
     def run_scheduler(
         self, *, limit: int = 100, record_idle: bool = True
     ) -> dict[str, Any]:
-        """Take every backup that is due, and only those; record the run.
+        """Take every backup that is due, and only those; verify; record the run.
 
         Safe to run in several processes at once: the claim on each key's
-        backup record lets exactly one of them take a due backup. A run that
-        found nothing due is recorded only with ``record_idle``; with no target
-        configured nothing is due.
+        backup record lets exactly one of them take a due backup. Each backup
+        taken, and the last backup of each key still ``unverified``, is then
+        verified (two racing schedulers may both verify the same one; each
+        verification is recorded). A run that did nothing is recorded only
+        with ``record_idle``; with no target configured nothing is due.
         """
+        report: dict[str, Any] = {
+            "taken": [],
+            "failed": [],
+            "skipped": [],
+            "verified": [],
+        }
         if not self.targets():
-            report: dict[str, Any] = {"taken": [], "failed": [], "skipped": []}
             if record_idle:
                 self._record_run(report)
             return report
@@ -463,7 +510,12 @@ class BackupService:
         names = [item["key"] for item in due if item["status"] in ("due", "overdue")][
             :limit
         ]
-        taken, failed, skipped = [], [], []
+        unverified = [
+            item["last_backup"]["backup_id"]
+            for item in due
+            if item["status"] == "unverified"
+        ][:limit]
+        taken, failed, skipped = report["taken"], report["failed"], report["skipped"]
         for name in names:
             context = CommandContext(
                 SYSTEM_ACTOR, f"backup-scheduler-{secrets.token_hex(8)}"
@@ -477,8 +529,19 @@ class BackupService:
                 failed.append({"key": name, "backup_id": outcome.backup_id})
             else:
                 taken.append({"key": name, "backup_id": outcome.backup_id})
-        report = {"taken": taken, "failed": failed, "skipped": skipped}
-        if taken or failed or skipped or record_idle:
+        for backup_id in [*unverified, *(item["backup_id"] for item in taken)]:
+            context = CommandContext(
+                SYSTEM_ACTOR, f"backup-scheduler-{secrets.token_hex(8)}"
+            )
+            try:
+                record, _ = self.verify_backup(context, backup_id)
+            except KeyledgerError as refusal:
+                skipped.append({"backup_id": backup_id, "code": refusal.code})
+                continue
+            report["verified"].append(
+                {"backup_id": backup_id, "ok": bool(record.verified_ok)}
+            )
+        if taken or failed or skipped or report["verified"] or record_idle:
             self._record_run(report)
         return report
 
@@ -575,9 +638,6 @@ class BackupService:
         from projections.rebuild import rebuild
 
         rebuild(self.keys.app)
-        self.keys.ledger.execute(
-            backup_status.rebuild_statements(self.keys.ledger, self.keys.app.repository)
-        )
         found = self._get(LEDGER_BACKUPS_ID)
         record = (
             found

@@ -519,6 +519,7 @@ class SchedulerRuns(Aggregate):
         taken: list[dict[str, Any]]
         failed: list[dict[str, Any]]
         skipped: list[dict[str, Any]]
+        verified: list[dict[str, Any]]
 
         def apply(self, aggregate: SchedulerRuns) -> None:
             aggregate.runs += 1
@@ -536,6 +537,7 @@ class SchedulerRuns(Aggregate):
         taken: list[dict[str, Any]],
         failed: list[dict[str, Any]],
         skipped: list[dict[str, Any]],
+        verified: list[dict[str, Any]],
         now: datetime,
     ) -> None:
         self.trigger_event(
@@ -543,6 +545,7 @@ class SchedulerRuns(Aggregate):
             taken=taken,
             failed=failed,
             skipped=skipped,
+            verified=verified,
             timestamp=now,
         )
 

@@ -38,6 +38,11 @@ class Settings(BaseSettings):
         description="Experimental: allow the admin to move the clock forward.",
     )
     log_level: str = "INFO"
+    backup_settings_file: Path | None = Field(
+        default=None,
+        description="JSON file of backup targets and the default backup policy; "
+        "what differs from the ledger is recorded as events at start-up.",
+    )
 
     @model_validator(mode="after")
     def _check_destruction_bounds(self) -> Settings:

@@ -9,8 +9,12 @@ and the key view.
 from __future__ import annotations
 
 import json
+import uuid
+from collections.abc import Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
+
+from eventsourcing.persistence import StoredEvent
 
 from domain.backups import (
     BackupPolicy,
@@ -21,7 +25,7 @@ from domain.backups import (
 from domain.clock import format_time
 
 if TYPE_CHECKING:
-    from ledger.store import LedgerRecorder, Statement
+    from ledger.store import LedgerRecorder, LedgerTransaction, Statement
 
 DDL = [
     "CREATE TABLE IF NOT EXISTS backup_keys ("
@@ -48,49 +52,123 @@ def touched_backups(events: list[Any]) -> set[str]:
     }
 
 
+_KEY_COLUMNS = (
+    "key_name",
+    "policy",
+    "last_backup_id",
+    "claim_id",
+    "claimed_at",
+    "last_failure",
+    "stream_version",
+    "last_position",
+)
+_RECORD_COLUMNS = ("backup_id", "key_name", "taken_at", "record")
+
+
+def key_row(backups: KeyBackups, last_position: int) -> dict[str, Any]:
+    """The ``backup_keys`` row of a key's backup record."""
+    claim = backups.claim or (None, None)
+    return {
+        "key_name": backups.key_name,
+        "policy": _dump(backups.policy),
+        "last_backup_id": backups.last_backup_id,
+        "claim_id": claim[0],
+        "claimed_at": claim[1],
+        "last_failure": _dump(backups.last_failure),
+        "stream_version": backups.version,
+        "last_position": last_position,
+    }
+
+
+def record_row(backups: KeyBackups, backup_id: str) -> dict[str, Any]:
+    """The ``backup_records`` row of one backup."""
+    record = backups.records[backup_id]
+    return {
+        "backup_id": backup_id,
+        "key_name": backups.key_name,
+        "taken_at": record.taken_at,
+        "record": json.dumps(record.as_json(), sort_keys=True),
+    }
+
+
 def view_statements(
     backups: KeyBackups, touched: set[str], last_position: int
 ) -> list[Statement]:
     """The writes that make the read side show ``backups`` as of ``last_position``."""
-    claim = backups.claim or (None, None)
-    statements: list[Statement] = [
-        (
-            "INSERT INTO backup_keys (key_name, policy, last_backup_id, claim_id, "
-            "claimed_at, last_failure, stream_version, last_position) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (key_name) DO UPDATE "
-            "SET policy = excluded.policy, last_backup_id = excluded.last_backup_id, "
-            "claim_id = excluded.claim_id, claimed_at = excluded.claimed_at, "
-            "last_failure = excluded.last_failure, "
-            "stream_version = excluded.stream_version, "
-            "last_position = excluded.last_position",
-            (
-                backups.key_name,
-                _dump(backups.policy),
-                backups.last_backup_id,
-                claim[0],
-                claim[1],
-                _dump(backups.last_failure),
-                backups.version,
-                last_position,
-            ),
-        )
-    ]
+    statements = [_upsert("backup_keys", _KEY_COLUMNS, key_row(backups, last_position))]
     for backup_id in sorted(touched):
-        record = backups.records[backup_id]
         statements.append(
-            (
-                "INSERT INTO backup_records (backup_id, key_name, taken_at, record) "
-                "VALUES (%s, %s, %s, %s) ON CONFLICT (backup_id) DO UPDATE "
-                "SET record = excluded.record",
-                (
-                    backup_id,
-                    backups.key_name,
-                    record.taken_at,
-                    json.dumps(record.as_json()),
-                ),
-            )
+            _upsert("backup_records", _RECORD_COLUMNS, record_row(backups, backup_id))
         )
     return statements
+
+
+def _upsert(table: str, columns: tuple[str, ...], row: dict[str, Any]) -> Statement:
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns[1:])
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) "
+        f"VALUES ({', '.join(['%s'] * len(columns))}) "
+        f"ON CONFLICT ({columns[0]}) DO UPDATE SET {updates}",
+        tuple(row[column] for column in columns),
+    )
+
+
+def snapshot_tables(
+    reader: LedgerRecorder | LedgerTransaction,
+) -> dict[str, list[dict[str, Any]]]:
+    """Every row of the backup tables, in a stable order."""
+    return {
+        "backup_keys": reader.query(
+            f"SELECT {', '.join(_KEY_COLUMNS)} FROM backup_keys ORDER BY key_name"
+        ),
+        "backup_records": reader.query(
+            f"SELECT {', '.join(_RECORD_COLUMNS)} FROM backup_records "
+            "ORDER BY backup_id"
+        ),
+    }
+
+
+def expected_tables(
+    records: Iterable[tuple[KeyBackups, int]],
+) -> dict[str, list[dict[str, Any]]]:
+    """The rows ``snapshot_tables`` should return for these backup records."""
+    keys, rows = [], []
+    for backups, last_position in records:
+        keys.append(key_row(backups, last_position))
+        rows += [record_row(backups, backup_id) for backup_id in backups.records]
+    return {
+        "backup_keys": sorted(keys, key=lambda row: row["key_name"]),
+        "backup_records": sorted(rows, key=lambda row: row["backup_id"]),
+    }
+
+
+def replay(
+    app: Any, reader: LedgerRecorder | LedgerTransaction
+) -> list[tuple[KeyBackups, int]]:
+    """Every key's backup record as its events make it, with its last position."""
+    table = app.ledger.events_table_name
+    found: dict[uuid.UUID, KeyBackups] = {}
+    last: dict[uuid.UUID, int] = {}
+    after = 0
+    while True:
+        rows = reader.query(
+            "SELECT notification_id, originator_id, originator_version, topic, state "
+            f"FROM {table} WHERE notification_id > %s AND topic LIKE %s "
+            "ORDER BY notification_id LIMIT %s",
+            (after, "keyledger.backup.%", 500),
+        )
+        for row in rows:
+            stream = uuid.UUID(str(row["originator_id"]))
+            stored = StoredEvent(
+                stream, row["originator_version"], row["topic"], row["state"]
+            )
+            event: Any = app.mapper.to_domain_event(stored)
+            if isinstance(event, KeyBackups.Opened) or stream in found:
+                found[stream] = event.mutate(found.get(stream))
+                last[stream] = row["notification_id"]
+        if len(rows) < 500:
+            return [(backups, last[stream]) for stream, backups in found.items()]
+        after = rows[-1]["notification_id"]
 
 
 def get_record(
@@ -294,32 +372,12 @@ def _dump(value: Any) -> str | None:
     return None if value is None else json.dumps(value, sort_keys=True)
 
 
-def rebuild_statements(recorder: LedgerRecorder, repository: Any) -> list[Statement]:
-    """Every backup row as the backup events make it (after a ledger restore).
-
-    TODO: call this from ``projections.rebuild`` too, because a rebuild now
-    leaves the backup tables as they are instead of checking them.
-    """
-    rows = recorder.query(
-        "SELECT originator_id, max(notification_id) AS last_position "
-        f"FROM {recorder.events_table_name} WHERE topic LIKE %s "
-        "GROUP BY originator_id",
-        ("keyledger.backup.%",),
-    )
+def rebuild_statements(app: Any, reader: Any) -> list[Statement]:
+    """The writes that replace the backup tables by what the events make them."""
     statements: list[Statement] = [
         ("DELETE FROM backup_records", ()),
         ("DELETE FROM backup_keys", ()),
     ]
-    for row in rows:
-        aggregate = repository.get(_uuid(row["originator_id"]))
-        if isinstance(aggregate, KeyBackups):
-            statements += view_statements(
-                aggregate, set(aggregate.records), int(row["last_position"])
-            )
+    for backups, last_position in replay(app, reader):
+        statements += view_statements(backups, set(backups.records), last_position)
     return statements
-
-
-def _uuid(value: Any) -> Any:
-    import uuid
-
-    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))

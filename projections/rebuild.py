@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import TopicError
 
-from projections import access_view, key_view
+from projections import access_view, backup_status, key_view
 
 if TYPE_CHECKING:
     from domain.keys import ManagedKey
@@ -104,6 +104,9 @@ def rebuild(app: KeyLedger, *, apply: bool = True) -> RebuildReport:
         principals = access_view.replay_principals(app, transaction)
         live.update(access_view.snapshot_tables(transaction))
         expected.update(access_view.expected_tables(principals))
+        backups = backup_status.replay(app, transaction)
+        live.update(backup_status.snapshot_tables(transaction))
+        expected.update(backup_status.expected_tables(backups))
         differences = _differences(live, expected)
         if apply and differences:
             statements: list[Statement] = [
@@ -119,6 +122,7 @@ def rebuild(app: KeyLedger, *, apply: bool = True) -> RebuildReport:
                     config=key_view.key_config_row(key) is not None,
                 )
             statements += access_view.rebuild_statements(principals)
+            statements += backup_status.rebuild_statements(app, transaction)
             transaction.execute(statements)
     return RebuildReport(count, len(keys), not differences, differences, apply)
 

@@ -364,3 +364,31 @@ def test_destroyed_versions_list_the_backups_that_still_hold_them(
     later = take(client, "k1")
     versions = {v["version"]: v for v in later["backup"]["versions"]}
     assert versions[1] == {"version": 1, "state": "destroyed", "material": False}
+
+
+def test_a_full_target_is_a_recorded_copy_failure(
+    client: TestClient,
+    runtime: Runtime,
+    folders: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A target whose disk is full fails its copy as FULL; nothing partial is left."""
+    import errno
+
+    from backup.targets import DirTarget
+
+    create(client, "k1")
+    real = DirTarget._write_new
+
+    def full_on_dc2(path: Path, data: bytes) -> None:
+        if "dc2" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(DirTarget, "_write_new", staticmethod(full_on_dc2))
+
+    result = take(client, "k1")
+
+    assert [(f["target"], f["code"]) for f in result["failures"]] == [("dc2", "FULL")]
+    assert [c["target"] for c in result["backup"]["copies"]] == ["dc1"]
+    assert list(folders["dc2"].iterdir()) == []

@@ -22,6 +22,7 @@ from backup.service import BackupService
 from domain.clock import AdjustableClock
 from domain.errors import BackupRefusedError
 from ledger.service import CommandContext, KeyService
+from tests.backup.conftest import add_dir_target
 
 
 def _free_port() -> int:
@@ -90,15 +91,8 @@ def test_s3_copies_are_locked_in_compliance_mode_and_verify(
     """A backup to a locked bucket is retained in COMPLIANCE mode and verifies."""
     bucket = f"locked-{tmp_path.name[-12:].lower().replace('_', '-')}"
     client = _bucket(s3_endpoint, bucket, lock=True)
-    (tmp_path / "dc1").mkdir()
     backups.configure_target(ctx, **_s3("cloud", s3_endpoint, bucket, "eu-west"))
-    backups.configure_target(
-        ctx,
-        name="dc1",
-        kind="dir",
-        location="dc1",
-        options={"path": str(tmp_path / "dc1")},
-    )
+    add_dir_target(backups, ctx, tmp_path, "dc1")
     backups.keys.create_key(ctx, name="k1")
 
     outcome = backups.take_backup(ctx, "k1")
@@ -143,14 +137,7 @@ def test_an_unreachable_bucket_is_a_recorded_copy_failure(
     """A target that cannot be reached fails its copy; the dir copy still counts."""
     _bucket(s3_endpoint, "soon-gone", lock=True)
     backups.configure_target(ctx, **_s3("cloud", s3_endpoint, "soon-gone", "eu"))
-    (tmp_path / "dc1").mkdir()
-    backups.configure_target(
-        ctx,
-        name="dc1",
-        kind="dir",
-        location="dc1",
-        options={"path": str(tmp_path / "dc1")},
-    )
+    add_dir_target(backups, ctx, tmp_path, "dc1")
     backups.keys.create_key(ctx, name="k1")
     dead = f"http://127.0.0.1:{_free_port()}"
     settings = backups.settings()

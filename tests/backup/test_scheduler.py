@@ -18,6 +18,7 @@ from backup.service import BackupService
 from domain.backups import BackupPolicy
 from domain.clock import AdjustableClock
 from ledger.service import CommandContext, KeyService
+from tests.backup.conftest import add_dir_target
 
 
 @pytest.fixture
@@ -25,14 +26,7 @@ def backups(service: KeyService, tmp_path: Path, ctx: CommandContext) -> BackupS
     """A backup service with two dir targets in two locations."""
     result = BackupService(service, BackupKey.load_or_create(tmp_path / "data"))
     for name in ("dc1", "dc2"):
-        (tmp_path / name).mkdir()
-        result.configure_target(
-            ctx,
-            name=name,
-            kind="dir",
-            location=f"site-{name}",
-            options={"path": str(tmp_path / name)},
-        )
+        add_dir_target(result, ctx, tmp_path, name, f"site-{name}")
     return result
 
 
@@ -56,12 +50,20 @@ def test_scheduler_takes_only_due_backups_and_records_its_runs(
     backups.change_key_policy(ctx, "c", BackupPolicy(interval_hours=48))
     first = backups.run_scheduler()
     assert sorted(item["key"] for item in first["taken"]) == ["a", "b", "c"]
+    assert [item["ok"] for item in first["verified"]] == [True, True, True]
+    items, _ = backups.status(after=None, limit=10, status="ok")
+    assert [item["key"] for item in items] == ["a", "b", "c"]
 
     clock.advance(timedelta(hours=25))
     second = backups.run_scheduler()
 
     assert sorted(item["key"] for item in second["taken"]) == ["a", "b"]
-    assert backups.run_scheduler() == {"taken": [], "failed": [], "skipped": []}
+    assert backups.run_scheduler() == {
+        "taken": [],
+        "failed": [],
+        "skipped": [],
+        "verified": [],
+    }
     table = service.ledger.events_table_name
     runs = service.ledger.query(
         f"SELECT count(*) AS n FROM {table} WHERE topic = %s",

@@ -1,0 +1,71 @@
+"""Backup targets and the default policy from a settings file, recorded at start-up."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from api.runtime import build_runtime
+from domain.errors import InvalidArgumentError
+from ledger.settings import Settings
+
+
+def _settings(tmp_path: Path, store_url: str, document: object) -> Settings:
+    path = tmp_path / "backups.json"
+    path.write_text(json.dumps(document))
+    return Settings(
+        data_dir=tmp_path / "data",
+        database_url=store_url,
+        admin_token="kl_settings-test",
+        backup_settings_file=path,
+    )
+
+
+def test_settings_file_is_recorded_once_and_applied(
+    tmp_path: Path, store_url: str
+) -> None:
+    """The file's targets and policy become events; a restart records nothing more."""
+    (tmp_path / "a").mkdir()
+    document = {
+        "targets": [
+            {
+                "name": "dc1",
+                "kind": "dir",
+                "location": "site-a",
+                "options": {"path": str(tmp_path / "a")},
+            }
+        ],
+        "default_policy": {"copies": 1, "locations": 1, "interval_hours": 12},
+    }
+    settings = _settings(tmp_path, store_url, document)
+    runtime = build_runtime(settings)
+    try:
+        head = runtime.service.head_position()
+        assert list(runtime.backups.targets()) == ["dc1"]
+        assert runtime.backups.default_policy().interval_hours == 12
+        assert head == 3  # settings opened, target configured, policy changed
+    finally:
+        runtime.close()
+    again = build_runtime(settings)
+    try:
+        assert again.service.head_position() == head
+    finally:
+        again.close()
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        pytest.param([], id="not an object"),
+        pytest.param({"targets": [{"name": "dc1"}]}, id="target without kind"),
+        pytest.param({"default_policy": {"copies": 0}}, id="bad policy"),
+    ],
+)
+def test_a_bad_settings_file_stops_the_start(
+    tmp_path: Path, store_url: str, document: object
+) -> None:
+    """A settings file of the wrong shape fails the start with a clear error."""
+    with pytest.raises(InvalidArgumentError):
+        build_runtime(_settings(tmp_path, store_url, document))
