@@ -10,6 +10,7 @@ between the claim and the record leaves only the claim.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
@@ -273,9 +274,27 @@ class BackupService:
         receipts = self._save_backups(backups, context)
 
         # 2. Build and write every copy; each is read back before it counts.
-        bundle = build_bundle(
-            self.keys, key_name, backup_key=self.backup_key, backup_id=backup_id
-        )
+        try:
+            bundle = build_bundle(
+                self.keys, key_name, backup_key=self.backup_key, backup_id=backup_id
+            )
+        except KeyledgerError as error:
+            # Release the claim with a recorded failure, then report the cause.
+            failure = {"target": "-", "code": error.code, "message": error.message}
+            backups.record_taken(
+                backup_id,
+                digest="",
+                size=0,
+                versions=[],
+                retain_until=format_time(until),
+                copies=[],
+                failures=[failure],
+                checkpoint_position=0,
+                now=self.keys.clock.now(),
+            )
+            with contextlib.suppress(KeyledgerError):
+                self._save_backups(backups, context)
+            raise
         name = object_name(bundle.digest)
         copies, failures = [], []
         for config in targets:

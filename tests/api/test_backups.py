@@ -392,3 +392,24 @@ def test_a_full_target_is_a_recorded_copy_failure(
     assert [(f["target"], f["code"]) for f in result["failures"]] == [("dc2", "FULL")]
     assert [c["target"] for c in result["backup"]["copies"]] == ["dc1"]
     assert list(folders["dc2"].iterdir()) == []
+
+
+def test_unreadable_material_fails_the_backup_and_releases_its_claim(
+    client: TestClient, runtime: Runtime, folders: dict[str, Path]
+) -> None:
+    """Material the KEK cannot open fails the backup (recorded); no claim is left."""
+    create(client, "k1")
+    runtime.service.ledger.execute(
+        [("UPDATE key_material SET wrapped = %s", ("AAAAAAAAAAAAAAAAAAAAAAAA",))]
+    )
+
+    for _ in range(2):  # the second attempt is not blocked by the first one's claim
+        assert_error(
+            client.post("/v1/keys/k1/backups", json={}), 500, "MATERIAL_UNREADABLE"
+        )
+
+    status = status_of(client, "k1")
+    assert status["last_failure"]["failures"][0]["code"] == "MATERIAL_UNREADABLE"
+    assert all(
+        not list(folder.iterdir()) for folder in folders.values() if folder.exists()
+    )
