@@ -48,6 +48,7 @@ class UseItem:
     version: int | None = None
     compromised_ok: bool = False
     return_plaintext: bool = False
+    data_key_bytes: int = cipher.DATA_KEY_BYTES
 
 
 @dataclass
@@ -85,10 +86,15 @@ class _Work:
 
 
 class KeyUser:
-    """Runs key operations for a ``KeyService`` and records each request."""
+    """Runs key operations for a ``KeyService`` and records each request.
 
-    def __init__(self, service: KeyService) -> None:
+    ``prefix`` names the ciphertext form this user reads and writes:
+    ``keyledger`` for the native API, ``vault`` for the Vault transit API.
+    """
+
+    def __init__(self, service: KeyService, *, prefix: str = cipher.PREFIX) -> None:
         self.service = service
+        self.prefix = prefix
 
     def use(
         self,
@@ -131,8 +137,7 @@ class KeyUser:
 
     # Steps -----------------------------------------------------------------
 
-    @staticmethod
-    def _decode(operation: Operation, item: UseItem | KeyledgerError) -> _Work:
+    def _decode(self, operation: Operation, item: UseItem | KeyledgerError) -> _Work:
         work = _Work()
         if isinstance(item, KeyledgerError):
             work.outcome.error = item
@@ -151,7 +156,7 @@ class KeyUser:
             if operation in ("decrypt", "rewrap"):
                 assert item.ciphertext is not None
                 work.decrypt_version, work.sealed = cipher.parse_ciphertext(
-                    item.ciphertext
+                    item.ciphertext, self.prefix
                 )
         except KeyledgerError as error:
             work.outcome.error = error
@@ -193,8 +198,8 @@ class KeyUser:
             except KeyledgerError as error:
                 item.outcome.error = error
 
-    @staticmethod
     def _run(
+        self,
         key: ManagedKey,
         operation: Operation,
         item: _Work,
@@ -214,13 +219,14 @@ class KeyUser:
                 return result
             result["from_version"] = item.decrypt_version
         if operation == "datakey":
-            plaintext = cipher.new_data_key()
+            plaintext = cipher.new_data_key(item.asked.data_key_bytes)
         assert item.encrypt_version is not None
         result["ciphertext"] = cipher.encrypt(
             _aead(key, aeads, item.encrypt_version),
             item.encrypt_version,
             plaintext,
             item.context,
+            self.prefix,
         )
         result["version"] = item.encrypt_version
         if operation == "datakey" and item.asked.return_plaintext:
