@@ -55,3 +55,18 @@ def recording_client(recording_runtime: Runtime) -> Iterator[TestClient]:
     app = create_app(recording_runtime.settings, runtime=recording_runtime)
     with TestClient(app, raise_server_exceptions=False) as test_client:
         yield test_client
+
+
+def vault_client(runtime: Runtime) -> TestClient:
+    """A client that sends the token as Vault clients do: ``X-Vault-Token``."""
+    app = create_app(runtime.settings, runtime=runtime)
+    test_client = TestClient(app, raise_server_exceptions=False)
+    test_client.headers["X-Vault-Token"] = TOKEN
+    return test_client
+
+
+@pytest.fixture
+def vault(runtime: Runtime) -> Iterator[TestClient]:
+    """A Vault transit client over the same runtime as ``client``."""
+    with vault_client(runtime) as test_client:
+        yield test_client
