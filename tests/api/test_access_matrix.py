@@ -141,7 +141,11 @@ def test_every_route_against_every_caller(
                     else None
                 )
                 if caller.role is None:
-                    assert response.status_code == 401, response.text
+                    # Vault answers a token problem with 403, so its API does too.
+                    vault = path.startswith("/v1/transit/")
+                    assert response.status_code == (403 if vault else 401), (
+                        response.text
+                    )
                     assert code == caller.refused_with
                     assert service.head_position() == head
                 elif ROLE_PERMISSIONS[caller.role].isdisjoint(needed):
