@@ -26,6 +26,7 @@ from ledger import cipher
 from ledger.material import UnwrapError
 from ledger.service import _unavailable
 from ledger.store import LedgerWrite, Receipt
+from projections import usage_counts
 
 logger = logging.getLogger(__name__)
 
@@ -316,6 +317,7 @@ class KeyUser:
             actor=context.actor,
             request_id=context.request_id,
             subjects={str(use.id): f"key:{key.name}"},
+            statements=usage_counts.count_statements(use),
         )
         try:
             self.service.app.save(use, ledger=write)

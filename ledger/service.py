@@ -46,7 +46,7 @@ from ledger.store import (
     Sequencer,
     Statement,
 )
-from projections import access_view, backup_status, key_view
+from projections import access_view, backup_status, key_view, usage_counts
 
 logger = logging.getLogger(__name__)
 
@@ -169,6 +169,7 @@ class KeyService:
                     *backup_status.DDL,
                     *MATERIAL_DDL,
                     *access_view.DDL,
+                    *usage_counts.DDL,
                 ],
                 env=env,
                 create_tables=create,

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import TopicError
 
-from projections import access_view, backup_status, key_view
+from domain.usage import KeyUse
+from projections import access_view, backup_status, key_view, usage_counts
 
 if TYPE_CHECKING:
     from domain.keys import ManagedKey
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from ledger.store import LedgerTransaction, Statement
 
 PAGE = 500
+USAGE_TOPIC = KeyUse.KeyUsed.TOPIC
 
 
 class RebuildError(Exception):
@@ -107,6 +109,9 @@ def rebuild(app: KeyLedger, *, apply: bool = True) -> RebuildReport:
         backups = backup_status.replay(app, transaction)
         live.update(backup_status.snapshot_tables(transaction))
         expected.update(backup_status.expected_tables(backups))
+        uses = replay_uses(app, transaction)
+        live.update(usage_counts.snapshot_tables(transaction))
+        expected.update(usage_counts.expected_tables(uses))
         differences = _differences(live, expected)
         if apply and differences:
             statements: list[Statement] = [
@@ -123,8 +128,38 @@ def rebuild(app: KeyLedger, *, apply: bool = True) -> RebuildReport:
                 )
             statements += access_view.rebuild_statements(principals)
             statements += backup_status.rebuild_statements(app, transaction)
+            statements += usage_counts.rewrite_statements(uses)
             transaction.execute(statements)
     return RebuildReport(count, len(keys), not differences, differences, apply)
+
+
+def replay_uses(app: KeyLedger, reader: LedgerTransaction) -> list[KeyUse]:
+    """Every usage record, as recorded, in position order."""
+    uses: list[KeyUse] = []
+    after = 0
+    table = app.ledger.events_table_name
+    while True:
+        rows = reader.query(
+            "SELECT notification_id, originator_id, originator_version, topic, state "
+            f"FROM {table} WHERE notification_id > %s AND topic = %s "
+            "ORDER BY notification_id LIMIT %s",
+            (after, USAGE_TOPIC, PAGE),
+        )
+        for row in rows:
+            stream = uuid.UUID(str(row["originator_id"]))
+            stored = StoredEvent(
+                stream, row["originator_version"], row["topic"], row["state"]
+            )
+            try:
+                event: Any = app.mapper.to_domain_event(stored)
+            except (TopicError, KeyError, ValueError) as error:
+                raise RebuildError(
+                    row["notification_id"], row["topic"], str(error)
+                ) from None
+            uses.append(event.mutate(None))
+        if len(rows) < PAGE:
+            return uses
+        after = rows[-1]["notification_id"]
 
 
 def _differences(

@@ -33,6 +33,7 @@ from api.schemas import (
 from domain.access import Permission
 from ledger.service import CommandContext, CommandResult, parse_optional_time
 from ledger.store import Actor
+from projections import usage_counts
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
 
@@ -140,13 +141,19 @@ def get_key(
     versions_after: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     versions_limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
-    """The key and a page of its versions, now or as recorded at time ``at``."""
+    """The key and a page of its versions, now or as recorded at time ``at``.
+
+    Now (without ``at``) the view also holds ``usage``: the key's use counts by
+    operation, and by version (see ``projections.usage_counts``).
+    """
     view = runtime.service.get_key(
         name,
         at=parse_optional_time(at),
         versions_after=versions_after,
         versions_limit=versions_limit,
     )
+    if at is None:
+        view["usage"] = usage_counts.for_key(runtime.service.ledger, name)
     response.headers["Ledger-Position"] = str(runtime.service.head_position())
     return view
 
