@@ -21,6 +21,7 @@ from typing import Any
 from domain.clock import format_time
 from domain.errors import InvalidArgumentError, LedgerBrokenError
 from domain.keys import key_id_for, validate_key_name
+from domain.usage import KeyUse
 from ledger import offline
 from ledger.service import KeyService
 from ledger.signing import public_key_pem
@@ -166,10 +167,20 @@ def _select(service: KeyService, scope: ExportScope, head: int) -> list[dict[str
     if scope.to_time:
         clauses.append("recorded_at < %s")
         params.append(format_time(scope.to_time))
+    rows = _paged(service, columns, clauses, params)
+    if scope.keys:
+        rows += _usage_rows(service, columns, set(scope.keys), head)
+        rows.sort(key=lambda row: int(row["notification_id"]))
+    return rows
+
+
+def _paged(
+    service: KeyService, columns: str, clauses: list[str], params: list[Any]
+) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     after = 0
     while True:
-        page = ledger.query(
+        page = service.ledger.query(
             f"{columns} WHERE {' AND '.join(clauses)} "
             "ORDER BY notification_id LIMIT %s",
             (after, *params, PAGE),
@@ -178,6 +189,25 @@ def _select(service: KeyService, scope: ExportScope, head: int) -> list[dict[str
         if len(page) < PAGE:
             return rows
         after = page[-1]["notification_id"]
+
+
+def _usage_rows(
+    service: KeyService, columns: str, names: set[str], head: int
+) -> list[dict[str, Any]]:
+    """The usage entries of the named keys up to ``head``.
+
+    A use is a stream of its own; its entry's subject ``key:<name>`` names the
+    key. Limitation: this reads every usage entry of the ledger to find them.
+    """
+    subjects = {f"key:{name}" for name in names}
+    clauses = ["notification_id > %s", "notification_id <= %s", "topic = %s"]
+    rows = _paged(service, columns, clauses, [head, KeyUse.KeyUsed.TOPIC])
+    return [
+        row
+        for row in rows
+        if offline.parse_entry(stored_entry(row).entry_bytes or b"").get("subject")
+        in subjects
+    ]
 
 
 def _assemble(
@@ -238,6 +268,9 @@ def _assemble(
     }
     if scope.keys:
         manifest["streams"] = streams
+        # The keys' usage entries are in too: each a stream of its own, named by
+        # its subject ``key:<name>``.
+        manifest["usage_included"] = True
     manifest_bytes = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
     signature = service.signer.sign(offline.manifest_signing_message(manifest_bytes))
     files[offline.MANIFEST_FILE] = manifest_bytes

@@ -45,6 +45,7 @@ ENTRY_SIGNING_CONTEXT = b"keyledger/entry/v1\n"
 CHECKPOINT_SIGNING_CONTEXT = b"keyledger/checkpoint/v1\n"
 MANIFEST_SIGNING_CONTEXT = b"keyledger/export-manifest/v1\n"
 EXPORT_FORMAT = "keyledger-export/1"
+USAGE_TYPE = "keyledger.usage.KeyUsed"
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_SIGNATURE_FILE = "manifest.sig"
@@ -960,10 +961,20 @@ def _check_scope(
     if scope.get("kind") != "keys" or not isinstance(streams, dict):
         return [Failure(0, "MANIFEST_INVALID", "unknown export scope")]
     wanted = {str(stream_id) for stream_id in streams.values()}
+    # Exports that say so also hold the keys' usage entries, each a stream of
+    # its own whose subject names the key.
+    usage_subjects = (
+        {f"key:{name}" for name in streams}
+        if manifest.get("usage_included") is True
+        else set()
+    )
     versions: dict[str, int] = {}
     for row, entry in items:
         stream = str(entry.get("stream_id"))
-        if stream not in wanted:
+        usage = (
+            entry.get("type") == USAGE_TYPE and entry.get("subject") in usage_subjects
+        )
+        if stream not in wanted and not usage:
             return [Failure(row.position, "OUT_OF_SCOPE", f"stream {stream}")]
         expected = versions.get(stream, 0) + 1
         if entry.get("stream_version") != expected:

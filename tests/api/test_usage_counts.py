@@ -7,12 +7,15 @@ alone gives the same counts; key exports carry the keys' usage entries.
 from __future__ import annotations
 
 import base64
+import io
 import threading
+import zipfile
 from typing import Any
 
 from fastapi.testclient import TestClient
 
 from api.runtime import Runtime
+from ledger import offline
 from projections import usage_counts
 from projections.rebuild import rebuild
 from tests.api._support import create, get_key, post_ok
@@ -113,3 +116,33 @@ def test_rebuild_from_the_records_gives_the_same_counts(
     rebuild(app)
     assert usage_counts.snapshot_tables(runtime.service.ledger) == live
     assert rebuild(app, apply=False).matched_live
+
+
+def _files(data: bytes) -> dict[str, bytes]:
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+def test_key_export_holds_the_keys_usage_and_verifies_offline(
+    client: TestClient, vault: TestClient
+) -> None:
+    create(client, "alpha")
+    create(client, "beta")
+    post_ok(client, "/v1/keys/alpha/encrypt", {"plaintext": b64(b"x")})
+    vault.post("/v1/transit/encrypt/beta", json={"plaintext": b64(b"y")})
+    post_ok(client, "/v1/keys/beta/rotate")
+
+    response = client.get("/v1/exports", params={"keys": "beta"})
+    assert response.status_code == 200
+    files = _files(response.content)
+    report = offline.verify_export(files)
+    assert report.ok, report
+    entries = [
+        offline.parse_entry(row.entry_bytes or b"")
+        for row in offline.parse_export_lines(files[offline.ENTRIES_FILE])
+    ]
+    assert [(e["type"], e["subject"]) for e in entries] == [
+        ("keyledger.key.Generated", "key:beta"),
+        ("keyledger.usage.KeyUsed", "key:beta"),
+        ("keyledger.key.Rotated", "key:beta"),
+    ]
