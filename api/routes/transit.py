@@ -11,6 +11,8 @@ lists each difference.
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Sequence
 from typing import Annotated, Any
 
@@ -24,6 +26,7 @@ from api.errors import ApiError, status_for
 from api.runtime import Runtime
 from api.schemas import MAX_BATCH_ITEMS
 from api.vault import VaultNotFoundError, VaultRoute, envelope
+from backup.service import decode_bundle_upload
 from domain.access import Permission
 from domain.clock import parse_time
 from domain.errors import (
@@ -639,3 +642,91 @@ def datakey(
     )
     result = _run_use(runtime, actor, request_id, name, "datakey", [item], single=True)
     return _single_response("datakey", result, request_id)
+
+
+# Backup and restore ----------------------------------------------------------
+
+
+class TransitRestore(_Body):
+    backup: StrictStr = Field(description="A backup string from GET /backup/{name}.")
+    force: StrictBool | None = Field(
+        None, description="Needed to restore over an existing key, as in Vault."
+    )
+
+
+@router.get("/backup/{name}", operation_id="transit_backup_key")
+def backup_key(
+    name: str,
+    response: Response,
+    runtime: RuntimeDep,
+    actor: Annotated[Actor, require(Permission.BACKUP_MANAGE)],
+    request_id: RequestIdDep,
+) -> dict[str, Any]:
+    """Take a recorded backup of the key to its policy's targets and return it.
+
+    The backup string is the signed keyledger bundle (its material wrapped
+    under the backup key, never in plaintext), base64-encoded.
+    """
+    outcome = runtime.backups.take_backup(CommandContext(actor, request_id), name)
+    data = runtime.backups.read_bundle(outcome.backup_id)
+    if outcome.receipts:
+        response.headers["Ledger-Position"] = str(outcome.receipts[-1].position)
+    encoded = base64.b64encode(data).decode("ascii")
+    return envelope({"backup": encoded}, request_id)
+
+
+def _bundle_key_name(data: bytes) -> str | None:
+    """The key a bundle says it holds, before it is checked (None if unreadable)."""
+    try:
+        name = json.loads(data)["body"]["key"]["name"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return name if isinstance(name, str) else None
+
+
+def _restore(
+    runtime: Runtime,
+    actor: Actor,
+    request_id: str,
+    body: dict[str, Any],
+    into: str | None,
+) -> Response:
+    """Restore a bundle; over an existing key only with ``force``, as in Vault."""
+    command = validate(TransitRestore, body)
+    data = decode_bundle_upload(command.backup)
+    target = into or _bundle_key_name(data)
+    if target is not None and not command.force:
+        try:
+            runtime.service.get_key(target, versions_limit=1)
+        except KeyNotFoundError:
+            pass
+        else:
+            raise KeyExistsError(
+                f"Key {target!r} exists; restore over it with force=true.",
+                key=target,
+            )
+    result = runtime.backups.restore(CommandContext(actor, request_id), data, into=into)
+    return Response(status_code=204, headers={"Ledger-Position": str(result.position)})
+
+
+Restorer = Annotated[Actor, require(Permission.BACKUP_RESTORE)]
+
+
+@router.post("/restore", operation_id="transit_restore", status_code=204)
+def restore(
+    runtime: RuntimeDep, actor: Restorer, request_id: RequestIdDep, body: BodyDep
+) -> Response:
+    """Restore a backup under the name of the key it holds."""
+    return _restore(runtime, actor, request_id, body, None)
+
+
+@router.post("/restore/{name}", operation_id="transit_restore_as", status_code=204)
+def restore_as(
+    name: str,
+    runtime: RuntimeDep,
+    actor: Restorer,
+    request_id: RequestIdDep,
+    body: BodyDep,
+) -> Response:
+    """Restore a backup as the key ``name`` (a new key, or its own with force)."""
+    return _restore(runtime, actor, request_id, body, name)

@@ -613,3 +613,63 @@ def test_use_not_recorded_is_503_with_nothing_returned(
         assert_vault_error(response, 503, "LEDGER_UNAVAILABLE")
         assert "vault:v" not in response.text and b64(b"data") not in response.text
     assert head_position(client) == head
+
+
+# Backup and restore ------------------------------------------------------------
+
+
+def configure_target(client: TestClient, folder: Path) -> None:
+    folder.mkdir(parents=True)
+    response = client.put(
+        "/v1/backup-targets/dc1",
+        json={"kind": "dir", "location": "site-1", "options": {"path": str(folder)}},
+    )
+    assert response.status_code == 200, response.text
+
+
+def test_backup_then_restore_under_a_new_name_and_over_itself(
+    vault: TestClient, client: TestClient, tmp_path: Path
+) -> None:
+    """A backup is a recorded keyledger backup; restore needs force over a key."""
+    configure_target(client, tmp_path / "dc1")
+    vault_ok(vault, "keys/src", {})
+    sealed = encrypt(vault, "src", b"kept")
+    backup = vault.get("/v1/transit/backup/src")
+    assert backup.status_code == 200, backup.text
+    bundle = assert_envelope(backup.json())["backup"]
+    assert client.get("/v1/keys/src/backups").json()["backups"]
+
+    copy = vault.post("/v1/transit/restore/copy", json={"backup": bundle})
+    assert copy.status_code == 204, copy.text
+    assert vault_ok(vault, "decrypt/copy", {"ciphertext": sealed}) == {
+        "plaintext": b64(b"kept")
+    }
+
+    before = snapshot(client, "src")
+    again = vault.post("/v1/transit/restore", json={"backup": bundle})
+    assert_vault_error(again, 400, "KEY_EXISTS")
+    assert snapshot(client, "src") == before
+    forced = vault.post("/v1/transit/restore", json={"backup": bundle, "force": True})
+    assert forced.status_code == 204, forced.text
+
+
+def test_a_damaged_backup_is_refused_and_nothing_is_recorded(
+    vault: TestClient, client: TestClient, tmp_path: Path
+) -> None:
+    configure_target(client, tmp_path / "dc1")
+    vault_ok(vault, "keys/src", {})
+    bundle = assert_envelope(vault.get("/v1/transit/backup/src").json())["backup"]
+    raw = bytearray(base64.b64decode(bundle))
+    raw[len(raw) // 2] ^= 1
+    head = head_position(client)
+    for backup in (b64(bytes(raw)), "not base64!"):
+        response = vault.post("/v1/transit/restore/other", json={"backup": backup})
+        assert response.status_code == 400, response.text
+    assert head_position(client) == head
+    assert vault.get("/v1/transit/keys/other").status_code == 404
+
+
+def test_backup_without_a_target_is_refused(vault: TestClient) -> None:
+    vault_ok(vault, "keys/src", {})
+    response = vault.get("/v1/transit/backup/src")
+    assert_vault_error(response, 400, "NO_BACKUP_TARGETS")

@@ -11,6 +11,7 @@ import base64
 import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import hvac
@@ -23,7 +24,7 @@ from api.main import create_app
 from api.runtime import Runtime
 from tests.api._support import head_position, post_ok
 from tests.api.conftest import TOKEN
-from tests.api.test_transit import usage_payloads
+from tests.api.test_transit import configure_target, usage_payloads
 from tests.conftest import wait_until
 
 
@@ -216,3 +217,21 @@ def test_a_rollback_on_the_native_api_shows_through_hvac(
         assert base64.b64decode(plaintext) == data
     again = transit.encrypt_data(name="r", plaintext=b64(b"x"))["data"]
     assert again["key_version"] == 1
+
+
+def test_backup_and_restore_through_hvac(
+    vault_api: hvac.Client, client: TestClient, tmp_path: Path
+) -> None:
+    """hvac's backup_key and restore_key, over keyledger's signed bundles."""
+    configure_target(client, tmp_path / "dc1")
+    transit = vault_api.secrets.transit
+    transit.create_key(name="src")
+    sealed = transit.encrypt_data(name="src", plaintext=b64(b"x"))["data"]["ciphertext"]
+    backup = transit.backup_key(name="src")["data"]["backup"]
+    restored = transit.restore_key(backup=backup, name="copy")
+    assert restored.status_code == 204
+    opened = transit.decrypt_data(name="copy", ciphertext=sealed)["data"]["plaintext"]
+    assert base64.b64decode(opened) == b"x"
+    with pytest.raises(hvac.exceptions.InvalidRequest, match="force=true"):
+        transit.restore_key(backup=backup)
+    assert transit.restore_key(backup=backup, force=True).status_code == 204
