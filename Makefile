@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench bench-use clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m scripts.bench_ledger $(ARGS)
+
+bench-use: $(STAMP)
+	$(BIN)/python -m scripts.bench_key_use $(ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
