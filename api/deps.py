@@ -15,6 +15,7 @@ from api.errors import ApiError
 from api.runtime import Runtime
 from domain.access import Permission, permissions_of
 from domain.keys import MAX_VERSION
+from domain.principals import KEY_SCOPED
 from ledger.service import CommandContext, CommandResult, IdempotencyRecord
 from ledger.store import Actor
 
@@ -58,16 +59,37 @@ class Requirement:
         self.permissions = frozenset(permissions)
         self.names = [permission.value for permission in permissions]
 
-    def __call__(self, actor: ActorDep) -> Actor:
-        if permissions_of(actor.roles).isdisjoint(self.permissions):
-            names = self.names
+    def __call__(self, request: Request, runtime: RuntimeDep, actor: ActorDep) -> Actor:
+        names = self.names
+        allowed = permissions_of(actor.roles) & self.permissions
+        if not allowed:
             raise ApiError(
                 403,
                 "FORBIDDEN",
                 f"This action needs the {' or '.join(names)} permission.",
                 permission=names[0] if len(names) == 1 else names,
             )
+        key = _key_in_path(request)
+        if key is not None and allowed & KEY_SCOPED:
+            granted = runtime.access.granted_on_key(actor.principal, key)
+            if granted is not None and not allowed & granted:
+                raise ApiError(
+                    403,
+                    "KEY_NOT_GRANTED",
+                    f"This principal's grants do not allow {' or '.join(names)} "
+                    f"on key {key!r}.",
+                    permission=names[0] if len(names) == 1 else names,
+                    key=key,
+                )
         return actor
+
+
+def _key_in_path(request: Request) -> str | None:
+    """The key a route acts on: the ``{name}`` of a ``/v1/keys/{name}...`` path."""
+    name = request.path_params.get("name")
+    if isinstance(name, str) and request.url.path.startswith("/v1/keys/"):
+        return name
+    return None
 
 
 def require(*permissions: Permission) -> Any:

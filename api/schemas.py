@@ -234,6 +234,33 @@ class TokenCreate(BaseModel):
     label: Annotated[StrictStr, Field(max_length=200)] = ""
 
 
+GrantPermission = Literal[
+    "key:read",
+    "key:manage",
+    "key:use",
+    "backup:read",
+    "backup:manage",
+    "backup:restore",
+]
+
+
+class GrantSet(BaseModel):
+    """Narrow the principal, on keys matching ``keys``, to ``permissions``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    keys: StrictStr = Field(
+        description="A key name, a name prefix ending in '*', or '*' for all keys."
+    )
+    permissions: list[GrantPermission] = Field(min_length=1, max_length=6)
+
+
+class GrantRemove(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    keys: StrictStr
+
+
 class TokenRevoke(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

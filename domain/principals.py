@@ -18,7 +18,7 @@ from typing import Any
 from eventsourcing.domain import Aggregate
 from eventsourcing.utils import get_topic
 
-from domain.access import Role
+from domain.access import Permission, Role
 from domain.clock import format_time
 from domain.errors import (
     InvalidArgumentError,
@@ -76,6 +76,72 @@ def parse_roles(values: object) -> frozenset[Role]:
     return frozenset(Role(value) for value in values)
 
 
+# What a per-key grant may allow: the permissions that act on one key.
+KEY_SCOPED = frozenset(
+    {
+        Permission.KEY_READ,
+        Permission.KEY_MANAGE,
+        Permission.KEY_USE,
+        Permission.BACKUP_READ,
+        Permission.BACKUP_MANAGE,
+        Permission.BACKUP_RESTORE,
+    }
+)
+_PATTERN = re.compile(r"(\*|[A-Za-z0-9][A-Za-z0-9._-]{0,63}\*?)")
+
+
+def validate_key_pattern(pattern: object) -> str:
+    """A key name, a name prefix ending in ``*``, or ``*`` for every key (else 422)."""
+    if not isinstance(pattern, str) or not _PATTERN.fullmatch(pattern):
+        raise InvalidArgumentError(
+            "Grant keys by a name, or a name prefix ending in '*' ('*' for all).",
+            code="INVALID_KEY_PATTERN",
+        )
+    return pattern
+
+
+def parse_grant_permissions(values: object) -> frozenset[Permission]:
+    """The key-scoped permissions named in ``values``; others are 422."""
+    allowed = {permission.value for permission in KEY_SCOPED}
+    if not isinstance(values, list | tuple) or not values:
+        raise InvalidArgumentError(
+            "A grant names one or more permissions.", code="INVALID_PERMISSION"
+        )
+    wrong = sorted(str(value) for value in values if value not in allowed)
+    if wrong:
+        raise InvalidArgumentError(
+            f"Not a per-key permission: {', '.join(wrong)}; "
+            f"per-key: {', '.join(sorted(allowed))}.",
+            code="INVALID_PERMISSION",
+            permissions=wrong,
+        )
+    return frozenset(Permission(value) for value in values)
+
+
+def key_matches(pattern: str, key: str) -> bool:
+    if pattern.endswith("*"):
+        return key.startswith(pattern[:-1])
+    return key == pattern
+
+
+def granted_on_key(
+    grants: dict[str, frozenset[Permission]], key: str
+) -> frozenset[Permission] | None:
+    """What per-key grants allow on ``key``; None when there are no grants at all.
+
+    No grants means the roles apply to every key. Once a principal has a grant,
+    it may act on a key only as far as the grants matching that key allow (and
+    never beyond its roles: the caller checks both).
+    """
+    if not grants:
+        return None
+    allowed: set[Permission] = set()
+    for pattern, permissions in grants.items():
+        if key_matches(pattern, key):
+            allowed |= permissions
+    return frozenset(allowed)
+
+
 def principal_id_for(name: str) -> uuid.UUID:
     """The stream id of the principal called ``name``."""
     return uuid.uuid5(_PRINCIPAL_NAMESPACE, name)
@@ -125,6 +191,27 @@ class Principal(Aggregate):
                 "revoked_at": None,
             }
 
+    class KeyGrantSet(Aggregate.Event):
+        """The principal may act on keys matching ``keys`` only with ``permissions``."""
+
+        TOPIC = "keyledger.access.KeyGrantSet"
+        keys: str
+        permissions: list[str]
+
+        def apply(self, aggregate: Principal) -> None:
+            aggregate.grants[self.keys] = frozenset(
+                Permission(value) for value in self.permissions
+            )
+
+    class KeyGrantRemoved(Aggregate.Event):
+        """The grant on ``keys`` was removed."""
+
+        TOPIC = "keyledger.access.KeyGrantRemoved"
+        keys: str
+
+        def apply(self, aggregate: Principal) -> None:
+            del aggregate.grants[self.keys]
+
     class TokenRevoked(Aggregate.Event):
         """A token was revoked before it expired."""
 
@@ -143,6 +230,7 @@ class Principal(Aggregate):
         self.description = description
         self.created_at = format_time(self.created_on)
         self.tokens: dict[str, dict[str, Any]] = {}
+        self.grants: dict[str, frozenset[Permission]] = {}
 
     @classmethod
     def create(
@@ -177,6 +265,33 @@ class Principal(Aggregate):
             previous=_role_names(self.roles),
             timestamp=now,
         )
+
+    def set_grant(
+        self, keys: str, permissions: frozenset[Permission], *, now: datetime
+    ) -> None:
+        """Narrow the principal on keys matching ``keys`` to ``permissions``."""
+        validate_key_pattern(keys)
+        if self.grants.get(keys) == permissions:
+            raise PrincipalLifecycleError(
+                f"Principal {self.name!r} already has exactly this grant.",
+                code="GRANT_UNCHANGED",
+                keys=keys,
+            )
+        self.trigger_event(
+            self.KeyGrantSet,
+            keys=keys,
+            permissions=sorted(permission.value for permission in permissions),
+            timestamp=now,
+        )
+
+    def remove_grant(self, keys: str, *, now: datetime) -> None:
+        if keys not in self.grants:
+            raise PrincipalNotFoundError(
+                f"Principal {self.name!r} has no grant on {keys!r}.",
+                code="GRANT_NOT_FOUND",
+                keys=keys,
+            )
+        self.trigger_event(self.KeyGrantRemoved, keys=keys, timestamp=now)
 
     def issue_token(
         self,
@@ -228,6 +343,10 @@ class Principal(Aggregate):
             "description": self.description,
             "created_at": self.created_at,
             "stream_version": self.version,
+            "grants": [
+                {"keys": keys, "permissions": sorted(p.value for p in permissions)}
+                for keys, permissions in sorted(self.grants.items())
+            ],
             "tokens": [
                 {name: value for name, value in token.items() if name != "token_sha256"}
                 for token in self.tokens.values()
@@ -240,5 +359,7 @@ for _event in (
     Principal.RolesChanged,
     Principal.TokenIssued,
     Principal.TokenRevoked,
+    Principal.KeyGrantSet,
+    Principal.KeyGrantRemoved,
 ):
     get_topic(_event)

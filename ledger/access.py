@@ -19,7 +19,7 @@ from typing import Any
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError, PersistenceError
 
-from domain.access import Role
+from domain.access import Permission, Role
 from domain.access_audit import _Window
 from domain.clock import Clock, parse_time
 from domain.errors import (
@@ -30,6 +30,7 @@ from domain.errors import (
 from domain.principals import (
     Principal,
     PrincipalLifecycleError,
+    granted_on_key,
     principal_id_for,
     validate_principal_name,
 )
@@ -119,6 +120,25 @@ class AccessService:
             token, token_id, principal.tokens[token_id]["expires_at"], receipts
         )
 
+    def set_grant(
+        self,
+        context: CommandContext,
+        name: str,
+        *,
+        keys: str,
+        permissions: frozenset[Permission],
+    ) -> tuple[dict[str, Any], list[Receipt]]:
+        principal = self._load(name)
+        principal.set_grant(keys, permissions, now=self.clock.now())
+        return self._save(principal, context)
+
+    def remove_grant(
+        self, context: CommandContext, name: str, *, keys: str
+    ) -> tuple[dict[str, Any], list[Receipt]]:
+        principal = self._load(name)
+        principal.remove_grant(keys, now=self.clock.now())
+        return self._save(principal, context)
+
     def revoke_token(
         self, context: CommandContext, token_id: str, *, reason: str
     ) -> tuple[dict[str, Any], list[Receipt]]:
@@ -158,6 +178,17 @@ class AccessService:
             Role(role) for role in access_view.split_roles(found["roles"])
         )
         return Actor(found["principal"], token_id, roles=roles)
+
+    def granted_on_key(self, principal: str, key: str) -> frozenset[Permission] | None:
+        """What the principal's grants allow on ``key``; None if it has no grants."""
+        grants = access_view.grants_of(self.ledger, principal)
+        return granted_on_key(
+            {
+                pattern: frozenset(Permission(name) for name in names)
+                for pattern, names in grants.items()
+            },
+            key,
+        )
 
     def get_principal(self, name: str) -> dict[str, Any]:
         return self._load(name).summary()

@@ -24,6 +24,8 @@ PRINCIPAL_TOPICS = (
     Principal.RolesChanged.TOPIC,
     Principal.TokenIssued.TOPIC,
     Principal.TokenRevoked.TOPIC,
+    Principal.KeyGrantSet.TOPIC,
+    Principal.KeyGrantRemoved.TOPIC,
 )
 
 DDL = [
@@ -35,6 +37,9 @@ DDL = [
     "token_id TEXT PRIMARY KEY, token_sha256 TEXT NOT NULL UNIQUE, "
     "principal TEXT NOT NULL, label TEXT NOT NULL, issued_at TEXT NOT NULL, "
     "expires_at TEXT NOT NULL, revoked_at TEXT)",
+    "CREATE TABLE IF NOT EXISTS access_grants ("
+    "principal TEXT NOT NULL, keys TEXT NOT NULL, permissions TEXT NOT NULL, "
+    "PRIMARY KEY (principal, keys))",
 ]
 
 
@@ -65,6 +70,17 @@ def token_rows(principal: Principal) -> list[dict[str, Any]]:
     ]
 
 
+def grant_rows(principal: Principal) -> list[dict[str, Any]]:
+    return [
+        {
+            "principal": principal.name,
+            "keys": keys,
+            "permissions": ",".join(sorted(p.value for p in permissions)),
+        }
+        for keys, permissions in sorted(principal.grants.items())
+    ]
+
+
 def principal_statements(principal: Principal, last_position: int) -> list[Statement]:
     """The writes that make the read side show ``principal`` and its tokens."""
     statements: list[Statement] = [
@@ -73,6 +89,10 @@ def principal_statements(principal: Principal, last_position: int) -> list[State
         ("DELETE FROM access_tokens WHERE principal = %s", (principal.name,)),
     ]
     statements += [_insert("access_tokens", row) for row in token_rows(principal)]
+    statements.append(
+        ("DELETE FROM access_grants WHERE principal = %s", (principal.name,))
+    )
+    statements += [_insert("access_grants", row) for row in grant_rows(principal)]
     return statements
 
 
@@ -94,7 +114,15 @@ def expected_tables(
         (row for principal, _ in principals for row in token_rows(principal)),
         key=lambda row: row["token_id"],
     )
-    return {"access_principals": principal_rows, "access_tokens": tokens}
+    grants = sorted(
+        (row for principal, _ in principals for row in grant_rows(principal)),
+        key=lambda row: (row["principal"], row["keys"]),
+    )
+    return {
+        "access_principals": principal_rows,
+        "access_tokens": tokens,
+        "access_grants": grants,
+    }
 
 
 def find_token(ledger: LedgerRecorder, token_sha256: str) -> dict[str, Any] | None:
@@ -106,6 +134,15 @@ def find_token(ledger: LedgerRecorder, token_sha256: str) -> dict[str, Any] | No
         (token_sha256,),
     )
     return rows[0] if rows else None
+
+
+def grants_of(ledger: LedgerRecorder, principal: str) -> dict[str, frozenset[str]]:
+    """The principal's per-key grants: key pattern -> permission names."""
+    rows = ledger.query(
+        "SELECT keys, permissions FROM access_grants WHERE principal = %s",
+        (principal,),
+    )
+    return {row["keys"]: frozenset(split_roles(row["permissions"])) for row in rows}
 
 
 def list_principals(ledger: LedgerRecorder) -> list[dict[str, Any]]:
@@ -142,7 +179,8 @@ def replay_principals(
         rows = reader.query(
             "SELECT notification_id, originator_id, originator_version, topic, state "
             f"FROM {app.ledger.events_table_name} WHERE notification_id > %s "
-            "AND topic IN (%s, %s, %s, %s) ORDER BY notification_id LIMIT %s",
+            f"AND topic IN ({', '.join(['%s'] * len(PRINCIPAL_TOPICS))}) "
+            "ORDER BY notification_id LIMIT %s",
             (after, *PRINCIPAL_TOPICS, _PAGE),
         )
         for row in rows:
@@ -169,12 +207,17 @@ def snapshot_tables(
         "access_tokens": recorder.query(
             f"SELECT {_TOKEN_COLUMNS} FROM access_tokens ORDER BY token_id"
         ),
+        "access_grants": recorder.query(
+            "SELECT principal, keys, permissions FROM access_grants "
+            "ORDER BY principal, keys"
+        ),
     }
 
 
 def rebuild_statements(principals: list[tuple[Principal, int]]) -> list[Statement]:
     """Empty the access tables and write them again from replayed principals."""
     statements: list[Statement] = [
+        ("DELETE FROM access_grants", ()),
         ("DELETE FROM access_tokens", ()),
         ("DELETE FROM access_principals", ()),
     ]

@@ -17,7 +17,11 @@ from collections.abc import Callable
 from typing import Any
 
 from domain.errors import KeyledgerError
-from domain.principals import parse_roles
+from domain.principals import (
+    parse_grant_permissions,
+    parse_roles,
+    validate_key_pattern,
+)
 from ledger.access import AccessService
 from ledger.service import CommandContext, KeyService
 from ledger.store import Actor
@@ -61,6 +65,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     create.add_argument("name")
     create.add_argument("--role", action="append", required=True, help=ROLE_HELP)
     create.add_argument("--description", default="")
+    grant = actions.add_parser(
+        "grant", help="Narrow a principal, on matching keys, to some permissions."
+    )
+    grant.add_argument("name")
+    grant.add_argument(
+        "--keys", required=True, help="A key name, a prefix ending in '*', or '*'."
+    )
+    grant.add_argument(
+        "--permission",
+        action="append",
+        required=True,
+        help="key:read, key:manage, key:use, backup:read, backup:manage or "
+        "backup:restore (repeatable).",
+    )
+    ungrant = actions.add_parser("ungrant", help="Remove a principal's grant.")
+    ungrant.add_argument("name")
+    ungrant.add_argument("--keys", required=True)
     roles = actions.add_parser("roles", help="Replace a principal's roles.")
     roles.add_argument("name")
     roles.add_argument("--role", action="append", default=[], help=ROLE_HELP)
@@ -74,6 +95,17 @@ def main(args: argparse.Namespace) -> int:
             return access.list_principals()
         if args.action == "show":
             return access.get_principal(args.name)
+        if args.action == "grant":
+            principal, _ = access.set_grant(
+                cli_context(),
+                args.name,
+                keys=validate_key_pattern(args.keys),
+                permissions=parse_grant_permissions(args.permission),
+            )
+            return principal
+        if args.action == "ungrant":
+            principal, _ = access.remove_grant(cli_context(), args.name, keys=args.keys)
+            return principal
         if args.action == "create":
             principal, _ = access.create_principal(
                 cli_context(),

@@ -13,9 +13,20 @@ from fastapi import APIRouter, Response
 
 from api.body import validate
 from api.deps import BodyDep, RequestIdDep, RuntimeDep, require
-from api.schemas import PrincipalCreate, PrincipalRolesUpdate, TokenCreate, TokenRevoke
+from api.schemas import (
+    GrantRemove,
+    GrantSet,
+    PrincipalCreate,
+    PrincipalRolesUpdate,
+    TokenCreate,
+    TokenRevoke,
+)
 from domain.access import Permission
-from domain.principals import parse_roles
+from domain.principals import (
+    parse_grant_permissions,
+    parse_roles,
+    validate_key_pattern,
+)
 from ledger.service import CommandContext
 from ledger.store import Actor, Receipt
 
@@ -78,6 +89,43 @@ def change_roles(
     command = validate(PrincipalRolesUpdate, body)
     principal, receipts = runtime.access.change_roles(
         CommandContext(actor, request_id), name, parse_roles(command.roles)
+    )
+    return _respond(response, principal, receipts)
+
+
+@router.post("/v1/principals/{name}/grants", operation_id="set_key_grant")
+def set_grant(
+    name: str,
+    response: Response,
+    runtime: RuntimeDep,
+    actor: AdminDep,
+    request_id: RequestIdDep,
+    body: BodyDep,
+) -> dict[str, Any]:
+    """Narrow the principal on matching keys; with any grant, unmatched keys are 403."""
+    command = validate(GrantSet, body)
+    principal, receipts = runtime.access.set_grant(
+        CommandContext(actor, request_id),
+        name,
+        keys=validate_key_pattern(command.keys),
+        permissions=parse_grant_permissions(command.permissions),
+    )
+    return _respond(response, principal, receipts)
+
+
+@router.post("/v1/principals/{name}/grants/remove", operation_id="remove_key_grant")
+def remove_grant(
+    name: str,
+    response: Response,
+    runtime: RuntimeDep,
+    actor: AdminDep,
+    request_id: RequestIdDep,
+    body: BodyDep,
+) -> dict[str, Any]:
+    """Remove the grant on ``keys``."""
+    command = validate(GrantRemove, body)
+    principal, receipts = runtime.access.remove_grant(
+        CommandContext(actor, request_id), name, keys=command.keys
     )
     return _respond(response, principal, receipts)
 

@@ -248,10 +248,14 @@ def test_rebuild_gives_the_same_access_tables(
     issued = add_principal(client, "alice", ["custodian"])
     add_principal(client, "bob", ["auditor", "service"])
     client.post(f"/v1/tokens/{issued['token_id']}/revoke", json={"reason": "x"})
+    grant = {"keys": "pay-*", "permissions": ["key:read", "key:use"]}
+    assert client.post("/v1/principals/bob/grants", json=grant).status_code == 200
     app = runtime.service.app
 
     assert rebuild(app, apply=False).matched_live
-    runtime.service.ledger.execute([("DELETE FROM access_tokens", ())])
+    runtime.service.ledger.execute(
+        [("DELETE FROM access_tokens", ()), ("DELETE FROM access_grants", ())]
+    )
     repaired = rebuild(app)
     assert not repaired.matched_live
     assert rebuild(app, apply=False).matched_live

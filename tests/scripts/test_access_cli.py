@@ -85,6 +85,16 @@ def test_principals_and_tokens_from_the_command_line(
         service.close()
     code, out, _ = _run(capsys, "principals", "list", "--data-dir", folder)
     assert [p["name"] for p in json.loads(out)] == ["ops"]
+    code, out, _ = _run(
+        capsys, "principals", "grant", "ops", "--keys", "pay-*",
+        "--permission", "key:read", "--data-dir", folder,
+    )  # fmt: skip
+    assert code == 0
+    assert json.loads(out)["grants"] == [{"keys": "pay-*", "permissions": ["key:read"]}]
+    code, out, _ = _run(
+        capsys, "principals", "ungrant", "ops", "--keys", "pay-*", "--data-dir", folder
+    )
+    assert code == 0 and json.loads(out)["grants"] == []
 
 
 def test_refusals_exit_1_with_the_code(
