@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
+from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.routing import APIRoute, iter_route_contexts
 
+from api import audit
 from api.body import parse_json, read_body
 from api.errors import ApiError
 from api.runtime import Runtime
@@ -41,6 +43,10 @@ def get_actor(request: Request, runtime: RuntimeDep) -> Actor:
     actor = runtime.authenticate(token.strip())
     if actor is None:
         raise ApiError(401, "INVALID_TOKEN", "The token is not valid.")
+    actor = replace(
+        actor, client=audit.client_of(request), user_agent=audit.user_agent_of(request)
+    )
+    request.state.actor = actor
     return actor
 
 
@@ -55,9 +61,10 @@ class Requirement:
     ``required_permissions``.
     """
 
-    def __init__(self, permissions: tuple[Permission, ...]) -> None:
+    def __init__(self, permissions: tuple[Permission, ...], *, audited: bool) -> None:
         self.permissions = frozenset(permissions)
         self.names = [permission.value for permission in permissions]
+        self.audited = audited
 
     def __call__(self, request: Request, runtime: RuntimeDep, actor: ActorDep) -> Actor:
         names = self.names
@@ -69,7 +76,7 @@ class Requirement:
                 f"This action needs the {' or '.join(names)} permission.",
                 permission=names[0] if len(names) == 1 else names,
             )
-        key = _key_in_path(request)
+        key = audit.key_of(request)
         if key is not None and allowed & KEY_SCOPED:
             granted = runtime.access.granted_on_key(actor.principal, key)
             if granted is not None and not allowed & granted:
@@ -81,23 +88,18 @@ class Requirement:
                     permission=names[0] if len(names) == 1 else names,
                     key=key,
                 )
+        if self.audited:
+            audit.record_audit_read(request, actor)
         return actor
 
 
-def _key_in_path(request: Request) -> str | None:
-    """The key a route acts on: the ``{name}`` of a ``/v1/keys/{name}...`` path."""
-    name = request.path_params.get("name")
-    if isinstance(name, str) and request.url.path.startswith("/v1/keys/"):
-        return name
-    return None
-
-
-def require(*permissions: Permission) -> Any:
+def require(*permissions: Permission, audited: bool = False) -> Any:
     """A dependency: the caller, if its roles carry one of ``permissions``, else 403.
 
-    Use it as ``actor: Annotated[Actor, require(Permission.KEY_READ)]``.
+    Use it as ``actor: Annotated[Actor, require(Permission.KEY_READ)]``. With
+    ``audited`` the read is recorded as ``AuditTrailRead`` before it is answered.
     """
-    return Depends(Requirement(permissions))
+    return Depends(Requirement(permissions, audited=audited))
 
 
 def required_permissions(route: APIRoute) -> frozenset[Permission] | None:

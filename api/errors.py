@@ -13,8 +13,10 @@ from eventsourcing.persistence import PersistenceError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api import audit
 from domain.errors import (
     AuthenticationError,
     BackupNotFoundError,
@@ -76,6 +78,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(KeyledgerError)
     async def keyledger_error(request: Request, error: KeyledgerError) -> JSONResponse:
         status = status_for(error)
+        await run_in_threadpool(
+            audit.record_refusal, request, status, error.code, error.details
+        )
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         return JSONResponse(
             error_body(error.code, error.message, error.details),

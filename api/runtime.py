@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import importlib.metadata
 import logging
+import os
 import secrets
 import threading
 import uuid
@@ -20,14 +22,14 @@ from pathlib import Path
 from backup.key import BackupKey
 from backup.service import BackupService
 from domain.access import ALL_ROLES
-from domain.access_audit import BootstrapTokenUse
+from domain.access_audit import BootstrapTokenUse, ServiceRun
 from domain.clock import AdjustableClock, Clock, SystemClock
 from domain.errors import KeyledgerError
 from ledger.access import AccessService, Coalescer
 from ledger.application import redact_url
 from ledger.service import DestructionBounds, KeyService, load_local_secrets
 from ledger.settings import Settings
-from ledger.store import Actor
+from ledger.store import SYSTEM_ACTOR, Actor
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +63,8 @@ class Runtime:
     record_access: bool = True
     access: AccessService = field(init=False)
     coalescer: Coalescer = field(init=False)
+
+    run: ServiceRun | None = None
 
     def __post_init__(self) -> None:
         self.access = AccessService(self.service.app, self.clock)
@@ -130,8 +134,11 @@ class Runtime:
             self.scheduler.join(timeout=5)
         try:
             self.coalescer.flush(everything=True)
+            if self.run is not None:
+                self.run.stop(now=self.clock.now())
+                self.coalescer.record(self.run, SYSTEM_ACTOR, "service-stop")
         except KeyledgerError as error:
-            logger.warning("access_counts_lost", extra={"code": error.code})
+            logger.warning("service_stop_not_recorded", extra={"code": error.code})
         self.service.close()
 
 
@@ -171,7 +178,18 @@ def build_runtime(settings: Settings) -> Runtime:
         except BaseException:
             runtime.close()
             raise
+    runtime.run = ServiceRun.start(
+        version=_version(), kid=signer.kid, pid=os.getpid(), now=clock.now()
+    )
+    runtime.coalescer.record(runtime.run, SYSTEM_ACTOR, "service-start")
     return runtime
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("keyledger")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _admin_token(settings: Settings, data_dir: Path) -> tuple[str, str | None]:

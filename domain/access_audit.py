@@ -127,10 +127,115 @@ class RequestRefusal(_Window):
         )
 
 
+class AuditTrailRead(_Window):
+    """Someone read the audit trail: a key's history or state in the past, or the feed.
+
+    PCI DSS 10.2.1.3 wants all access to audit logs captured. Repeats of the same
+    read by the same caller within the window are counted, not recorded each.
+    """
+
+    class Read(Aggregate.Created):
+        """The audit trail was read, the first time in this window."""
+
+        TOPIC = "keyledger.access.AuditTrailRead"
+        route: str
+        key: str | None
+        principal: str
+        token_id: str
+        window_seconds: int
+
+    class ReadsCounted(Aggregate.Event):
+        """The same read happened ``repeats`` more times in the window."""
+
+        TOPIC = "keyledger.access.AuditTrailReadsCounted"
+        repeats: int
+        last_at: str
+
+        def apply(self, aggregate: AuditTrailRead) -> None:
+            aggregate.repeats += self.repeats
+
+    counted = "ReadsCounted"
+
+    def __init__(self, **fields: Any) -> None:
+        self.fields = fields
+
+    @classmethod
+    def record(
+        cls, *, fields: dict[str, Any], window_seconds: int, now: datetime
+    ) -> AuditTrailRead:
+        return cls._create(
+            cls.Read,
+            id=uuid.uuid4(),
+            window_seconds=window_seconds,
+            timestamp=now,
+            **fields,
+        )
+
+
+class EvidenceExport(Aggregate):
+    """An export of evidence was handed out: what it covered and its digest."""
+
+    class Exported(Aggregate.Created):
+        """An export archive was built and handed to its caller."""
+
+        TOPIC = "keyledger.access.EvidenceExported"
+        scope: dict[str, Any]
+        sha256: str
+        entries: int
+        first_position: int | None
+        last_position: int | None
+
+    def __init__(self, **fields: Any) -> None:
+        self.fields = fields
+
+    @classmethod
+    def record(cls, *, now: datetime, **fields: Any) -> EvidenceExport:
+        return cls._create(cls.Exported, id=uuid.uuid4(), timestamp=now, **fields)
+
+
+class ServiceRun(Aggregate):
+    """One run of the service, from start to stop (PCI DSS 10.2.1.6)."""
+
+    class Started(Aggregate.Created):
+        """The service started and opened the ledger."""
+
+        TOPIC = "keyledger.service.Started"
+        version: str
+        kid: str
+        pid: int
+
+    class Stopping(Aggregate.Event):
+        """The service is stopping; nothing is recorded by this run after it."""
+
+        TOPIC = "keyledger.service.Stopping"
+
+    def __init__(self, version: str, kid: str, pid: int) -> None:
+        self.pid = pid
+
+    @classmethod
+    def start(cls, *, version: str, kid: str, pid: int, now: datetime) -> ServiceRun:
+        return cls._create(
+            cls.Started,
+            id=uuid.uuid4(),
+            version=version,
+            kid=kid,
+            pid=pid,
+            timestamp=now,
+        )
+
+    def stop(self, *, now: datetime) -> None:
+        self.trigger_event(self.Stopping, timestamp=now)
+
+
 for _event in (
     BootstrapTokenUse.Used,
     BootstrapTokenUse.UsesCounted,
     RequestRefusal.Refused,
     RequestRefusal.RepeatsCounted,
+    AuditTrailRead.Read,
+    AuditTrailRead.ReadsCounted,
+    EvidenceExport.Exported,
+    ServiceRun.Started,
+    ServiceRun.Stopping,
 ):
     get_topic(_event)

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, PersistenceError
 
 from domain.access import Permission, Role
@@ -291,7 +292,7 @@ class Coalescer:
                 return
         self.flush()
         window = start(now, int(self.window.total_seconds()))
-        self._save(window, actor, request_id)
+        self.record(window, actor, request_id)
         with self._lock:
             if len(self._open) >= self.max_open:
                 self._close_oldest()
@@ -322,12 +323,13 @@ class Coalescer:
         if current.repeats == 0:
             return 0
         current.window.count_repeats(current.repeats, last_at=current.last_at, now=now)
-        self._save(current.window, SYSTEM_ACTOR, "access-coalescer")
+        self.record(current.window, SYSTEM_ACTOR, "access-coalescer")
         return 1
 
-    def _save(self, window: _Window, actor: Actor, request_id: str) -> None:
+    def record(self, fact: Aggregate, actor: Actor, request_id: str) -> None:
+        """Record one fact's pending events now; raise if the ledger cannot."""
         write = LedgerWrite(actor=actor, request_id=request_id)
         try:
-            self.app.save(window, ledger=write)
+            self.app.save(fact, ledger=write)
         except PersistenceError as error:
             raise _unavailable(error) from error

@@ -64,9 +64,17 @@ class Actor:
     token_id: str
     # What the caller may do through the API; the service layer does not check it.
     roles: frozenset[Role] = field(default=frozenset(), compare=False)
+    # Where an API request came from; in the signed entry when known.
+    client: str | None = field(default=None, compare=False)
+    user_agent: str | None = field(default=None, compare=False)
 
     def as_json(self) -> dict[str, str]:
-        return {"principal": self.principal, "token_id": self.token_id}
+        found = {"principal": self.principal, "token_id": self.token_id}
+        if self.client is not None:
+            found["client"] = self.client
+        if self.user_agent is not None:
+            found["user_agent"] = self.user_agent
+        return found
 
 
 SYSTEM_ACTOR = Actor(principal="system", token_id="-")

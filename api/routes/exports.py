@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
+from api.audit import record_export
 from api.deps import RuntimeDep, require
 from api.errors import ApiError
 from domain.access import Permission
@@ -25,6 +26,7 @@ MAX_KEYS = 100
     responses={200: {"content": {"application/zip": {}}}},
 )
 def export_evidence(
+    request: Request,
     runtime: RuntimeDep,
     actor: Annotated[Actor, require(Permission.AUDIT_READ)],
     *,
@@ -47,6 +49,13 @@ def export_evidence(
     scope = ExportScope(parse_optional_time(from_), parse_optional_time(to), names)
 
     export = build_export(runtime.service, scope)
+    record_export(
+        request,
+        actor,
+        {"from": from_, "to": to, "keys": list(names)},
+        export.data,
+        export.manifest,
+    )
     return Response(
         export.data,
         media_type="application/zip",

@@ -163,12 +163,12 @@ def get_history(
     name: str,
     response: Response,
     runtime: RuntimeDep,
-    actor: Annotated[Actor, require(Permission.KEY_READ)],
+    actor: Annotated[Actor, require(Permission.KEY_READ, audited=True)],
     *,
     after: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
-    """The key's ledger entries in stream order, paged by stream version."""
+    """The key's ledger entries in stream order, paged by stream version (audited)."""
     items, cursor = runtime.service.history(name, after=after, limit=limit)
     response.headers["Ledger-Position"] = str(runtime.service.head_position())
     return {"events": items, "next_cursor": cursor}

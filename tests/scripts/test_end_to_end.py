@@ -168,8 +168,13 @@ def test_second_start_reuses_keys_and_token(
         rotated = httpx.post(f"{server.url}/v1/keys/kept/rotate", headers=headers)
         assert rotated.status_code == 200
         report = httpx.get(f"{server.url}/v1/ledger/verify", headers=headers).json()
-        # the two commands, and the first use of the bootstrap token in each run
-        assert report["ok"] and report["checked"] == 4
+        # per run: started, the first use of the bootstrap token, the command;
+        # and the first run's stop
+        assert report["ok"] and report["checked"] == 7
+        feed = httpx.get(f"{server.url}/v1/events", headers=headers).json()
+        types = [entry["type"] for entry in feed["events"]]
+        assert types[0] == types[4] == "keyledger.service.Started"
+        assert types[3] == "keyledger.service.Stopping"
     finally:
         server.stop()
 

@@ -1,0 +1,160 @@
+"""Refusals, audit-trail reads and exports on the ledger: who, what, from where."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import timedelta
+
+from fastapi.testclient import TestClient
+
+from api.runtime import Runtime
+from domain.clock import AdjustableClock
+from tests.api._access import BOOTSTRAP, add_principal, bearer, ledger_entries
+from tests.api._support import assert_error
+
+REFUSED = "keyledger.access.RequestRefused"
+REPEATED = "keyledger.access.RefusalsRepeated"
+
+
+def _after(runtime: Runtime, position: int) -> list[dict]:
+    return ledger_entries(runtime, after=position)
+
+
+def test_a_401_is_recorded_without_the_token(
+    recording_client: TestClient, recording_runtime: Runtime
+) -> None:
+    """An unknown token: one RequestRefused with code, route and client; no token."""
+    wrong = "kl_guessed-token-value"
+    response = recording_client.post(
+        "/v1/keys/k/rotate",
+        json={"secret-body": "do-not-keep"},
+        headers={**bearer(wrong), "User-Agent": "probe/1.0"},
+    )
+
+    assert_error(response, 401, "INVALID_TOKEN")
+    [entry] = ledger_entries(recording_runtime)
+    assert entry["type"] == REFUSED
+    payload = entry["payload"]
+    assert {k: payload[k] for k in ("status", "code", "method", "route", "key")} == {
+        "status": 401,
+        "code": "INVALID_TOKEN",
+        "method": "POST",
+        "route": "/v1/keys/{name}/rotate",
+        "key": "k",
+    }
+    assert payload["client"] == "testclient" and payload["user_agent"] == "probe/1.0"
+    assert entry["actor"]["principal"] == "anonymous"
+    text = json.dumps(entry)
+    assert wrong not in text and "do-not-keep" not in text
+
+
+def test_a_403_and_a_refused_command_are_recorded_with_their_principal(
+    recording_client: TestClient, recording_runtime: Runtime
+) -> None:
+    """403 and 409 name the principal and token id; only the refusal is recorded."""
+    client = recording_client
+    client.post("/v1/keys", json={"name": "k"}, headers=BOOTSTRAP)
+    auditor = add_principal(client, "eve", ["auditor"])
+    custodian = add_principal(client, "carl", ["custodian"])
+    head = recording_runtime.service.head_position()
+
+    forbidden = client.post(
+        "/v1/keys/k/rotate", json={}, headers=bearer(auditor["token"])
+    )
+    conflict = client.post(
+        "/v1/keys/k/versions/1/disable", json={}, headers=bearer(custodian["token"])
+    )
+
+    assert_error(forbidden, 403, "FORBIDDEN")
+    assert conflict.status_code == 409
+    first, second = _after(recording_runtime, head)
+    assert first["type"] == second["type"] == REFUSED
+    assert first["payload"]["principal"] == "eve"
+    assert first["payload"]["token_id"] == auditor["token_id"]
+    assert second["payload"]["code"] == conflict.json()["error"]["code"]
+    assert second["actor"]["principal"] == "carl"
+    assert client.get("/v1/keys/k", headers=BOOTSTRAP).json()["primary_version"] == 1
+
+
+def test_a_flood_of_refusals_is_one_event_and_a_count_per_window(
+    recording_client: TestClient,
+    recording_runtime: Runtime,
+    clock: AdjustableClock,
+) -> None:
+    """50 identical refusals: one event now, one count when the window has passed."""
+    for number in range(50):
+        recording_client.get(
+            "/v1/keys",
+            headers={**bearer("kl_flood"), "User-Agent": f"flood/{number}"},
+        )
+    assert [e["type"] for e in ledger_entries(recording_runtime)] == [REFUSED]
+
+    clock.advance(recording_runtime.coalescer.window)
+    recording_client.get("/v1/keys", headers=bearer("kl_flood"))
+
+    entries = ledger_entries(recording_runtime)
+    assert [e["type"] for e in entries] == [REFUSED, REPEATED, REFUSED]
+    assert entries[1]["payload"]["repeats"] == 49
+    assert entries[1]["stream_id"] == entries[0]["stream_id"]
+
+
+def test_requests_are_attributed_with_client_and_user_agent(
+    recording_client: TestClient, recording_runtime: Runtime
+) -> None:
+    """A command's entry names principal, token id, request id, client, user agent."""
+    issued = add_principal(recording_client, "carl", ["custodian"])
+    response = recording_client.post(
+        "/v1/keys",
+        json={"name": "k"},
+        headers={
+            **bearer(issued["token"]),
+            "X-Request-Id": "req-attributed-1",
+            "User-Agent": "=ops-tool/2 (+x)",
+        },
+    )
+
+    assert response.status_code == 201
+    entry = ledger_entries(recording_runtime)[-1]
+    assert entry["actor"] == {
+        "principal": "carl",
+        "token_id": issued["token_id"],
+        "client": "testclient",
+        "user_agent": "=ops-tool/2 (+x)",
+    }
+    assert entry["request_id"] == "req-attributed-1"
+
+
+def test_history_reads_and_exports_are_recorded(
+    recording_client: TestClient, recording_runtime: Runtime
+) -> None:
+    """A history read is recorded; an export is EvidenceExported with its digest."""
+    client = recording_client
+    client.post("/v1/keys", json={"name": "k"}, headers=BOOTSTRAP)
+    auditor = bearer(add_principal(client, "eve", ["auditor"])["token"])
+    head = recording_runtime.service.head_position()
+
+    assert client.get("/v1/keys/k/history", headers=auditor).status_code == 200
+    exported = client.get("/v1/exports", params={"keys": "k"}, headers=auditor)
+
+    assert exported.status_code == 200
+    read, export = _after(recording_runtime, head)
+    assert read["type"] == "keyledger.access.AuditTrailRead"
+    assert read["payload"]["route"] == "/v1/keys/{name}/history"
+    assert read["payload"]["principal"] == "eve"
+    assert export["type"] == "keyledger.access.EvidenceExported"
+    assert export["payload"]["sha256"] == hashlib.sha256(exported.content).hexdigest()
+    assert export["payload"]["scope"]["keys"] == ["k"]
+
+
+def test_refusals_on_different_routes_are_recorded_separately(
+    recording_client: TestClient,
+    recording_runtime: Runtime,
+    clock: AdjustableClock,
+) -> None:
+    """Different routes are different refusals, each recorded at once."""
+    recording_client.get("/v1/keys", headers=bearer("kl_x"))
+    clock.advance(timedelta(seconds=1))
+    recording_client.get("/v1/events", headers=bearer("kl_x"))
+    routes = [e["payload"]["route"] for e in ledger_entries(recording_runtime)]
+    assert routes == ["/v1/keys", "/v1/events"]
