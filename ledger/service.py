@@ -46,7 +46,13 @@ from ledger.store import (
     Sequencer,
     Statement,
 )
-from projections import access_view, backup_status, key_view, usage_counts
+from projections import (
+    access_view,
+    audit_index,
+    backup_status,
+    key_view,
+    usage_counts,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +176,7 @@ class KeyService:
                     *MATERIAL_DDL,
                     *access_view.DDL,
                     *usage_counts.DDL,
+                    *audit_index.DDL,
                 ],
                 env=env,
                 create_tables=create,
