@@ -10,7 +10,17 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from api import errors
-from api.routes import access, audit, backups, exports, key_use, keys, ledger, transit
+from api.routes import (
+    access,
+    approvals,
+    audit,
+    backups,
+    exports,
+    key_use,
+    keys,
+    ledger,
+    transit,
+)
 from api.runtime import Runtime, build_runtime
 from ledger.settings import Settings
 
@@ -51,6 +61,7 @@ def create_app(
     app.include_router(access.router)
     app.include_router(transit.router)
     app.include_router(audit.router)
+    app.include_router(approvals.router)
     current = runtime.settings if runtime is not None else settings or Settings()
     if current.dev_clock:
         app.include_router(ledger.dev_router)

@@ -27,6 +27,7 @@ from domain.clock import AdjustableClock, Clock, SystemClock
 from domain.errors import KeyledgerError
 from ledger.access import AccessService, Coalescer
 from ledger.application import redact_url
+from ledger.dual_control import DualControl
 from ledger.service import DestructionBounds, KeyService, load_local_secrets
 from ledger.settings import Settings
 from ledger.store import SYSTEM_ACTOR, Actor
@@ -63,12 +64,14 @@ class Runtime:
     record_access: bool = True
     access: AccessService = field(init=False)
     coalescer: Coalescer = field(init=False)
+    dual_control: DualControl = field(init=False)
 
     run: ServiceRun | None = None
 
     def __post_init__(self) -> None:
         self.access = AccessService(self.service.app, self.clock)
         self.coalescer = Coalescer(self.service.app, self.clock)
+        self.dual_control = DualControl(self.service.app, self.clock)
 
     @property
     def backups(self) -> BackupService:

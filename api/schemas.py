@@ -265,3 +265,21 @@ class TokenRevoke(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: Annotated[StrictStr, Field(min_length=1, max_length=1000)]
+
+
+# Dual control -----------------------------------------------------------------
+
+DualControlAction = Literal[
+    "schedule-destruction", "rollback", "weaken-policy", "restore"
+]
+
+
+class DualControlUpdate(BaseModel):
+    """The actions on this key that need a second principal's approval."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    actions: list[DualControlAction] = Field(max_length=4)
+    ttl_seconds: StrictInt = Field(
+        24 * 3600, description="How long a request waits for approval (60 s to 7 days)."
+    )

@@ -180,6 +180,8 @@ def _key_command(
     doc: str,
     model: type[Command],
     call: Callable[[RuntimeDep, CommandContext, str, Any], CommandResult],
+    *,
+    dual_control: str | None = None,
 ) -> None:
     def handler(
         name: str,
@@ -191,6 +193,13 @@ def _key_command(
         body: BodyDep,
         idempotency_key: IdempotencyKeyDep = None,
     ) -> dict[str, Any]:
+        if dual_control is not None:
+            pending = _guard(
+                runtime, actor, request_id, body, model, dual_control, name
+            )
+            if pending is not None:
+                response.status_code = 202
+                return pending
         return _run(
             request,
             response,
@@ -219,6 +228,8 @@ def _version_command(
     doc: str,
     model: type[Command],
     call: Callable[[RuntimeDep, CommandContext, str, int, Any], CommandResult],
+    *,
+    dual_control: str | None = None,
 ) -> None:
     def handler(
         name: str,
@@ -232,6 +243,20 @@ def _version_command(
         idempotency_key: IdempotencyKeyDep = None,
     ) -> dict[str, Any]:
         number = parse_version(version)
+        if dual_control is not None:
+            pending = _guard(
+                runtime,
+                actor,
+                request_id,
+                body,
+                model,
+                dual_control,
+                name,
+                {"version": number},
+            )
+            if pending is not None:
+                response.status_code = 202
+                return pending
         return _run(
             request,
             response,
@@ -254,6 +279,26 @@ def _version_command(
         openapi_extra=_schema(model),
         description=doc,
     )
+
+
+def _guard(
+    runtime: Any,
+    actor: Actor,
+    request_id: str,
+    body: dict[str, Any],
+    model: type[Command],
+    action: str,
+    name: str,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """None if the action may run now; else the body of a 202: it waits for approval."""
+    command = validate(model, body)
+    arguments = {**command.model_dump(mode="json"), **(extra or {})}
+    context = CommandContext(actor, request_id)
+    pending = runtime.dual_control.guard(context, name, action, arguments)
+    if pending is None:
+        return None
+    return {"approval": pending.view()}
 
 
 def _rollback(runtime: Any, context: CommandContext, name: str, command: Any) -> Any:
@@ -293,6 +338,7 @@ _key_command(
     "Make an earlier version primary, or return the key to an earlier point.",
     KeyRollback,
     _rollback,
+    dual_control="rollback",
 )
 
 
@@ -362,6 +408,7 @@ _version_command(
     lambda rt, ctx, name, v, cmd: rt.service.schedule_destruction(
         ctx, name, v, days=cmd.days
     ),
+    dual_control="schedule-destruction",
 )
 _version_command(
     "/{name}/versions/{version}/cancel-destruction",

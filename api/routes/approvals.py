@@ -1,0 +1,114 @@
+"""Dual control routes: a key's policy, and approving the requests it makes wait.
+
+An action under dual control answers 202 with the pending request; another
+principal with ``key:manage`` approves it with ``POST /v1/approvals/{id}/approve``
+before it expires, and only then does the action run, as the approver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Response
+
+from api.body import validate
+from api.deps import BodyDep, RequestIdDep, RuntimeDep, render_command, require
+from api.routes.keys import _rollback
+from api.schemas import DualControlUpdate, KeyRollback
+from domain.access import Permission
+from domain.dual_control import ApprovalRequest
+from ledger.dual_control import PolicyChangePending
+from ledger.service import CommandContext, CommandResult
+from ledger.store import Actor
+
+router = APIRouter(tags=["dual control"])
+
+ManagerDep = Annotated[Actor, require(Permission.KEY_MANAGE)]
+ReaderDep = Annotated[Actor, require(Permission.KEY_READ)]
+
+# What runs when a request is approved, by action. Another command put under
+# dual control (the backup restore) adds its own entry here.
+EXECUTORS: dict[
+    str, Callable[[Any, CommandContext, ApprovalRequest], CommandResult]
+] = {
+    "rollback": lambda runtime, context, pending: _rollback(
+        runtime, context, pending.key, KeyRollback.model_validate(pending.arguments)
+    ),
+    "schedule-destruction": lambda runtime, context, pending: (
+        runtime.service.schedule_destruction(
+            context,
+            pending.key,
+            pending.arguments["version"],
+            days=pending.arguments.get("days"),
+        )
+    ),
+}
+
+
+@router.get("/v1/keys/{name}/dual-control", operation_id="get_dual_control")
+def get_policy(name: str, runtime: RuntimeDep, actor: ReaderDep) -> dict[str, Any]:
+    """The key's dual-control policy (no actions when none is set)."""
+    policy = runtime.dual_control.policy(name)
+    if policy is None:
+        return {"key": name, "actions": [], "ttl_seconds": None}
+    view: dict[str, Any] = policy.view()
+    return view
+
+
+@router.post("/v1/keys/{name}/dual-control", operation_id="set_dual_control")
+def set_policy(
+    name: str,
+    response: Response,
+    runtime: RuntimeDep,
+    actor: ManagerDep,
+    request_id: RequestIdDep,
+    body: BodyDep,
+) -> dict[str, Any]:
+    """Set the policy; weakening one that guards ``weaken-policy`` answers 202."""
+    runtime.service.get_key(name)  # 404 for an unknown key
+    command = validate(DualControlUpdate, body)
+    context = CommandContext(actor, request_id)
+    try:
+        policy, receipts = runtime.dual_control.set_policy(
+            context, name, list(command.actions), command.ttl_seconds
+        )
+    except PolicyChangePending as waiting:
+        response.status_code = 202
+        return {"approval": waiting.pending.view()}
+    return {**policy, "receipts": [receipt.as_json() for receipt in receipts]}
+
+
+@router.get("/v1/approvals/{request_id}", operation_id="get_approval")
+def get_approval(
+    request_id: str, runtime: RuntimeDep, actor: ReaderDep
+) -> dict[str, Any]:
+    """An approval request and where it stands."""
+    view: dict[str, Any] = runtime.dual_control.get(request_id).view()
+    return view
+
+
+@router.post("/v1/approvals/{request_id}/approve", operation_id="approve")
+def approve(
+    request_id: str,
+    response: Response,
+    runtime: RuntimeDep,
+    actor: ManagerDep,
+    request_id_header: RequestIdDep,
+) -> dict[str, Any]:
+    """Approve another principal's request; its action runs now, as the approver."""
+    context = CommandContext(actor, request_id_header)
+
+    def execute(context: CommandContext, pending: ApprovalRequest) -> Any:
+        if pending.action == "weaken-policy":
+            return runtime.dual_control.apply_policy(context, pending)
+        return EXECUTORS[pending.action](runtime, context, pending)
+
+    pending, result = runtime.dual_control.approve(context, request_id, execute)
+    body: dict[str, Any] = {"approval": pending.view()}
+    if isinstance(result, CommandResult):
+        response.headers["Ledger-Position"] = str(result.position)
+        body["result"] = render_command(result)
+    elif result is not None:
+        body["result"] = result[0]
+    return body

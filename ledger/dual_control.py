@@ -1,0 +1,198 @@
+"""Dual control on the ledger: policies, requests, approvals and what runs on approval.
+
+``DualControl.guard`` is the one call a command makes before acting: it returns
+None when the key's policy does not cover the action, and otherwise records an
+``ApprovalRequest`` and returns it, and the command MUST NOT act. ``approve``
+records the approval first and then runs the action through the ``execute``
+callable it is given, as the approver; a refusal of the action is recorded too.
+Any command (the backup restore included) can be put under dual control this way.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import IntegrityError, PersistenceError
+
+from domain.clock import Clock
+from domain.dual_control import (
+    ApprovalError,
+    ApprovalRequest,
+    DualControlPolicy,
+    policy_id_for,
+)
+from domain.errors import (
+    ConcurrentModificationError,
+    KeyledgerError,
+    PrincipalNotFoundError,
+)
+from ledger.application import KeyLedger
+from ledger.service import CommandContext, CommandResult, _unavailable
+from ledger.store import LedgerWrite, Receipt
+
+Execute = Callable[[CommandContext, ApprovalRequest], CommandResult]
+
+
+class DualControl:
+    """Policies and approval requests, recorded on the ledger."""
+
+    def __init__(self, app: KeyLedger, clock: Clock) -> None:
+        self.app = app
+        self.clock = clock
+
+    def policy(self, key: str) -> DualControlPolicy | None:
+        found = self._get(policy_id_for(key))
+        return found if isinstance(found, DualControlPolicy) else None
+
+    def guard(
+        self, context: CommandContext, key: str, action: str, arguments: dict[str, Any]
+    ) -> ApprovalRequest | None:
+        """None if ``action`` on ``key`` may go ahead; else the request now pending."""
+        policy = self.policy(key)
+        if policy is None or action not in policy.actions:
+            return None
+        return self.request(context, key, action, arguments, policy.ttl_seconds)
+
+    def request(
+        self,
+        context: CommandContext,
+        key: str,
+        action: str,
+        arguments: dict[str, Any],
+        ttl_seconds: int,
+    ) -> ApprovalRequest:
+        now = self.clock.now()
+        pending = ApprovalRequest.request(
+            key=key,
+            action=action,
+            arguments=arguments,
+            requester=context.actor.principal,
+            requester_token_id=context.actor.token_id,
+            expires_at=now + timedelta(seconds=ttl_seconds),
+            now=now,
+        )
+        self._save(pending, context, key)
+        return pending
+
+    def set_policy(
+        self, context: CommandContext, key: str, actions: list[str], ttl_seconds: int
+    ) -> tuple[dict[str, Any], list[Receipt]]:
+        """Set or replace the key's policy; weakening a guarded one needs approval.
+
+        Returns the policy, or raises ``PolicyChangePending`` when the change
+        waits for approval.
+        """
+        policy = self.policy(key)
+        now = self.clock.now()
+        if policy is None:
+            policy = DualControlPolicy.create(
+                key=key, actions=actions, ttl_seconds=ttl_seconds, now=now
+            )
+        else:
+            if "weaken-policy" in policy.actions and policy.is_weakened_by(
+                actions, ttl_seconds
+            ):
+                arguments = {"actions": actions, "ttl_seconds": ttl_seconds}
+                raise PolicyChangePending(
+                    self.request(
+                        context, key, "weaken-policy", arguments, policy.ttl_seconds
+                    )
+                )
+            policy.change(actions, ttl_seconds, now=now)
+        receipts = self._save(policy, context, key)
+        return policy.view(), receipts
+
+    def apply_policy(
+        self, context: CommandContext, pending: ApprovalRequest
+    ) -> tuple[dict[str, Any], list[Receipt]]:
+        """Carry out an approved policy change."""
+        policy = self.policy(pending.key)
+        assert policy is not None
+        arguments = pending.arguments
+        policy.change(
+            arguments["actions"], arguments["ttl_seconds"], now=self.clock.now()
+        )
+        return policy.view(), self._save(policy, context, pending.key)
+
+    def approve(
+        self, context: CommandContext, request_id: str, execute: Execute
+    ) -> tuple[ApprovalRequest, CommandResult | None]:
+        """Approve a pending request and run its action as the approver.
+
+        Raises:
+            ApprovalError: not pending, expired (the expiry is recorded), or the
+                requester's own.
+            KeyledgerError: the action itself was refused (recorded as
+                ``ActionFailed``).
+        """
+        pending = self.get(request_id)
+        now = self.clock.now()
+        if pending.is_expired(now):
+            pending.expire(now=now)
+            self._save(pending, context, pending.key)
+            raise ApprovalError(
+                "The request expired before it was approved; it never runs.",
+                code="APPROVAL_EXPIRED",
+                expires_at=pending.expires_at,
+            )
+        pending.approve(context.actor.principal, context.actor.token_id, now=now)
+        self._save(pending, context, pending.key)
+        try:
+            result = execute(context, pending)
+        except KeyledgerError as refusal:
+            pending.fail(refusal.code, now=self.clock.now())
+            self._save(pending, context, pending.key)
+            raise
+        return pending, result
+
+    def get(self, request_id: str) -> ApprovalRequest:
+        try:
+            found = self._get(uuid.UUID(request_id))
+        except ValueError:
+            found = None
+        if not isinstance(found, ApprovalRequest):
+            raise PrincipalNotFoundError(
+                f"No approval request {request_id!r}.",
+                code="APPROVAL_NOT_FOUND",
+                request=request_id,
+            )
+        return found
+
+    def _get(self, aggregate_id: Any) -> Any:
+        try:
+            return self.app.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            return None
+        except PersistenceError as error:
+            raise _unavailable(error) from error
+
+    def _save(
+        self, aggregate: Aggregate, context: CommandContext, key: str
+    ) -> list[Receipt]:
+        write = LedgerWrite(
+            actor=context.actor,
+            request_id=context.request_id,
+            subjects={str(aggregate.id): f"key:{key}"},
+        )
+        try:
+            self.app.save(aggregate, ledger=write)
+        except IntegrityError as error:
+            raise ConcurrentModificationError(
+                "Another change to this dual-control record was recorded first."
+            ) from error
+        except PersistenceError as error:
+            raise _unavailable(error) from error
+        return write.receipts
+
+
+class PolicyChangePending(Exception):  # noqa: N818 - carries the pending request
+    """A policy change waits for approval; it carries the request."""
+
+    def __init__(self, pending: ApprovalRequest) -> None:
+        super().__init__("pending")
+        self.pending = pending

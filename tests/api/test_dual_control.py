@@ -1,0 +1,144 @@
+"""Dual control: a guarded action waits for a different principal's timely approval."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.runtime import Runtime
+from domain.clock import AdjustableClock
+from tests.api._access import add_principal, bearer
+from tests.api._support import assert_error, create, post_ok, snapshot
+
+
+@pytest.fixture
+def custodians(client: TestClient) -> tuple[dict[str, str], dict[str, str]]:
+    """Key k at version 2 under dual control for rollback, destruction, weakening."""
+    create(client, "k")
+    post_ok(client, "/v1/keys/k/rotate")
+    policy = client.post(
+        "/v1/keys/k/dual-control",
+        json={
+            "actions": ["rollback", "schedule-destruction", "weaken-policy"],
+            "ttl_seconds": 3600,
+        },
+    )
+    assert policy.status_code == 200, policy.text
+    alice = bearer(add_principal(client, "alice", ["custodian"])["token"])
+    bob = bearer(add_principal(client, "bob", ["custodian"])["token"])
+    return alice, bob
+
+
+def _request(
+    client: TestClient, path: str, body: dict[str, Any], who: dict[str, str]
+) -> dict[str, Any]:
+    response = client.post(path, json=body, headers=who)
+    assert response.status_code == 202, response.text
+    approval: dict[str, Any] = response.json()["approval"]
+    assert approval["status"] == "pending"
+    return approval
+
+
+def test_a_rollback_happens_only_when_another_principal_approves(
+    client: TestClient, custodians: tuple[dict[str, str], dict[str, str]]
+) -> None:
+    """The request changes nothing; the approval runs it, as the approver."""
+    alice, bob = custodians
+    before = snapshot(client, "k")
+    approval = _request(client, "/v1/keys/k/rollback", {"version": 1}, alice)
+    assert snapshot(client, "k").view == before.view
+
+    approved = client.post(f"/v1/approvals/{approval['id']}/approve", headers=bob)
+
+    assert approved.status_code == 200, approved.text
+    assert approved.json()["approval"]["status"] == "approved"
+    assert client.get("/v1/keys/k").json()["primary_version"] == 1
+    history = client.get("/v1/keys/k/history").json()["events"]
+    assert history[-1]["actor"]["principal"] == "bob"
+
+
+def test_self_approval_is_refused_and_changes_nothing(
+    client: TestClient,
+    runtime: Runtime,
+    custodians: tuple[dict[str, str], dict[str, str]],
+) -> None:
+    """The requester cannot approve its own request: 409 SELF_APPROVAL."""
+    alice, _ = custodians
+    approval = _request(client, "/v1/keys/k/versions/1/schedule-destruction", {}, alice)
+    head = runtime.service.head_position()
+
+    refused = client.post(f"/v1/approvals/{approval['id']}/approve", headers=alice)
+
+    assert_error(refused, 409, "SELF_APPROVAL")
+    assert runtime.service.head_position() == head
+    assert client.get(f"/v1/approvals/{approval['id']}").json()["status"] == "pending"
+    states = {
+        v["version"]: v["state"] for v in client.get("/v1/keys/k").json()["versions"]
+    }
+    assert states[1] == "enabled"
+
+
+def test_an_approval_after_expiry_is_refused_and_the_expiry_recorded(
+    client: TestClient,
+    runtime: Runtime,
+    clock: AdjustableClock,
+    custodians: tuple[dict[str, str], dict[str, str]],
+) -> None:
+    """Past its time limit a request expires: 409, an Expired event, no action."""
+    alice, bob = custodians
+    approval = _request(client, "/v1/keys/k/rollback", {"version": 1}, alice)
+    clock.advance(timedelta(seconds=3600))
+
+    late = client.post(f"/v1/approvals/{approval['id']}/approve", headers=bob)
+
+    assert_error(late, 409, "APPROVAL_EXPIRED")
+    assert client.get(f"/v1/approvals/{approval['id']}").json()["status"] == "expired"
+    types = [e["type"] for e in runtime.service.events(limit=1000)]
+    assert types[-1] == "keyledger.dual_control.Expired"
+    assert client.get("/v1/keys/k").json()["primary_version"] == 2
+    again = client.post(f"/v1/approvals/{approval['id']}/approve", headers=bob)
+    assert_error(again, 409, "APPROVAL_NOT_PENDING")
+
+
+def test_weakening_the_policy_needs_approval_and_strengthening_does_not(
+    client: TestClient, custodians: tuple[dict[str, str], dict[str, str]]
+) -> None:
+    """Dropping an action waits for a second principal, then the policy changes."""
+    alice, bob = custodians
+    weaker = {"actions": ["weaken-policy"], "ttl_seconds": 3600}
+    approval = _request(client, "/v1/keys/k/dual-control", weaker, alice)
+    assert client.get("/v1/keys/k/dual-control").json()["actions"] == [
+        "rollback",
+        "schedule-destruction",
+        "weaken-policy",
+    ]
+    approved = client.post(f"/v1/approvals/{approval['id']}/approve", headers=bob)
+    assert approved.status_code == 200, approved.text
+    assert client.get("/v1/keys/k/dual-control").json()["actions"] == ["weaken-policy"]
+    # Without rollback under dual control, a rollback runs at once.
+    direct = client.post("/v1/keys/k/rollback", json={"version": 1}, headers=alice)
+    assert direct.status_code == 200, direct.text
+
+
+def test_an_approved_action_that_is_refused_is_recorded_as_failed(
+    client: TestClient,
+    runtime: Runtime,
+    custodians: tuple[dict[str, str], dict[str, str]],
+) -> None:
+    """If the key moved so the action no longer holds, the failure is an event."""
+    alice, bob = custodians
+    approval = _request(client, "/v1/keys/k/versions/2/schedule-destruction", {}, alice)
+
+    approved = client.post(f"/v1/approvals/{approval['id']}/approve", headers=bob)
+
+    assert approved.status_code == 409  # the primary cannot be destroyed
+    assert client.get(f"/v1/approvals/{approval['id']}").json()["status"] == "failed"
+    types = [e["type"] for e in runtime.service.events(limit=1000)]
+    assert types[-1] == "keyledger.dual_control.ActionFailed"
+
+
+def test_unknown_approval_is_404(client: TestClient) -> None:
+    assert_error(client.get("/v1/approvals/nope"), 404, "APPROVAL_NOT_FOUND")
