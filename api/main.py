@@ -42,6 +42,8 @@ def create_app(
         finally:
             if owned:
                 current.close()
+            else:
+                current.record_stop()
 
     app = FastAPI(
         title="keyledger",

@@ -131,17 +131,26 @@ class Runtime:
         self.scheduler = threading.Thread(target=loop, name="scheduler", daemon=True)
         self.scheduler.start()
 
-    def close(self) -> None:
-        self.stopping.set()
-        if self.scheduler is not None:
-            self.scheduler.join(timeout=5)
+    def record_stop(self) -> None:
+        """Record the open access counts and, for the service, that it stops.
+
+        Called when the app shuts down: uvicorn ends the process by re-raising
+        the signal it caught, so code after ``uvicorn.run`` may never run.
+        """
         try:
             self.coalescer.flush(everything=True)
             if self.run is not None:
                 self.run.stop(now=self.clock.now())
                 self.coalescer.record(self.run, SYSTEM_ACTOR, "service-stop")
+                self.run = None
         except KeyledgerError as error:
             logger.warning("service_stop_not_recorded", extra={"code": error.code})
+
+    def close(self) -> None:
+        self.stopping.set()
+        if self.scheduler is not None:
+            self.scheduler.join(timeout=5)
+        self.record_stop()
         self.service.close()
 
 

@@ -170,9 +170,9 @@ def test_second_start_reuses_keys_and_token(
         report = httpx.get(f"{server.url}/v1/ledger/verify", headers=headers).json()
         # per run: started, the first use of the bootstrap token, the command;
         # and the first run's stop
-        assert report["ok"] and report["checked"] == 7
         feed = httpx.get(f"{server.url}/v1/events", headers=headers).json()
         types = [entry["type"] for entry in feed["events"]]
+        assert report["ok"] and report["checked"] == 7, types
         assert types[0] == types[4] == "keyledger.service.Started"
         assert types[3] == "keyledger.service.Stopping"
     finally:
