@@ -56,6 +56,8 @@ from scripts.bench_ledger import (
     combine,
     conninfo_for,
     cpu_model,
+    ledger_mark,
+    ledger_notes,
     load_average,
     measure,
     scratch_database,
@@ -218,8 +220,14 @@ def encrypter(url: str, token: str) -> Callable[[], None]:
     return encrypt
 
 
-def bench_http(url: str, token: str, label: str, seconds: float) -> list[Throughput]:
-    """Encrypt requests/s with each number of concurrent clients."""
+def bench_http(
+    url: str, token: str, label: str, seconds: float, conninfo: str | None
+) -> list[Throughput]:
+    """Encrypt requests/s with each number of concurrent clients.
+
+    With ``conninfo`` (PostgreSQL) each figure notes how many usage entries
+    each transaction committed, read from PostgreSQL itself.
+    """
     created = httpx.post(
         f"{url}/v1/keys",
         json={"name": KEY},
@@ -233,10 +241,26 @@ def bench_http(url: str, token: str, label: str, seconds: float) -> list[Through
         operations: list[Callable[[], object]] = [
             encrypter(url, token) for _ in range(clients)
         ]
+        table = events_table(conninfo) if conninfo else None
+        mark = ledger_mark(conninfo, table) if conninfo and table else None
         result = measure(f"{label}-{clients}", "encrypts/s", operations, seconds)
+        if conninfo and table and mark:
+            result.notes += ledger_notes(conninfo, table, mark)
         results.append(result)
         show(f"  HTTP encrypt, {clients:>2} client(s), {label}", result)
+        if result.count == 0:
+            raise RuntimeError(f"no encrypt succeeded ({label}, {clients} clients)")
     return results
+
+
+def events_table(conninfo: str) -> str | None:
+    """The ledger's events table: the one with an ``entry_hash`` column."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT table_name FROM information_schema.columns "
+            "WHERE table_schema = 'public' AND column_name = 'entry_hash' LIMIT 1"
+        ).fetchone()
+    return str(row[0]) if row else None
 
 
 # Running ---------------------------------------------------------------------
@@ -248,6 +272,7 @@ def run_store(
     raw: Callable[[float], Throughput],
     modes: list[tuple[str, bool]],
     seconds: float,
+    conninfo: str | None = None,
 ) -> list[tuple[str, float]]:
     """Every measurement on one store; the ratios to its raw insert baseline."""
     print(f"{name}:")
@@ -255,16 +280,15 @@ def run_store(
     before = raw(seconds / 2)
     aes = bench_raw_aes(seconds)
     http: list[tuple[str, Throughput]] = []
-    for label, group_commit in modes:
-        with (
-            tempfile.TemporaryDirectory(prefix="keyledger-bench-") as data_dir,
-            server(
+    # One data folder (signing key, KEK) for every server on this store: the
+    # servers share the ledger, so they must share its secrets.
+    with tempfile.TemporaryDirectory(prefix="keyledger-bench-") as data_dir:
+        for label, group_commit in modes:
+            with server(
                 database_url, Path(data_dir), token, group_commit=group_commit
-            ) as url,
-        ):
-            http += [
-                (label, result) for result in bench_http(url, token, label, seconds)
-            ]
+            ) as url:
+                results = bench_http(url, token, label, seconds, conninfo)
+            http += [(label, result) for result in results]
     after = raw(seconds / 2)
     raw_insert = combine(before, after)
     raw_insert.notes = [
@@ -363,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
                     lambda seconds: bench_raw_insert(conninfo, seconds),
                     [("group commit", True), ("no group commit", False)],
                     args.seconds,
+                    conninfo,
                 )
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
