@@ -184,12 +184,14 @@ def build_runtime(settings: Settings) -> Runtime:
         },
     )
     runtime = Runtime(settings, service, clock, digest, new_token)
-    if settings.backup_settings_file is not None:
-        try:
-            runtime.backups.apply_settings_file(settings.backup_settings_file)
-        except BaseException:
-            runtime.close()
-            raise
+    try:
+        # The backup key is made on the first start, so it can be kept safe at once.
+        backups = runtime.backups
+        if settings.backup_settings_file is not None:
+            backups.apply_settings_file(settings.backup_settings_file)
+    except BaseException:
+        runtime.close()
+        raise
     runtime.run = ServiceRun.start(
         version=_version(), kid=signer.kid, pid=os.getpid(), now=clock.now()
     )

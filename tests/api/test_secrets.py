@@ -284,8 +284,9 @@ def test_backups_leak_no_material_no_backup_key_and_no_kek_blob(
 ) -> None:
     """Taking, verifying, refusing and restoring backups shows no secret anywhere.
 
-    The bundle files themselves hold material only wrapped under the backup key:
-    neither the material, nor a KEK-wrapped blob, nor the backup key is in them.
+    The bundle files and the whole-ledger archive hold material only wrapped under
+    the backup key: neither the material, nor a KEK-wrapped blob, nor the backup
+    key is in them.
     """
     from backup.key import BACKUP_KEY_FILE
     from tests.api.test_backups import configure_targets
@@ -322,8 +323,12 @@ def test_backups_leak_no_material_no_backup_key_and_no_kek_blob(
         "backup key base64": base64.b64encode(backup_key).rstrip(b"="),
     }
 
+    from ledger.service import CommandContext
+    from tests.conftest import ADMIN
+
+    archive, _, _, _ = runtime.backups.backup_ledger(CommandContext(ADMIN, "req-a"))
     ledger = runtime.service.ledger
-    haystacks = {"bundle file": data}
+    haystacks = {"bundle file": data, "ledger archive": archive.data}
     for table in (ledger.events_table_name, "backup_keys", "backup_records"):
         for i, row in enumerate(ledger.query(f"SELECT * FROM {table}")):
             for column, value in row.items():

@@ -141,7 +141,7 @@ def test_demo_against_real_server_then_verify(
 
     # secrets live only in the data folder, readable by the owner alone
     data = Path(server_env["KEYLEDGER_DATA_DIR"])
-    for name in ("signing-key.pem", "kek.bin", "admin-token.sha256"):
+    for name in ("signing-key.pem", "kek.bin", "admin-token.sha256", "backup-key.bin"):
         assert stat.S_IMODE((data / name).stat().st_mode) == 0o600
     # the token is printed once, and never logged
     assert log.read_text().count(token.group(0)) == 1
