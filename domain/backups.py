@@ -274,6 +274,8 @@ class KeyBackups(Aggregate):
                 verified_at=format_time(self.timestamp),
                 verification=tuple(self.results),
             )
+            if all(result["ok"] for result in self.results):
+                aggregate.last_verified_ok_at = format_time(self.timestamp)
 
     class PolicyChanged(Aggregate.Event):
         """The key's own backup policy was set, or (None) dropped for the default."""
@@ -305,6 +307,7 @@ class KeyBackups(Aggregate):
         self.last_backup_id: str | None = None
         self.claim: tuple[str, str] | None = None
         self.last_failure: dict[str, Any] | None = None
+        self.last_verified_ok_at: str | None = None
 
     @classmethod
     def open(cls, key_name: str, *, now: datetime) -> KeyBackups:

@@ -37,9 +37,12 @@ DDL = [
     "record TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS backup_records_key_idx "
     "ON backup_records (key_name, taken_at)",
+    # A table of its own, so ledgers created before it need no change.
+    "CREATE TABLE IF NOT EXISTS backup_verified ("
+    "key_name TEXT PRIMARY KEY, verified_at TEXT NOT NULL)",
 ]
 
-TABLES = ("backup_keys", "backup_records")
+TABLES = ("backup_keys", "backup_records", "backup_verified")
 
 
 def touched_backups(events: list[Any]) -> set[str]:
@@ -63,6 +66,12 @@ _KEY_COLUMNS = (
     "last_position",
 )
 _RECORD_COLUMNS = ("backup_id", "key_name", "taken_at", "record")
+_VERIFIED_COLUMNS = ("key_name", "verified_at")
+
+
+def verified_row(backups: KeyBackups) -> dict[str, Any]:
+    """The ``backup_verified`` row: when a backup of the key last verified whole."""
+    return {"key_name": backups.key_name, "verified_at": backups.last_verified_ok_at}
 
 
 def key_row(backups: KeyBackups, last_position: int) -> dict[str, Any]:
@@ -96,6 +105,10 @@ def view_statements(
 ) -> list[Statement]:
     """The writes that make the read side show ``backups`` as of ``last_position``."""
     statements = [_upsert("backup_keys", _KEY_COLUMNS, key_row(backups, last_position))]
+    if backups.last_verified_ok_at is not None:
+        statements.append(
+            _upsert("backup_verified", _VERIFIED_COLUMNS, verified_row(backups))
+        )
     for backup_id in sorted(touched):
         statements.append(
             _upsert("backup_records", _RECORD_COLUMNS, record_row(backups, backup_id))
@@ -125,6 +138,10 @@ def snapshot_tables(
             f"SELECT {', '.join(_RECORD_COLUMNS)} FROM backup_records "
             "ORDER BY backup_id"
         ),
+        "backup_verified": reader.query(
+            f"SELECT {', '.join(_VERIFIED_COLUMNS)} FROM backup_verified "
+            "ORDER BY key_name"
+        ),
     }
 
 
@@ -132,13 +149,16 @@ def expected_tables(
     records: Iterable[tuple[KeyBackups, int]],
 ) -> dict[str, list[dict[str, Any]]]:
     """The rows ``snapshot_tables`` should return for these backup records."""
-    keys, rows = [], []
+    keys, rows, verified = [], [], []
     for backups, last_position in records:
         keys.append(key_row(backups, last_position))
         rows += [record_row(backups, backup_id) for backup_id in backups.records]
+        if backups.last_verified_ok_at is not None:
+            verified.append(verified_row(backups))
     return {
         "backup_keys": sorted(keys, key=lambda row: row["key_name"]),
         "backup_records": sorted(rows, key=lambda row: row["backup_id"]),
+        "backup_verified": sorted(verified, key=lambda row: row["key_name"]),
     }
 
 
@@ -246,9 +266,10 @@ def status_page(
             params.append(key)
         rows = recorder.query(
             "SELECT kv.name, kv.created_at, bk.policy, bk.last_backup_id, "
-            "bk.last_failure, br.record "
+            "bk.last_failure, br.record, bv.verified_at "
             "FROM key_view kv LEFT JOIN backup_keys bk ON bk.key_name = kv.name "
             "LEFT JOIN backup_records br ON br.backup_id = bk.last_backup_id "
+            "LEFT JOIN backup_verified bv ON bv.key_name = kv.name "
             f"WHERE {' AND '.join(clauses)} ORDER BY kv.name LIMIT %s",
             (*params, batch),
         )
@@ -274,7 +295,6 @@ def _status_item(
     last = _record(row["record"]) if row["record"] else None
     status, due_at = key_status(last, policy, created_at=row["created_at"], now=now)
     whole = last.whole_copies() if last is not None else []
-    verified = _last_verified(recorder, row["name"]) if last is not None else None
     return {
         "key": row["name"],
         "status": status,
@@ -290,21 +310,13 @@ def _status_item(
             "verified_at": last.verified_at,
             "verified_ok": last.verified_ok,
         },
-        "last_successful_verification_at": verified,
+        "last_successful_verification_at": row["verified_at"],
         "copies_by_location": _by_location(whole),
         "last_failure": json.loads(row["last_failure"])
         if row["last_failure"]
         else None,
         "destroyed_versions_held": destroyed_versions_held(recorder, row["name"], now),
     }
-
-
-def _last_verified(recorder: LedgerRecorder, key_name: str) -> str | None:
-    found = None
-    for record in all_records(recorder, key_name):
-        if record.verified_ok and (found is None or record.verified_at > found):  # type: ignore[operator]
-            found = record.verified_at
-    return found
 
 
 def destroyed_versions_held(
@@ -377,6 +389,7 @@ def rebuild_statements(app: Any, reader: Any) -> list[Statement]:
     statements: list[Statement] = [
         ("DELETE FROM backup_records", ()),
         ("DELETE FROM backup_keys", ()),
+        ("DELETE FROM backup_verified", ()),
     ]
     for backups, last_position in replay(app, reader):
         statements += view_statements(backups, set(backups.records), last_position)

@@ -413,3 +413,20 @@ def test_unreadable_material_fails_the_backup_and_releases_its_claim(
     assert all(
         not list(folder.iterdir()) for folder in folders.values() if folder.exists()
     )
+
+
+def test_last_successful_verification_outlives_a_newer_unverified_backup(
+    client: TestClient, runtime: Runtime, folders: dict[str, Path]
+) -> None:
+    """A newer backup is unverified, but the last good verification is still shown."""
+    create(client, "k1")
+    first = take(client, "k1")
+    verified = post_ok(client, f"/v1/backups/{first['backup_id']}/verify")["backup"]
+    runtime.clock.advance(timedelta(hours=1))  # type: ignore[attr-defined]
+    take(client, "k1")
+
+    status = status_of(client, "k1")
+
+    assert status["status"] == "unverified"
+    assert status["last_successful_verification_at"] == verified["verified_at"]
+    assert [b["backup_id"] for b in status["backups"]][1] == first["backup_id"]

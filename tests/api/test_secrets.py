@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from api.runtime import Runtime
 from ledger.material import fingerprint
 from ledger.store import checkpoint_table
-from projections import key_view
+from projections import backup_status, key_view
 from tests.api._support import JSON, get_key
 from tests.api.conftest import TOKEN
 
@@ -329,7 +329,7 @@ def test_backups_leak_no_material_no_backup_key_and_no_kek_blob(
     archive, _, _, _ = runtime.backups.backup_ledger(CommandContext(ADMIN, "req-a"))
     ledger = runtime.service.ledger
     haystacks = {"bundle file": data, "ledger archive": archive.data}
-    for table in (ledger.events_table_name, "backup_keys", "backup_records"):
+    for table in (ledger.events_table_name, *backup_status.TABLES):
         for i, row in enumerate(ledger.query(f"SELECT * FROM {table}")):
             for column, value in row.items():
                 haystacks[f"{table} row {i} {column}"] = _as_bytes(value)
