@@ -19,6 +19,7 @@ from api.routes import (
     key_use,
     keys,
     ledger,
+    replication,
     transit,
 )
 from api.runtime import Runtime, build_runtime
@@ -64,6 +65,7 @@ def create_app(
     app.include_router(transit.router)
     app.include_router(audit.router)
     app.include_router(approvals.router)
+    app.include_router(replication.router)
     current = runtime.settings if runtime is not None else settings or Settings()
     if current.dev_clock:
         app.include_router(ledger.dev_router)

@@ -135,6 +135,8 @@ class KeyService:
         self.clock = clock
         self.bounds = bounds
         self.signer = signer
+        # Other keys this ledger's entries may be signed with (a replica's primary).
+        self.trusted_keys: dict[str, Any] = {}
 
     @classmethod
     def open(
@@ -534,7 +536,7 @@ class KeyService:
 
     def public_keys(self) -> dict[str, Any]:
         """The public keys this ledger's entries are verified against, by key id."""
-        return {self.signer.kid: self.signer.public_key}
+        return {**self.trusted_keys, self.signer.kid: self.signer.public_key}
 
     def head_position(self) -> int:
         return self.ledger.head().position

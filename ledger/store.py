@@ -280,6 +280,39 @@ class _HeadMovedError(Exception):
     """Another process appended since this one last saw the head."""
 
 
+class AppendSignal:
+    """Wakes readers waiting for the head to pass a position (long-polls, replicas).
+
+    Appends made in this process wake waiters at once; appends made by other
+    processes on the same database are seen by re-reading the head at least
+    every ``recheck`` seconds, so a waiter never sleeps past one.
+    """
+
+    def __init__(self, recheck: float = 1.0) -> None:
+        self._condition = threading.Condition()
+        self._generation = 0
+        self.recheck = recheck
+
+    def notify(self) -> None:
+        with self._condition:
+            self._generation += 1
+            self._condition.notify_all()
+
+    def wait_for(self, position: int, timeout: float, head: Callable[[], Head]) -> Head:
+        """Wait until the head reaches ``position`` or ``timeout`` passes; the head."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._condition:
+                generation = self._generation
+            current = head()
+            remaining = deadline - time.monotonic()
+            if current.position >= position or remaining <= 0:
+                return current
+            with self._condition:
+                if self._generation == generation:
+                    self._condition.wait(min(remaining, self.recheck))
+
+
 class LedgerTransaction(Protocol):
     """Reads and writes inside one transaction that holds the ledger's write lock."""
 
@@ -298,6 +331,14 @@ class LedgerRecorder(Protocol):
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None: ...
     def head(self) -> Head: ...
+    def wait_for_position(self, position: int, timeout: float) -> Head: ...
+    def insert_replicated(
+        self,
+        entries: Sequence[SealedEntry],
+        statements: Sequence[Statement],
+        *,
+        expected_head: int,
+    ) -> None: ...
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]: ...
     def execute(self, statements: Sequence[Statement]) -> None: ...
     def exclusive(self) -> AbstractContextManager[LedgerTransaction]: ...
@@ -372,6 +413,7 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
         self._queue_lock = threading.Lock()
         self._queue: list[_PendingAppend] = []
         self._contended_until = 0.0
+        self.appended = AppendSignal()
         schema, table = datastore.schema, events_table_name
         checkpoints = checkpoint_table(table)
         self.checkpoints_table_name = checkpoints
@@ -598,6 +640,53 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
         for pending, receipts in zip(group, sealed.receipts, strict=True):
             pending.write.receipts = receipts
             pending.positions = [receipt.position for receipt in receipts]
+        self.appended.notify()
+
+    def insert_replicated(
+        self,
+        entries: Sequence[SealedEntry],
+        statements: Sequence[Statement],
+        *,
+        expected_head: int,
+    ) -> None:
+        """Store entries sealed elsewhere, exactly as given, after ``expected_head``.
+
+        A replica's append: the entries keep the primary's bytes, hash and
+        signature, and ``statements`` (projections, the replica's position) run
+        in the same transaction. Nothing is written if the head is not
+        ``expected_head``.
+
+        Raises:
+            IntegrityError: the head moved, or a position is already held.
+        """
+        if not entries:
+            return
+        sealed = _SealedGroup(
+            tail=EMPTY_HEAD, entries=list(entries), statements=list(statements)
+        )
+        with self._append_lock:
+            self._head_cache = None
+            try:
+                with self.datastore.get_connection() as conn:
+                    self._run_script(
+                        conn,
+                        [
+                            (_BEGIN, ()),
+                            *self._lock_script(),
+                            (self._expect_head, (expected_head,)),
+                            *self._write_script(sealed),
+                            (_COMMIT, ()),
+                        ],
+                    )
+            except _HeadMovedError:
+                raise IntegrityError("The ledger head moved: not replicated.") from None
+            except psycopg.IntegrityError as error:
+                raise IntegrityError(str(error)) from error
+        self.appended.notify()
+
+    def wait_for_position(self, position: int, timeout: float) -> Head:
+        """The head once it reaches ``position``, or after ``timeout`` seconds."""
+        return self.appended.wait_for(position, timeout, self.head)
 
     def _lock_script(self) -> list[tuple[Any, Sequence[Any]]]:
         return [
@@ -735,6 +824,7 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
         self.sequencer: Sequencer | None = None
         self.extra_ddl: list[str] = []
         self.checkpoints_table_name = checkpoint_table(events_table_name)
+        self.appended = AppendSignal()
 
     def attach(self, sequencer: Sequencer, extra_ddl: Sequence[str]) -> None:
         """Give the recorder its signer and clock, and the side tables' DDL."""
@@ -793,25 +883,7 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
                 head = self._head(raw)
                 sealed = self.sequencer.seal(head, stored_events, write)
                 receipts = [entry.receipt() for entry in sealed]
-                raw.executemany(
-                    f"INSERT INTO {self.events_table_name} (notification_id, "
-                    "originator_id, originator_version, topic, state, entry_hash, "
-                    "signature, kid, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            entry.position,
-                            entry.originator_id.hex,
-                            entry.originator_version,
-                            entry.topic,
-                            entry.entry_bytes,
-                            entry.hash,
-                            entry.signature,
-                            entry.kid,
-                            entry.recorded_at,
-                        )
-                        for entry in sealed
-                    ],
-                )
+                self._insert_entries(raw, sealed)
                 statements = list(write.statements)
                 for callback in write.after_sealed:
                     statements += callback(receipts)
@@ -824,7 +896,63 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
                 raw.rollback()
                 raise
         write.receipts = receipts
+        self.appended.notify()
         return [entry.position for entry in sealed]
+
+    def insert_replicated(
+        self,
+        entries: Sequence[SealedEntry],
+        statements: Sequence[Statement],
+        *,
+        expected_head: int,
+    ) -> None:
+        """Store entries sealed elsewhere, exactly as given, after ``expected_head``.
+
+        See ``PostgresLedgerRecorder.insert_replicated``.
+        """
+        if not entries:
+            return
+        with _sqlite_errors(), self.datastore.get_connection(commit=True) as conn:
+            raw = conn._sqlite_conn
+            try:
+                raw.execute("BEGIN IMMEDIATE")
+                if self._head(raw).position != expected_head:
+                    raise IntegrityError("The ledger head moved: not replicated.")
+                self._insert_entries(raw, entries)
+                for sql, params in statements:
+                    raw.execute(_qmarks(sql), params)
+                raw.commit()
+            except BaseException:
+                raw.rollback()
+                raise
+        self.appended.notify()
+
+    def wait_for_position(self, position: int, timeout: float) -> Head:
+        """The head once it reaches ``position``, or after ``timeout`` seconds."""
+        return self.appended.wait_for(position, timeout, self.head)
+
+    def _insert_entries(
+        self, raw: sqlite3.Connection, entries: Sequence[SealedEntry]
+    ) -> None:
+        raw.executemany(
+            f"INSERT INTO {self.events_table_name} (notification_id, "
+            "originator_id, originator_version, topic, state, entry_hash, "
+            "signature, kid, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    entry.position,
+                    entry.originator_id.hex,
+                    entry.originator_version,
+                    entry.topic,
+                    entry.entry_bytes,
+                    entry.hash,
+                    entry.signature,
+                    entry.kid,
+                    entry.recorded_at,
+                )
+                for entry in entries
+            ],
+        )
 
     def _insert_checkpoint(
         self, raw: sqlite3.Connection, checkpoint: Checkpoint

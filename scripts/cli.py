@@ -12,6 +12,7 @@ from scripts import (
     export_ledger,
     principals,
     rebuild_projections,
+    replica,
     run_demo,
     run_service,
     tokens,
@@ -56,6 +57,10 @@ COMMANDS: dict[str, tuple[Any, str]] = {
     ),
     "principals": (principals, "List, show, create principals; replace roles."),
     "tokens": (tokens, "Issue (printed once) and revoke principals' tokens."),
+    "replica": (
+        replica,
+        "Follow a primary into this replica's own store; serve reads.",
+    ),
 }
 
 

@@ -19,6 +19,8 @@ from ledger.verify import verify_ledger
 
 router = APIRouter(tags=["ledger"])
 
+MAX_FEED_WAIT_SECONDS = 30
+
 
 @router.get("/v1/events", operation_id="list_events")
 def list_events(
@@ -28,9 +30,21 @@ def list_events(
     *,
     after: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    wait: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=MAX_FEED_WAIT_SECONDS,
+            description="Long-poll: when nothing follows `after`, wait up to this "
+            "many seconds for the next entry before answering.",
+        ),
+    ] = 0,
 ) -> dict[str, Any]:
     """The ledger feed: entries with hashes and signatures, in position order."""
     events = runtime.service.events(after=after, limit=limit)
+    if not events and wait > 0:
+        runtime.service.ledger.wait_for_position(after + 1, wait)
+        events = runtime.service.events(after=after, limit=limit)
     head = runtime.service.head_position()
     response.headers["Ledger-Position"] = str(head)
     next_after = events[-1]["position"] if events else after

@@ -9,7 +9,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -29,14 +29,16 @@ def _free_port() -> int:
 class Server:
     """A ``keyledger serve`` process and what it printed."""
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    def __init__(
+        self, env: dict[str, str], log: Path, command: Sequence[str] = ("serve",)
+    ) -> None:
         self.env = env
         self.port = int(env["KEYLEDGER_PORT"])
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         with log.open("ab") as sink:
             self.process = subprocess.Popen(
-                [str(BIN / "keyledger"), "serve"],
+                [str(BIN / "keyledger"), *command],
                 env=env,
                 stdout=sink,
                 stderr=subprocess.STDOUT,

@@ -1,0 +1,891 @@
+"""Following a primary: verify every entry, store it byte for byte, apply it.
+
+A replica reads the primary's feed (``GET /v1/events``, long-polled), and for
+each entry checks, before it keeps anything, that:
+
+- its position is exactly the next one, and its ``prev_hash`` is the hash of
+  the entry the replica holds before it;
+- SHA-256 of its bytes is the hash the primary gave, and that hash is signed by
+  one of the public keys the operator pinned;
+- its recorded time does not go backwards.
+
+Verified entries are stored exactly as the primary sealed them (same bytes, same
+hash, same signature), so the replica's ledger verifies with the same tool and
+has the same head hash. The projections, the key material and the replica's own
+state (what it last saw of the primary) are written in the same transaction as
+the entries: a crash at any point leaves either all of a batch or none of it.
+
+On any mismatch the replica halts: it keeps what it has, records the position
+and the reason, and never accepts the primary's new version of a position it
+already holds. Reasons are the verifier's codes (``GAP``, ``BROKEN_LINK``,
+``HASH_MISMATCH``, ``BAD_SIGNATURE``, ``UNKNOWN_SIGNING_KEY``,
+``POSITION_MISMATCH``, ``MALFORMED_ENTRY``, ``TIME_REGRESSION``) and these:
+
+``PRIMARY_HEAD_REGRESSED`` the primary's head is behind a head it showed before
+                           (or behind the replica): restored from an old backup?
+``FORK``                   the primary holds a different entry at a position the
+                           replica already holds
+``MALFORMED_FEED``         the feed is not what the primary sends
+``UNREADABLE_EVENT``       a verified entry cannot be applied to the key it names
+``MATERIAL_MISMATCH``      replicated key material does not match its fingerprint
+``REPLICA_CONFLICT``       something else appended to the replica's own ledger
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import httpx
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.domain import OriginatorVersionError
+from eventsourcing.persistence import IntegrityError, PersistenceError, StoredEvent
+from eventsourcing.utils import TopicError
+
+from domain.clock import format_time
+from domain.keys import ManagedKey
+from ledger.entry import canonical_json
+from ledger.material import KeyEncryptionKey, UnwrapError, fingerprint
+from ledger.offline import StoredEntry, verify_entries
+from ledger.service import KeyService
+from ledger.signing import key_id, load_public_key
+from ledger.store import Head, SealedEntry, Statement
+from projections import key_view
+
+logger = logging.getLogger(__name__)
+
+STATE_DDL = [
+    "CREATE TABLE IF NOT EXISTS replica_state ("
+    "id INTEGER PRIMARY KEY CHECK (id = 1), source TEXT NOT NULL, "
+    "position BIGINT NOT NULL, primary_head BIGINT NOT NULL, "
+    "state TEXT NOT NULL, reason TEXT, detail TEXT, halted_position BIGINT, "
+    "updated_at TEXT NOT NULL)",
+]
+
+FOLLOWING = "following"
+HALTED = "halted"
+PROMOTED = "promoted"
+
+_KEY_TOPICS = "keyledger.key."
+_AGGREGATE_CACHE = 1000
+
+
+# Errors ------------------------------------------------------------------------
+
+
+class PinningError(Exception):
+    """The primary's signing key is not one the operator pinned."""
+
+
+class SourceUnavailable(Exception):  # noqa: N818 - a condition, retried
+    """The primary could not be reached or answered with a server error."""
+
+
+class SourceRefused(Exception):  # noqa: N818 - a condition, not retried
+    """The primary refused the replica's token (401/403)."""
+
+
+@dataclass(frozen=True)
+class Halt:
+    """Why the replica stopped applying, and at which position."""
+
+    position: int
+    reason: str
+    detail: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"position": self.position, "reason": self.reason, "detail": self.detail}
+
+
+class ReplicaHalted(Exception):  # noqa: N818 - carries the halt, not an error class
+    """The replica halted; it applies nothing more until the operator acts."""
+
+    def __init__(self, halt: Halt) -> None:
+        super().__init__(f"halted at position {halt.position}: {halt.reason}")
+        self.halt = halt
+
+
+class _MalformedFeedError(Exception):
+    def __init__(self, position: int, detail: str) -> None:
+        super().__init__(detail)
+        self.position = position
+        self.detail = detail
+
+    def halt(self) -> Halt:
+        return Halt(self.position, "MALFORMED_FEED", self.detail)
+
+
+# Pinning -----------------------------------------------------------------------
+
+
+def public_key_fingerprint(public_key: Ed25519PublicKey) -> str:
+    """The full SHA-256 of the raw public key, as an operator pins it."""
+    raw = public_key.public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+def pin_keys(
+    advertised_pem: str,
+    *,
+    key_files: Iterable[bytes] = (),
+    fingerprints: Iterable[str] = (),
+) -> dict[str, Ed25519PublicKey]:
+    """The keys to trust: the pinned ones, after checking the primary's against them.
+
+    The operator pins PEM files or full ``sha256:`` fingerprints (never a kid:
+    64 bits is too short to pin). The key the primary advertises must be one of
+    them; a fingerprint alone trusts the advertised key it matches.
+
+    Raises:
+        PinningError: nothing is pinned, or the primary's key is not pinned.
+    """
+    pinned = {}
+    for data in key_files:
+        try:
+            public_key = load_public_key(data)
+        except ValueError as error:
+            raise PinningError(f"a pinned key file is not usable: {error}") from None
+        pinned[key_id(public_key)] = public_key
+    wanted = {text.strip().lower() for text in fingerprints if text.strip()}
+    for text in wanted:
+        if not text.startswith("sha256:") or len(text) != 7 + 64:
+            raise PinningError(
+                f"{text!r} is not a pinned fingerprint: give sha256: and 64 hex "
+                "digits of the primary's public key"
+            )
+    if not pinned and not wanted:
+        raise PinningError(
+            "no public key is pinned: give the primary's public key file or its "
+            "sha256: fingerprint"
+        )
+    try:
+        advertised = load_public_key(advertised_pem)
+    except ValueError as error:
+        raise PinningError(f"the primary's public key is not usable: {error}") from None
+    if public_key_fingerprint(advertised) in wanted:
+        pinned[key_id(advertised)] = advertised
+    if pinned.get(key_id(advertised)) is None or public_key_fingerprint(
+        pinned[key_id(advertised)]
+    ) != public_key_fingerprint(advertised):
+        raise PinningError(
+            f"the primary signs with {key_id(advertised)} "
+            f"({public_key_fingerprint(advertised)}), which is not pinned"
+        )
+    return pinned
+
+
+# The source --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FeedPage:
+    """One answer of the feed: entries after a position, and the primary's head."""
+
+    entries: list[SealedEntry]
+    head_position: int
+    malformed: Halt | None = None  # an item after ``entries`` that is not an entry
+
+
+class Source(Protocol):
+    """Where a replica reads the primary's ledger from."""
+
+    name: str
+
+    def signing_key_pem(self) -> str: ...
+    def page(self, after: int, limit: int, wait: float) -> FeedPage: ...
+    def material(self, key_id: str, version: int) -> bytes | None: ...
+
+
+class HttpSource:
+    """The primary's HTTP API, read with a token holding the replication permission."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        timeout: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.name = url.rstrip("/")
+        self._timeout = timeout
+        self._client = httpx.Client(
+            base_url=self.name,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout,
+            transport=transport,
+        )
+
+    def __repr__(self) -> str:
+        return f"HttpSource({self.name!r})"
+
+    def close(self) -> None:
+        self._client.close()
+
+    def signing_key_pem(self) -> str:
+        body = self._get("/v1/ledger/head", {}, self._timeout)
+        try:
+            return str(body["signing_key"]["public_key_pem"])
+        except (KeyError, TypeError):
+            raise SourceUnavailable(
+                "the primary did not name its signing key"
+            ) from None
+
+    def page(self, after: int, limit: int, wait: float) -> FeedPage:
+        params = {"after": after, "limit": limit, "wait": wait}
+        body = self._get("/v1/events", params, wait + self._timeout)
+        return decode_page(body, after)
+
+    def material(self, key_id: str, version: int) -> bytes | None:
+        body = self._get(
+            f"/v1/replication/material/{key_id}/{version}",
+            {},
+            self._timeout,
+            missing_ok="MATERIAL_NOT_FOUND",
+        )
+        if body is None:
+            return None
+        try:
+            return base64.b64decode(str(body["wrapped"]), validate=True)
+        except (KeyError, TypeError, ValueError):
+            raise _MalformedFeedError(0, "replicated material is not base64") from None
+
+    def _get(
+        self,
+        path: str,
+        params: Mapping[str, Any],
+        timeout: float,
+        *,
+        missing_ok: str = "",
+    ) -> Any:
+        try:
+            response = self._client.get(path, params=dict(params), timeout=timeout)
+        except httpx.HTTPError as error:
+            raise SourceUnavailable(f"{type(error).__name__}: {error}") from None
+        if response.status_code in (401, 403):
+            raise SourceRefused(
+                f"the primary answered {response.status_code} to {path}: "
+                "the token needs the replication permission"
+            )
+        if missing_ok and response.status_code == 404 and _code(response) == missing_ok:
+            return None
+        if response.status_code != 200:
+            raise SourceUnavailable(f"the primary answered {response.status_code}")
+        try:
+            return response.json()
+        except ValueError:
+            position = int(params.get("after", 0)) + 1
+            raise _MalformedFeedError(position, "the feed is not JSON") from None
+
+
+def _code(response: httpx.Response) -> str | None:
+    try:
+        return str(response.json()["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def decode_page(body: Any, after: int) -> FeedPage:
+    """A feed page as stored entries; the entry bytes are re-made canonically.
+
+    The entries are RFC 8785 canonical JSON, so encoding the parsed entry again
+    gives back exactly the signed bytes; any change in transit changes the hash.
+    """
+    if not isinstance(body, dict) or not isinstance(body.get("events"), list):
+        raise _MalformedFeedError(after + 1, "the feed page has no event list")
+    head = body.get("head_position")
+    if not isinstance(head, int) or isinstance(head, bool):
+        raise _MalformedFeedError(after + 1, "the feed page has no head position")
+    entries = []
+    for offset, item in enumerate(body["events"]):
+        try:
+            entries.append(decode_entry(item, after + 1 + offset))
+        except _MalformedFeedError as error:
+            return FeedPage(entries, head, error.halt())
+    return FeedPage(entries, head)
+
+
+def decode_entry(item: Any, expected: int) -> SealedEntry:
+    """One feed item as the entry the primary stored (or _MalformedFeedError)."""
+    if not isinstance(item, dict):
+        raise _MalformedFeedError(expected, "a feed item is not an object")
+    entry = dict(item)
+    try:
+        hash_hex = str(entry.pop("hash"))
+        signature = bytes.fromhex(str(entry.pop("signature")))
+        kid = str(entry.pop("kid"))
+        entry_bytes = canonical_json(entry)
+        position = entry["position"]
+        version = entry["stream_version"]
+        if not isinstance(position, int) or not isinstance(version, int):
+            raise ValueError("position and stream version must be integers")
+        return SealedEntry(
+            position=position,
+            originator_id=uuid.UUID(str(entry["stream_id"])),
+            originator_version=version,
+            topic=str(entry["type"]),
+            entry_bytes=entry_bytes,
+            hash=hash_hex,
+            signature=signature,
+            kid=kid,
+            recorded_at=str(entry["recorded_at"]),
+        )
+    except (KeyError, ValueError, TypeError) as error:
+        raise _MalformedFeedError(
+            expected, f"a feed item is malformed: {error}"
+        ) from None
+
+
+# The follower ------------------------------------------------------------------
+
+
+@dataclass
+class ReplicaStatus:
+    """What the replica knows about itself and about the primary."""
+
+    source: str
+    state: str
+    position: int
+    hash: str
+    primary_head: int
+    primary_head_seen_at: str | None = None
+    caught_up_at: float | None = None
+    reachable: bool = True
+    last_error: str | None = None
+    halt: Halt | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        behind = max(self.primary_head - self.position, 0)
+        seconds = 0.0
+        if behind and self.caught_up_at is not None:
+            seconds = round(time.time() - self.caught_up_at, 3)
+        return {
+            "role": "replica" if self.state != PROMOTED else "primary",
+            "source": self.source,
+            "state": self.state,
+            "reason": self.halt.reason if self.halt else None,
+            "halt": self.halt.as_json() if self.halt else None,
+            "applied": {"position": self.position, "hash": self.hash},
+            "primary_head": {
+                "position": self.primary_head,
+                "seen_at": self.primary_head_seen_at,
+            },
+            "lag": {"events": behind, "seconds": seconds},
+            "source_reachable": self.reachable,
+            "last_error": self.last_error,
+            **self.extra,
+        }
+
+
+class Follower:
+    """Applies the primary's verified entries to the replica's own ledger."""
+
+    def __init__(
+        self,
+        service: KeyService,
+        source: Source,
+        public_keys: Mapping[str, Ed25519PublicKey],
+        *,
+        batch: int = 500,
+        kek: KeyEncryptionKey | None = None,
+    ) -> None:
+        self.service = service
+        self.ledger = service.ledger
+        self.source = source
+        self.public_keys = dict(public_keys)
+        self.batch = batch
+        self.kek = kek
+        self._keys: OrderedDict[uuid.UUID, ManagedKey] = OrderedDict()
+        self._held_checked = False
+        head = self.ledger.head()
+        self.status = ReplicaStatus(source.name, FOLLOWING, head.position, head.hash, 0)
+        self._head = head
+
+    # Start-up and state ---------------------------------------------------------
+
+    def prepare(self, *, resume: bool = False) -> None:
+        """Create the replica's state, or read it back after a restart.
+
+        Raises:
+            ReplicaHalted: the replica halted before and ``resume`` is false.
+        """
+        self.ledger.execute([(ddl, ()) for ddl in STATE_DDL])
+        rows = self.ledger.query(
+            "SELECT source, position, primary_head, state, reason, detail, "
+            "halted_position FROM replica_state WHERE id = 1"
+        )
+        head = self.ledger.head()
+        self._head = head
+        self.status.position, self.status.hash = head.position, head.hash
+        if not rows:
+            self.ledger.execute(
+                [
+                    (
+                        "INSERT INTO replica_state (id, source, position, "
+                        "primary_head, state, updated_at) "
+                        "VALUES (1, %s, %s, %s, %s, %s)",
+                        (
+                            self.source.name,
+                            head.position,
+                            head.position,
+                            FOLLOWING,
+                            _now(),
+                        ),
+                    )
+                ]
+            )
+            self.status.primary_head = head.position
+            return
+        row = rows[0]
+        self.status.primary_head = int(row["primary_head"])
+        if row["state"] == PROMOTED:
+            self.status.state = PROMOTED
+            return
+        if row["state"] == HALTED:
+            halt = Halt(int(row["halted_position"] or 0), row["reason"], row["detail"])
+            if not resume:
+                self.status.state, self.status.halt = HALTED, halt
+                raise ReplicaHalted(halt)
+            logger.warning("replica_resumed", extra=halt.as_json())
+            self._set_state(FOLLOWING, None)
+        if row["source"] != self.source.name:
+            logger.warning(
+                "replica_source_changed",
+                extra={"before": row["source"], "now": self.source.name},
+            )
+            self.ledger.execute(
+                [
+                    (
+                        "UPDATE replica_state SET source = %s WHERE id = 1",
+                        (self.source.name,),
+                    )
+                ]
+            )
+
+    def halt(self, halt: Halt) -> ReplicaHalted:
+        """Record the halt, log it, and return the exception to raise."""
+        self.status.state, self.status.halt = HALTED, halt
+        logger.error("replica_halted", extra=halt.as_json())
+        try:
+            self._set_state(HALTED, halt)
+        except PersistenceError as error:
+            logger.error("replica_halt_not_recorded", extra={"error": str(error)})
+        return ReplicaHalted(halt)
+
+    def _set_state(self, state: str, halt: Halt | None) -> None:
+        self.ledger.execute(
+            [
+                (
+                    "UPDATE replica_state SET state = %s, reason = %s, detail = %s, "
+                    "halted_position = %s, updated_at = %s WHERE id = 1",
+                    (
+                        state,
+                        halt.reason if halt else None,
+                        halt.detail if halt else None,
+                        halt.position if halt else None,
+                        _now(),
+                    ),
+                )
+            ]
+        )
+
+    # Following --------------------------------------------------------------------
+
+    def run(
+        self,
+        stopping: threading.Event,
+        *,
+        wait: float = 10.0,
+        until_caught_up: bool = False,
+    ) -> Halt | None:
+        """Follow until ``stopping`` is set (or caught up); the halt, if any."""
+        backoff = 0.2
+        while not stopping.is_set():
+            try:
+                applied = self.step(wait=0 if until_caught_up else wait)
+            except ReplicaHalted as halted:
+                return halted.halt
+            except SourceUnavailable as error:
+                self.status.reachable, self.status.last_error = False, str(error)
+                logger.warning(
+                    "replica_source_unavailable", extra={"error": str(error)}
+                )
+                stopping.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.2
+            if until_caught_up and not applied and self.caught_up():
+                return None
+        return None
+
+    def caught_up(self) -> bool:
+        return self.status.position >= self.status.primary_head
+
+    def step(self, *, wait: float = 0) -> int:
+        """Read one page after the replica's head, verify it, apply it; how many.
+
+        Raises:
+            ReplicaHalted: a mismatch; nothing of the bad entry was kept.
+            SourceUnavailable: the primary could not be read; retry later.
+        """
+        if self.status.state == HALTED and self.status.halt is not None:
+            raise ReplicaHalted(self.status.halt)
+        held = self._head
+        if not self._held_checked and held.position > 0:
+            self._check_held(held)
+            self._held_checked = True
+        try:
+            page = self.source.page(held.position, self.batch, wait)
+        except _MalformedFeedError as error:
+            raise self.halt(
+                Halt(error.position, "MALFORMED_FEED", error.detail)
+            ) from None
+        self.status.reachable, self.status.last_error = True, None
+        self._check_primary_head(page.head_position, held)
+        entries = self._drop_held(page.entries, held)
+        if not entries and page.malformed is not None:
+            raise self.halt(page.malformed)
+        if not entries:
+            self._seen_head(page.head_position)
+            return 0
+        verified, failure = self._verify(entries, held)
+        if verified:
+            self._apply(verified, page.head_position)
+        failure = failure or page.malformed
+        if failure is not None:
+            if (
+                failure.reason == "BROKEN_LINK"
+                and failure.position == held.position + 1
+            ):
+                # The primary's next entry does not follow ours: whose history moved?
+                self._check_held(held)
+            raise self.halt(failure)
+        if self.caught_up():
+            self.status.caught_up_at = time.time()
+        return len(verified)
+
+    def _check_primary_head(self, head_position: int, held: Head) -> None:
+        seen = max(self.status.primary_head, held.position)
+        if head_position < seen:
+            raise self.halt(
+                Halt(
+                    head_position + 1,
+                    "PRIMARY_HEAD_REGRESSED",
+                    f"the primary's head is at {head_position} but it was seen at "
+                    f"{self.status.primary_head} and the replica holds "
+                    f"{held.position}: restored from an older backup? Positions "
+                    "already held are never replaced",
+                )
+            )
+
+    def _check_held(self, held: Head) -> None:
+        """Halt with FORK unless the primary holds the replica's head entry as is."""
+        if held.position == 0:
+            return
+        try:
+            page = self.source.page(held.position - 1, 1, 0)
+        except _MalformedFeedError as error:
+            raise self.halt(
+                Halt(error.position, "MALFORMED_FEED", error.detail)
+            ) from None
+        self._check_primary_head(page.head_position, held)
+        same = [entry.hash for entry in page.entries if entry.position == held.position]
+        if same == [held.hash]:
+            return
+        fork = self.first_divergence(held.position)
+        raise self.halt(
+            Halt(
+                fork,
+                "FORK",
+                f"the primary holds a different entry at position {fork} than the "
+                "replica; the replica keeps its own",
+            )
+        )
+
+    def _drop_held(
+        self, entries: Sequence[SealedEntry], held: Head
+    ) -> list[SealedEntry]:
+        """Entries after the head; one delivered again is a no-op if it is the same."""
+        fresh = []
+        for entry in entries:
+            if entry.position > held.position or entry.position < 1:
+                fresh.append(entry)
+            elif self._own_hash(entry.position) != entry.hash:
+                raise self.halt(
+                    Halt(
+                        entry.position,
+                        "FORK",
+                        f"the primary sent a different entry at position "
+                        f"{entry.position}, which the replica already holds",
+                    )
+                )
+        return fresh
+
+    def first_divergence(self, upto: int) -> int:
+        """The first position at which the primary and the replica differ.
+
+        Entries are hash-linked, so once two ledgers differ they differ at every
+        later position: a binary search over the hashes finds the fork.
+        """
+        low, high = 1, upto  # the fork lies in [low, high]
+        while low < high:
+            middle = (low + high) // 2
+            if self._primary_hash(middle) == self._own_hash(middle):
+                low = middle + 1
+            else:
+                high = middle
+        return low
+
+    def _primary_hash(self, position: int) -> str | None:
+        page = self.source.page(position - 1, 1, 0)
+        found = [entry.hash for entry in page.entries if entry.position == position]
+        return found[0] if found else None
+
+    def _own_hash(self, position: int) -> str | None:
+        rows = self.ledger.query(
+            f"SELECT entry_hash FROM {self.ledger.events_table_name} "
+            "WHERE notification_id = %s",
+            (position,),
+        )
+        return str(rows[0]["entry_hash"]) if rows else None
+
+    def _seen_head(self, head_position: int) -> None:
+        self.status.primary_head_seen_at = _now()
+        if self.caught_up() or self.status.caught_up_at is None:
+            self.status.caught_up_at = time.time()
+        if head_position != self.status.primary_head:
+            self.status.primary_head = head_position
+            self.ledger.execute(
+                [
+                    (
+                        "UPDATE replica_state SET primary_head = %s, updated_at = %s "
+                        "WHERE id = 1",
+                        (head_position, _now()),
+                    )
+                ]
+            )
+
+    def _verify(
+        self, entries: Sequence[SealedEntry], held: Head
+    ) -> tuple[list[SealedEntry], Halt | None]:
+        """The verified prefix of ``entries``, and the first failure after it."""
+        rows = [
+            StoredEntry(
+                position=entry.position,
+                entry_bytes=entry.entry_bytes,
+                hash=entry.hash,
+                signature=entry.signature,
+                kid=entry.kid,
+            )
+            for entry in entries
+        ]
+        result = verify_entries(
+            rows,
+            self.public_keys,
+            first_position=held.position + 1,
+            previous_hash=held.hash,
+            workers=2,
+        )
+        failure = result.report.first_failure
+        if failure is None and entries[0].recorded_at < held.recorded_at:
+            failure_halt = Halt(
+                entries[0].position,
+                "TIME_REGRESSION",
+                f"recorded at {entries[0].recorded_at}, before {held.recorded_at}",
+            )
+            return [], failure_halt
+        if failure is None:
+            return list(entries), None
+        good = [entry for entry in entries if entry.position < failure.position]
+        return good, Halt(failure.position, failure.reason, failure.detail)
+
+    # Applying -----------------------------------------------------------------------
+
+    def _apply(self, entries: list[SealedEntry], primary_head: int) -> None:
+        """Store the entries, their projections, material and position in one commit."""
+        last = entries[-1]
+        try:
+            statements = self._statements(entries)
+        except _UnreadableError as error:
+            self._keys.clear()
+            raise self.halt(Halt(error.position, error.reason, error.detail)) from None
+        seen = max(primary_head, last.position)
+        statements.append(
+            (
+                "UPDATE replica_state SET position = %s, primary_head = %s, "
+                "updated_at = %s WHERE id = 1",
+                (last.position, seen, _now()),
+            )
+        )
+        try:
+            self.ledger.insert_replicated(
+                entries, statements, expected_head=self._head.position
+            )
+        except IntegrityError as error:
+            self._keys.clear()
+            raise self.halt(
+                Halt(entries[0].position, "REPLICA_CONFLICT", str(error))
+            ) from None
+        except BaseException:
+            self._keys.clear()
+            raise
+        self._head = Head(last.position, last.hash, last.recorded_at)
+        self.status.position, self.status.hash = last.position, last.hash
+        self.status.primary_head = seen
+        self.status.primary_head_seen_at = _now()
+
+    def _statements(self, entries: Sequence[SealedEntry]) -> list[Statement]:
+        """The side writes of a batch: each touched key's rows, material changes."""
+        statements: list[Statement] = []
+        changed: dict[uuid.UUID, _KeyChange] = {}
+        for entry in entries:
+            if not entry.topic.startswith(_KEY_TOPICS):
+                continue  # usage records and clock moves change no projection
+            event = self._event(entry)
+            stream = entry.originator_id
+            key = self._key(stream, entry)
+            try:
+                key = event.mutate(key)
+            except (OriginatorVersionError, ValueError, KeyError) as error:
+                raise _UnreadableError(
+                    entry.position, "UNREADABLE_EVENT", str(error)
+                ) from None
+            self._keys[stream] = key
+            self._keys.move_to_end(stream)
+            change = changed.setdefault(stream, _KeyChange())
+            change.events.append(event)
+            change.last_position = entry.position
+            statements += self._material_statements(entry, event, key)
+        for stream, change in changed.items():
+            key = self._keys[stream]
+            removed = key_view.removed_versions(change.events)
+            statements += key_view.view_statements(
+                key,
+                key_view.touched_versions(change.events) - removed,
+                change.last_position,
+                config=key_view.config_changed(change.events),
+                removed=removed,
+            )
+        while len(self._keys) > _AGGREGATE_CACHE:
+            self._keys.popitem(last=False)
+        return statements
+
+    def _event(self, entry: SealedEntry) -> Any:
+        stored = StoredEvent(
+            entry.originator_id,
+            entry.originator_version,
+            entry.topic,
+            entry.entry_bytes,
+        )
+        try:
+            return self.service.app.mapper.to_domain_event(stored)
+        except (TopicError, KeyError, ValueError, TypeError) as error:
+            raise _UnreadableError(
+                entry.position, "UNREADABLE_EVENT", str(error)
+            ) from None
+
+    def _key(self, stream: uuid.UUID, entry: SealedEntry) -> ManagedKey | None:
+        if entry.originator_version == 1:
+            return None
+        key = self._keys.get(stream)
+        if key is None:
+            try:
+                key = self.service.app.repository.get(stream)
+            except AggregateNotFoundError:
+                raise _UnreadableError(
+                    entry.position,
+                    "UNREADABLE_EVENT",
+                    "the key's earlier events are missing",
+                ) from None
+        return key
+
+    def _material_statements(
+        self, entry: SealedEntry, event: Any, key: ManagedKey
+    ) -> list[Statement]:
+        """Keep replicated material for new versions; erase it when the ledger does."""
+        stream = str(entry.originator_id)
+        if isinstance(event, ManagedKey.VersionDestroyed):
+            return [
+                (
+                    "DELETE FROM key_material WHERE key_id = %s AND version = %s",
+                    (stream, event.version),
+                )
+            ]
+        if isinstance(event, ManagedKey.VersionsTrimmed):
+            return [
+                (
+                    "DELETE FROM key_material WHERE key_id = %s AND version < %s",
+                    (stream, event.min_available_version),
+                )
+            ]
+        if isinstance(event, ManagedKey.Generated | ManagedKey.Rotated):
+            version = 1 if isinstance(event, ManagedKey.Generated) else event.version
+            return self._replicated_material(entry, stream, version, event.fingerprint)
+        return []
+
+    def _replicated_material(
+        self, entry: SealedEntry, stream: str, version: int, expected: str
+    ) -> list[Statement]:
+        if self.kek is None:
+            return []
+        try:
+            wrapped = self.source.material(stream, version)
+        except _MalformedFeedError as error:
+            raise _UnreadableError(
+                entry.position, "MALFORMED_FEED", error.detail
+            ) from None
+        if wrapped is None:
+            # Erased on the primary since (destroyed or trimmed): nothing to keep.
+            return []
+        try:
+            material = self.kek.unwrap(wrapped, key_id=stream, version=version)
+        except UnwrapError:
+            raise _UnreadableError(
+                entry.position,
+                "MATERIAL_MISMATCH",
+                f"material of version {version} does not open with this replica's KEK",
+            ) from None
+        if fingerprint(material) != expected:
+            raise _UnreadableError(
+                entry.position,
+                "MATERIAL_MISMATCH",
+                f"material of version {version} differs from its fingerprint",
+            )
+        return [
+            (
+                "INSERT INTO key_material (key_id, version, wrapped) "
+                "VALUES (%s, %s, %s) ON CONFLICT (key_id, version) DO NOTHING",
+                (stream, version, base64.b64encode(wrapped).decode("ascii")),
+            )
+        ]
+
+
+@dataclass
+class _KeyChange:
+    events: list[Any] = field(default_factory=list)
+    last_position: int = 0
+
+
+class _UnreadableError(Exception):
+    def __init__(self, position: int, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.position, self.reason, self.detail = position, reason, detail
+
+
+def _now() -> str:
+    from datetime import UTC, datetime
+
+    return format_time(datetime.now(UTC))

@@ -1,0 +1,415 @@
+"""A replica follows a primary: verified byte for byte, applied once, or halted.
+
+The primary here is a ``KeyService`` read through a source that answers exactly as
+``GET /v1/events`` does (the same JSON), so every check runs on both stores
+without a server; the end-to-end tests cover the HTTP path and kill -9.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from domain.clock import AdjustableClock
+from ledger.key_use import KeyUser, UseItem
+from ledger.material import KeyEncryptionKey
+from ledger.replica import (
+    FeedPage,
+    Follower,
+    PinningError,
+    ReplicaHalted,
+    decode_page,
+    pin_keys,
+    public_key_fingerprint,
+)
+from ledger.service import CommandContext, KeyService
+from ledger.signing import LedgerSigner, public_key_pem
+from ledger.store import SealedEntry
+from ledger.verify import verify_ledger
+from projections import key_view
+from projections.rebuild import rebuild
+
+WEEK = timedelta(days=7)
+
+
+class ServiceSource:
+    """The primary's feed and material, as its HTTP routes render them."""
+
+    def __init__(self, service: KeyService) -> None:
+        self.service = service
+        self.name = "test-primary"
+        self.pages = 0
+
+    def signing_key_pem(self) -> str:
+        return public_key_pem(self.service.signer.public_key)
+
+    def page(self, after: int, limit: int, wait: float) -> FeedPage:
+        self.pages += 1
+        body = {
+            "events": self.service.events(after=after, limit=limit),
+            "head_position": self.service.head_position(),
+        }
+        return decode_page(json.loads(json.dumps(self.body(body))), after)
+
+    def body(self, body: dict[str, Any]) -> dict[str, Any]:
+        return body
+
+    def material(self, key_id: str, version: int) -> bytes | None:
+        rows = self.service.ledger.query(
+            "SELECT wrapped FROM key_material WHERE key_id = %s AND version = %s",
+            (key_id, version),
+        )
+        return base64.b64decode(rows[0]["wrapped"]) if rows else None
+
+
+@pytest.fixture
+def replica_url(store_url: str, tmp_path: Path) -> Iterator[str]:
+    """A second store of the same kind: the replica's own "region"."""
+    if store_url.startswith("sqlite"):
+        yield f"sqlite:///{tmp_path / 'replica.sqlite3'}"
+        return
+    database = store_url.partition("?")[0]
+    schema = f"r_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    yield f"{database}?schema={schema}"
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture
+def open_replica(
+    open_service: Callable[..., KeyService],
+    replica_url: str,
+    kek: KeyEncryptionKey,
+) -> Callable[..., Follower]:
+    """A follower on the replica's store, pinned to the primary's key."""
+
+    def open_(source: Any, *, resume: bool = False, **options: Any) -> Follower:
+        own = LedgerSigner(Ed25519PrivateKey.generate())
+        replica = open_service(database_url=replica_url, signer=own)
+        keys = pin_keys(source.signing_key_pem(), fingerprints=[_pin(source)])
+        follower = Follower(replica, source, keys, kek=kek, **options)
+        follower.prepare(resume=resume)
+        return follower
+
+    return open_
+
+
+def _pin(source: Any) -> str:
+    from ledger.signing import load_public_key
+
+    return public_key_fingerprint(load_public_key(source.signing_key_pem()))
+
+
+def workload(service: KeyService, ctx: CommandContext, clock: AdjustableClock) -> None:
+    """Every kind of event: lifecycle, material erased two ways, uses, config."""
+    for name in ("alpha", "beta", "gamma"):
+        service.create_key(ctx, name=name)
+        service.rotate(ctx, name)
+    service.rotate(ctx, "alpha")
+    service.disable_version(ctx, "beta", 1)
+    service.mark_compromised(ctx, "gamma", 1, reason="test")
+    service.schedule_destruction(ctx, "beta", 1, days=7)
+    service.change_minimum_versions(ctx, "alpha", min_decryption_version=2)
+    clock.advance(WEEK)
+    service.destroy_due()
+    service.trim_versions(ctx, "alpha", min_available_version=2)
+    service.disable_key(ctx, "gamma")
+    item = UseItem(plaintext=base64.b64encode(b"hello").decode())
+    KeyUser(service).use(ctx, "alpha", "encrypt", [item], single=True)
+
+
+def follow_all(follower: Follower) -> None:
+    while follower.step():
+        pass
+
+
+def assert_same_ledger(primary: KeyService, replica: KeyService) -> None:
+    """Same head hash, verifies with the primary's key, same read side and material."""
+    assert replica.ledger.head() == primary.ledger.head()
+    report = verify_ledger(replica.ledger, primary.public_keys())
+    assert report.ok, report.first_failure
+    assert report.head_hash == primary.ledger.head().hash
+    assert key_view.snapshot_tables(replica.ledger) == key_view.snapshot_tables(
+        primary.ledger
+    )
+    material = "SELECT key_id, version, wrapped FROM key_material ORDER BY 1, 2"
+    assert replica.ledger.query(material) == primary.ledger.query(material)
+    assert rebuild(replica.app, apply=False).matched_live
+
+
+def test_replica_holds_the_same_ledger_and_read_side(
+    service: KeyService,
+    ctx: CommandContext,
+    clock: AdjustableClock,
+    open_replica: Callable[..., Follower],
+) -> None:
+    workload(service, ctx, clock)
+    follower = open_replica(ServiceSource(service), batch=4)
+    follow_all(follower)
+    assert_same_ledger(service, follower.service)
+    status = follower.status.as_json()
+    assert status["state"] == "following"
+    assert status["lag"] == {"events": 0, "seconds": 0.0}
+    # material erased by destruction and by trimming is gone on the replica too
+    assert not follower.service.ledger.query(
+        "SELECT version FROM key_material WHERE key_id = %s AND version = 1",
+        (str(service._load("alpha").id),),
+    )
+
+    # it keeps following as the primary moves on
+    service.rotate(ctx, "beta")
+    assert follower.step() == 1
+    assert_same_ledger(service, follower.service)
+
+
+def test_restart_continues_at_the_next_position(
+    service: KeyService,
+    ctx: CommandContext,
+    clock: AdjustableClock,
+    open_replica: Callable[..., Follower],
+) -> None:
+    """Positions applied are exactly 1..N once, whatever the restarts (C26)."""
+    workload(service, ctx, clock)
+    source = ServiceSource(service)
+    first = open_replica(source, batch=5)
+    first.step()
+    assert first.service.ledger.head().position == 5
+    again = open_replica(source, batch=7)
+    follow_all(again)
+    assert_same_ledger(service, again.service)
+
+
+def test_an_entry_delivered_again_is_a_no_op(
+    service: KeyService,
+    ctx: CommandContext,
+    clock: AdjustableClock,
+    open_replica: Callable[..., Follower],
+) -> None:
+    workload(service, ctx, clock)
+
+    class Repeating(ServiceSource):
+        def page(self, after: int, limit: int, wait: float) -> FeedPage:
+            # pages start three entries early (the replica already holds them)
+            return super().page(max(after - 3, 0), limit + 3, wait)
+
+    follower = open_replica(Repeating(service), batch=5)
+    follow_all(follower)
+    assert_same_ledger(service, follower.service)
+
+
+class Tampering(ServiceSource):
+    """Changes one feed entry once the replica asks past ``at``."""
+
+    def __init__(self, service: KeyService, at: int, change: Callable[..., Any]):
+        super().__init__(service)
+        self.at, self.change = at, change
+
+    def body(self, body: dict[str, Any]) -> dict[str, Any]:
+        for event in body["events"]:
+            if event["position"] == self.at:
+                self.change(event)
+        return body
+
+
+def _flip_payload(event: dict[str, Any]) -> None:
+    event["request_id"] = event["request_id"][:-1] + "X"
+
+
+def _flip_signature(event: dict[str, Any]) -> None:
+    signature = bytearray(bytes.fromhex(event["signature"]))
+    signature[0] ^= 1
+    event["signature"] = signature.hex()
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (_flip_payload, "HASH_MISMATCH"),
+        (_flip_signature, "BAD_SIGNATURE"),
+        (lambda event: event.update(prev_hash="0" * 64), "BROKEN_LINK"),
+        (
+            lambda event: event.update(kid="ed25519:0000000000000000"),
+            "UNKNOWN_SIGNING_KEY",
+        ),
+        (lambda event: event.pop("hash"), "MALFORMED_FEED"),
+    ],
+)
+def test_a_changed_entry_halts_and_keeps_what_was_verified(
+    service: KeyService,
+    ctx: CommandContext,
+    clock: AdjustableClock,
+    open_replica: Callable[..., Follower],
+    change: Callable[..., Any],
+    reason: str,
+) -> None:
+    workload(service, ctx, clock)
+    follower = open_replica(Tampering(service, 6, change), batch=4)
+    follower.step()
+    with pytest.raises(ReplicaHalted) as halted:
+        follow_all(follower)
+    assert halted.value.halt.reason == reason
+    assert halted.value.halt.position == 6
+    # the verified entries before it are kept; nothing of the bad one
+    assert follower.service.ledger.head().position == 5
+    status = follower.status.as_json()
+    assert status["state"] == "halted"
+    assert status["halt"]["position"] == 6
+    assert status["applied"]["position"] == 5
+    # it stays halted across a restart unless the operator resumes it
+    with pytest.raises(ReplicaHalted):
+        open_replica(ServiceSource(service))
+    resumed = open_replica(ServiceSource(service), resume=True)
+    follow_all(resumed)
+    assert_same_ledger(service, resumed.service)
+
+
+def test_a_gap_in_the_feed_halts(
+    service: KeyService,
+    ctx: CommandContext,
+    clock: AdjustableClock,
+    open_replica: Callable[..., Follower],
+) -> None:
+    workload(service, ctx, clock)
+
+    class Skipping(ServiceSource):
+        def body(self, body: dict[str, Any]) -> dict[str, Any]:
+            body["events"] = [e for e in body["events"] if e["position"] != 3]
+            return body
+
+    follower = open_replica(Skipping(service))
+    with pytest.raises(ReplicaHalted) as halted:
+        follow_all(follower)
+    assert (halted.value.halt.reason, halted.value.halt.position) == ("GAP", 3)
+    assert follower.service.ledger.head().position == 2
+
+
+def test_a_primary_whose_head_moved_back_halts(
+    service: KeyService,
+    ctx: CommandContext,
+    clock: AdjustableClock,
+    open_replica: Callable[..., Follower],
+) -> None:
+    """A primary restored from an older backup is behind the replica (C28)."""
+    workload(service, ctx, clock)
+    source = ServiceSource(service)
+    follower = open_replica(source)
+    follow_all(follower)
+    held = follower.service.ledger.head()
+
+    class Restored(ServiceSource):
+        def body(self, body: dict[str, Any]) -> dict[str, Any]:
+            body["events"] = [e for e in body["events"] if e["position"] <= 10]
+            body["head_position"] = min(body["head_position"], 10)
+            return body
+
+    follower.source = Restored(service)
+    with pytest.raises(ReplicaHalted) as halted:
+        follower.step()
+    assert halted.value.halt.reason == "PRIMARY_HEAD_REGRESSED"
+    assert follower.service.ledger.head() == held
+
+
+def test_a_primary_with_another_history_is_reported_as_a_fork(
+    service: KeyService,
+    ctx: CommandContext,
+    clock: AdjustableClock,
+    open_replica: Callable[..., Follower],
+    open_service: Callable[..., KeyService],
+    signer: LedgerSigner,
+    tmp_path: Path,
+    store_url: str,
+) -> None:
+    """A primary that appended different entries after position 8 forks at 9."""
+    workload(service, ctx, clock)
+    follower = open_replica(ServiceSource(service))
+    follow_all(follower)
+    held = follower.service.ledger.head()
+
+    # another ledger that shares the first 8 entries, then goes its own way
+    other_url = _another_store(store_url, tmp_path)
+    other = open_service(database_url=other_url, signer=signer)
+    copier = Follower(other, ServiceSource(service), service.public_keys(), batch=8)
+    copier.prepare()
+    copier.step()
+    assert other.ledger.head().position == 8
+    for _ in range(held.position):
+        other.rotate(ctx, "gamma")
+
+    follower.source = ServiceSource(other)
+    follower._held_checked = False
+    with pytest.raises(ReplicaHalted) as halted:
+        follower.step()
+    assert (halted.value.halt.reason, halted.value.halt.position) == ("FORK", 9)
+    assert follower.service.ledger.head() == held
+
+
+def _another_store(store_url: str, tmp_path: Path) -> str:
+    if store_url.startswith("sqlite"):
+        return f"sqlite:///{tmp_path / 'other.sqlite3'}"
+    database = store_url.partition("?")[0]
+    schema = f"o_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    return f"{database}?schema={schema}"
+
+
+def test_material_that_does_not_match_its_fingerprint_halts(
+    service: KeyService,
+    ctx: CommandContext,
+    open_replica: Callable[..., Follower],
+) -> None:
+    service.create_key(ctx, name="k")
+
+    class WrongMaterial(ServiceSource):
+        def material(self, key_id: str, version: int) -> bytes | None:
+            other = os.urandom(32)
+            return service.kek.wrap(other, key_id=key_id, version=version)
+
+    follower = open_replica(WrongMaterial(service))
+    with pytest.raises(ReplicaHalted) as halted:
+        follower.step()
+    assert halted.value.halt.reason == "MATERIAL_MISMATCH"
+    assert follower.service.ledger.head().position == 0
+
+
+def test_pinning_refuses_no_pin_and_a_wrong_key() -> None:
+    primary = LedgerSigner(Ed25519PrivateKey.generate())
+    stranger = LedgerSigner(Ed25519PrivateKey.generate())
+    pem = public_key_pem(primary.public_key)
+    with pytest.raises(PinningError, match="no public key is pinned"):
+        pin_keys(pem)
+    with pytest.raises(PinningError, match="not pinned"):
+        pin_keys(pem, key_files=[public_key_pem(stranger.public_key).encode()])
+    with pytest.raises(PinningError, match="not pinned"):
+        pin_keys(pem, fingerprints=[public_key_fingerprint(stranger.public_key)])
+    with pytest.raises(PinningError, match="64 hex"):
+        pin_keys(pem, fingerprints=[primary.kid])
+    assert set(pin_keys(pem, key_files=[pem.encode()])) == {primary.kid}
+    fingerprint = public_key_fingerprint(primary.public_key)
+    assert set(pin_keys(pem, fingerprints=[fingerprint])) == {primary.kid}
+
+
+def test_decoded_entries_are_the_stored_bytes(
+    service: KeyService, ctx: CommandContext
+) -> None:
+    service.create_key(ctx, name="bytes")
+    page = ServiceSource(service).page(0, 10, 0)
+    rows = service.ledger.query(
+        f"SELECT state, entry_hash FROM {service.ledger.events_table_name}"
+    )
+    entry: SealedEntry = page.entries[0]
+    assert entry.entry_bytes == bytes(rows[0]["state"])
+    assert replace(entry).hash == rows[0]["entry_hash"]

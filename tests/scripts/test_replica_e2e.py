@@ -1,0 +1,518 @@
+"""End to end: real primary and replica processes over HTTP, on separate stores.
+
+Each replica has its own data folder (holding a copy of the primary's KEK) and
+its own store: another SQLite file, or another PostgreSQL schema.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from tests.conftest import wait_until
+from tests.scripts.test_end_to_end import BIN, Server, _cli, _free_port
+
+pytestmark = pytest.mark.e2e
+
+TOKEN = "kl_replica-e2e-" + "t" * 32
+HEADERS = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@dataclass
+class Stores:
+    """Where the primary and the replicas keep their ledgers."""
+
+    kind: str
+    primary: str | None
+    schemas: list[str]
+    database: str | None
+
+    def replica(self) -> str | None:
+        """A fresh store for one more replica (None: SQLite in its data folder)."""
+        if self.database is None:
+            return None
+        schema = f"r_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.database, autocommit=True) as conn:
+            conn.execute(f'CREATE SCHEMA "{schema}"')
+        self.schemas.append(schema)
+        return f"{self.database}?schema={schema}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def stores(request: pytest.FixtureRequest) -> Iterator[Stores]:
+    if request.param == "sqlite":
+        yield Stores("sqlite", None, [], None)
+        return
+    primary = str(request.getfixturevalue("pg_url"))
+    found = Stores("postgres", primary, [], primary.partition("?")[0])
+    yield found
+    with psycopg.connect(str(found.database), autocommit=True) as conn:
+        for schema in found.schemas:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def _base_env(data_dir: Path, database_url: str | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYLEDGER_")}
+    env.update(
+        KEYLEDGER_DATA_DIR=str(data_dir),
+        KEYLEDGER_PORT=str(_free_port()),
+        KEYLEDGER_ADMIN_TOKEN=TOKEN,
+        KEYLEDGER_CHECKPOINT_INTERVAL="50",
+    )
+    if database_url is not None:
+        env["KEYLEDGER_DATABASE_URL"] = database_url
+    return env
+
+
+def start_primary(tmp_path: Path, stores: Stores) -> Server:
+    return Server(_base_env(tmp_path / "primary", stores.primary), tmp_path / "p.log")
+
+
+def replica_env(
+    tmp_path: Path, name: str, primary: Server, stores: Stores, *, source: str = ""
+) -> dict[str, str]:
+    """A replica's data folder with the primary's KEK and its pinned public key."""
+    data = tmp_path / name
+    data.mkdir(mode=0o700, exist_ok=True)
+    kek = data / "kek.bin"
+    if not kek.exists():
+        shutil.copyfile(Path(primary.env["KEYLEDGER_DATA_DIR"]) / "kek.bin", kek)
+        kek.chmod(0o600)
+    head = httpx.get(f"{primary.url}/v1/ledger/head", headers=HEADERS).json()
+    pin = tmp_path / "primary-public.pem"
+    pin.write_text(head["signing_key"]["public_key_pem"])
+    env = _base_env(data, stores.replica())
+    env.update(
+        KEYLEDGER_REPLICA_SOURCE=source or primary.url,
+        KEYLEDGER_REPLICA_TOKEN=TOKEN,
+        KEYLEDGER_REPLICA_PIN_KEY=str(pin),
+        KEYLEDGER_REPLICA_POLL_WAIT="2",
+    )
+    return env
+
+
+class Replica(Server):
+    """A ``keyledger replica`` process serving reads."""
+
+    def status(self) -> dict[str, Any]:
+        response = httpx.get(f"{self.url}/v1/replication/status", headers=HEADERS)
+        body: dict[str, Any] = response.json()
+        return body
+
+
+def _popen_replica(
+    env: dict[str, str], *args: str, log: Path
+) -> subprocess.Popen[bytes]:
+    with log.open("ab") as sink:
+        return subprocess.Popen(
+            [str(BIN / "keyledger"), "replica", *args],
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def start_replica(env: dict[str, str], log: Path, *extra: str) -> Replica:
+    """Start a serving replica and wait for its health check."""
+    return Replica(env, log, ("replica", "--min-position-wait", "0.5", *extra))
+
+
+def head(server: Server) -> dict[str, Any]:
+    body: dict[str, Any] = httpx.get(
+        f"{server.url}/v1/ledger/head", headers=HEADERS
+    ).json()["head"]
+    return body
+
+
+def caught_up(replica: Replica, primary: Server) -> bool:
+    status = replica.status()
+    return bool(status["applied"]["hash"] == head(primary)["hash"])
+
+
+def verify_replica(env: dict[str, str], pin: str) -> str:
+    result = _cli(env, "verify", "--public-key", pin)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_replica_follows_the_demo_serves_reads_and_refuses_commands(
+    stores: Stores, tmp_path: Path
+) -> None:
+    primary = start_primary(tmp_path, stores)
+    replicas: list[Replica] = []
+    try:
+        demo = _cli(
+            {**primary.env, "KEYLEDGER_DEV_CLOCK": "true"},
+            "demo",
+            "--url",
+            primary.url,
+            "--token",
+            TOKEN,
+            "--keys",
+            "3",
+            "--rotations",
+            "2",
+            "--workers",
+            "2",
+            "--quiet",
+        )
+        # the demo needs the development clock; without it it stops early, which
+        # still leaves a ledger of real lifecycle events to replicate
+        env = replica_env(tmp_path, "replica", primary, stores)
+        replica = start_replica(env, tmp_path / "r.log")
+        replicas.append(replica)
+        second = start_replica(
+            replica_env(tmp_path, "replica2", primary, stores), tmp_path / "r2.log"
+        )
+        replicas.append(second)
+        if not httpx.get(f"{primary.url}/v1/keys", headers=HEADERS).json()["keys"]:
+            raise AssertionError(demo.stdout + demo.stderr)
+
+        # both replicas reach the primary's head hash
+        wait_until(lambda: caught_up(replica, primary))
+        wait_until(lambda: caught_up(second, primary))
+        status = replica.status()
+        assert status["state"] == "following"
+        assert status["lag"]["events"] == 0
+        assert status["source"] == primary.url
+
+        name = httpx.get(f"{primary.url}/v1/keys", headers=HEADERS).json()["keys"][0][
+            "name"
+        ]
+        key_url = f"/v1/keys/{name}"
+        read = httpx.get(f"{replica.url}{key_url}", headers=HEADERS)
+        assert read.status_code == 200
+        assert read.headers["Ledger-Position"] == str(head(primary)["position"])
+        assert (
+            read.json() == httpx.get(f"{primary.url}{key_url}", headers=HEADERS).json()
+        )
+
+        # commands are refused with the primary's address; nothing recorded
+        before = replica.status()["applied"]
+        refused = httpx.post(f"{replica.url}{key_url}/rotate", headers=HEADERS)
+        assert refused.status_code == 421
+        assert refused.json()["error"]["code"] == "REPLICA_READ_ONLY"
+        assert refused.json()["error"]["details"]["primary"] == primary.url
+        assert replica.status()["applied"] == before
+
+        # Min-Position: a position not reached is 412 with the current one
+        future = head(primary)["position"] + 1000
+        late = httpx.get(
+            f"{replica.url}{key_url}",
+            headers={**HEADERS, "Min-Position": str(future)},
+        )
+        assert late.status_code == 412
+        assert late.json()["error"]["code"] == "POSITION_NOT_REACHED"
+        assert late.json()["error"]["details"]["current"] == before["position"]
+
+        # read-your-writes: a rotation on the primary, then a read that asks for it
+        rotated = httpx.post(f"{primary.url}{key_url}/rotate", headers=HEADERS)
+        position = rotated.json()["receipts"][-1]["position"]
+        fresh = httpx.get(
+            f"{replica.url}{key_url}",
+            headers={**HEADERS, "Min-Position": str(position)},
+            timeout=30,
+        )
+        if fresh.status_code == 200:
+            assert (
+                fresh.json()["stream_version"]
+                == rotated.json()["key"]["stream_version"]
+            )
+            assert int(fresh.headers["Ledger-Position"]) >= position
+        else:
+            assert fresh.status_code == 412
+
+        wait_until(lambda: caught_up(replica, primary))
+        for each in replicas:
+            each.stop()
+        replicas.clear()
+        pin = env["KEYLEDGER_REPLICA_PIN_KEY"]
+        report = verify_replica(env, pin)
+        assert head(primary)["hash"] in report
+        rebuilt = _cli(env, "rebuild", "--check-only")
+        assert "equals the live read side" in rebuilt.stdout, rebuilt.stdout
+
+        # a replica whose database is lost is rebuilt from scratch
+        _drop_store(env, stores)
+        again = start_replica(env, tmp_path / "r3.log")
+        replicas.append(again)
+        wait_until(lambda: caught_up(again, primary))
+    finally:
+        for each in replicas:
+            each.stop()
+        primary.stop()
+    assert TOKEN not in (tmp_path / "r.log").read_text()
+
+
+def _drop_store(env: dict[str, str], stores: Stores) -> None:
+    url = env.get("KEYLEDGER_DATABASE_URL")
+    if url is None:
+        for path in Path(env["KEYLEDGER_DATA_DIR"]).glob("ledger.sqlite3*"):
+            path.unlink()
+        return
+    database, _, query = url.partition("?schema=")
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA "{query}" CASCADE')
+        conn.execute(f'CREATE SCHEMA "{query}"')
+
+
+# Faults -------------------------------------------------------------------------
+
+
+class Proxy:
+    """An HTTP proxy in front of the primary that can cut or change one byte."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.cut = False
+        self.tamper_at: int | None = None
+        self.tampered = False
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if proxy.cut:
+                    self.close_connection = True
+                    return
+                answer = httpx.get(
+                    proxy.upstream + self.path,
+                    headers={"Authorization": self.headers["Authorization"]},
+                    timeout=60,
+                )
+                body = proxy.change(self.path, answer.content)
+                self.send_response(answer.status_code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                return None
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def change(self, path: str, body: bytes) -> bytes:
+        """Change one byte of the entry at ``tamper_at``'s request id, once."""
+        if self.tamper_at is None or self.tampered or "/v1/events" not in path:
+            return body
+        at = body.find(f'"position":{self.tamper_at},'.encode())
+        if at < 0:
+            return body
+        field = body.index(b'"request_id":"', at) + len(b'"request_id":"')
+        changed = bytearray(body)
+        changed[field] = ord("A") if changed[field] != ord("A") else ord("B")
+        self.tampered = True
+        return bytes(changed)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_byte_changed_in_transit_halts_the_replica(
+    stores: Stores, tmp_path: Path
+) -> None:
+    primary = start_primary(tmp_path, stores)
+    proxy = Proxy(primary.url)
+    try:
+        for index in range(4):
+            httpx.post(
+                f"{primary.url}/v1/keys", json={"name": f"k{index}"}, headers=HEADERS
+            )
+        proxy.tamper_at = 3
+        env = replica_env(tmp_path, "replica", primary, stores, source=proxy.url)
+        result = _cli(env, "replica", "--no-serve")
+        assert result.returncode == 3, result.stdout + result.stderr
+        assert "HALTED at position 3: HASH_MISMATCH" in result.stdout
+        assert "holds 2 " in result.stdout
+        # a restart does not silently carry on
+        again = _cli(env, "replica", "--once")
+        assert again.returncode == 3
+        assert "--resume" in again.stderr
+    finally:
+        proxy.close()
+        primary.stop()
+
+
+def test_a_network_cut_longer_than_the_poll_is_survived(
+    stores: Stores, tmp_path: Path
+) -> None:
+    primary = start_primary(tmp_path, stores)
+    proxy = Proxy(primary.url)
+    replica = None
+    try:
+        httpx.post(f"{primary.url}/v1/keys", json={"name": "cut"}, headers=HEADERS)
+        env = replica_env(tmp_path, "replica", primary, stores, source=proxy.url)
+        env["KEYLEDGER_REPLICA_POLL_WAIT"] = "1"
+        replica = start_replica(env, tmp_path / "r.log")
+        wait_until(lambda: caught_up(replica, primary))
+        proxy.cut = True
+        wait_until(lambda: replica.status()["source_reachable"] is False)
+        for _ in range(3):
+            httpx.post(f"{primary.url}/v1/keys/cut/rotate", headers=HEADERS)
+        assert replica.status()["state"] == "following"
+        proxy.cut = False
+        wait_until(lambda: caught_up(replica, primary))
+        assert replica.status()["source_reachable"] is True
+    finally:
+        if replica is not None:
+            replica.stop()
+        proxy.close()
+        primary.stop()
+
+
+def test_a_primary_restored_from_an_older_backup_halts_the_replica(
+    tmp_path: Path,
+) -> None:
+    """C28 on SQLite files: the primary comes back behind what the replica holds."""
+    stores = Stores("sqlite", None, [], None)
+    primary = start_primary(tmp_path, stores)
+    ledger_file = Path(primary.env["KEYLEDGER_DATA_DIR"]) / "ledger.sqlite3"
+    backup = tmp_path / "backup.sqlite3"
+    replica = None
+    try:
+        httpx.post(f"{primary.url}/v1/keys", json={"name": "old"}, headers=HEADERS)
+        primary.stop()
+        shutil.copyfile(ledger_file, backup)
+        primary = Server(primary.env, tmp_path / "p2.log")
+        for _ in range(3):
+            httpx.post(f"{primary.url}/v1/keys/old/rotate", headers=HEADERS)
+        env = replica_env(tmp_path, "replica", primary, stores)
+        env["KEYLEDGER_REPLICA_POLL_WAIT"] = "1"
+        replica = start_replica(env, tmp_path / "r.log")
+        wait_until(lambda: caught_up(replica, primary))
+        held = replica.status()["applied"]
+
+        primary.stop()
+        for path in ledger_file.parent.glob("ledger.sqlite3*"):
+            path.unlink()
+        shutil.copyfile(backup, ledger_file)
+        primary = Server(primary.env, tmp_path / "p3.log")
+        wait_until(lambda: replica.status()["state"] == "halted")
+        status = replica.status()
+        assert status["halt"]["reason"] == "PRIMARY_HEAD_REGRESSED"
+        assert status["applied"] == held
+        # the primary writes again at positions the replica holds: still halted,
+        # and the replica keeps its own entries
+        httpx.post(f"{primary.url}/v1/keys/old/rotate", headers=HEADERS)
+        assert replica.status()["applied"] == held
+    finally:
+        if replica is not None:
+            replica.stop()
+        primary.stop()
+
+
+# kill -9 during catch-up --------------------------------------------------------
+
+CATCH_UP_EVENTS = int(os.environ.get("KEYLEDGER_TEST_CATCH_UP_EVENTS", "20000"))
+
+
+def fill(env: dict[str, str], events: int) -> None:
+    """Write ``events`` real entries quickly: usage records and key rotations."""
+    script = f"""
+import os, uuid
+from pathlib import Path
+from domain.clock import SystemClock
+from domain.usage import KeyUse
+from ledger.service import CommandContext, KeyService, load_local_secrets
+from ledger.store import Actor, LedgerWrite
+signer, kek, _ = load_local_secrets(Path(os.environ["KEYLEDGER_DATA_DIR"]))
+url = os.environ.get("KEYLEDGER_DATABASE_URL") or (
+    "sqlite:///" + str(Path(os.environ["KEYLEDGER_DATA_DIR"]) / "ledger.sqlite3"))
+service = KeyService.open(database_url=url, signer=signer, kek=kek, clock=SystemClock())
+actor = Actor("filler", "tok_filler")
+context = CommandContext(actor, "fill")
+service.create_key(context, name="busy")
+key_id = str(service._load("busy").id)
+written = 1
+while written < {events}:
+    uses = [KeyUse.record(key_name="busy", key_id=key_id, operation="encrypt",
+                          outcomes={{"ok": 1}}, now=SystemClock().now())
+            for _ in range(min(499, {events} - written))]
+    service.app.save(*uses, ledger=LedgerWrite(actor, "fill"))
+    written += len(uses)
+    if written < {events}:
+        service.rotate(context, "busy")
+        written += 1
+service.close()
+"""
+    result = subprocess.run(
+        [str(BIN / "python"), "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def _verified_head(env: dict[str, str]) -> int:
+    """The replica's head after a crash, once its ledger verifies (0: not created)."""
+    result = _cli(
+        env, "verify", "--json", "--public-key", env["KEYLEDGER_REPLICA_PIN_KEY"]
+    )
+    if result.returncode == 2:
+        return 0
+    report = json.loads(result.stdout)
+    assert report["ok"], report
+    return int(report["head"]["position"])
+
+
+def test_kill_9_during_catch_up_never_applies_twice_or_skips(
+    stores: Stores, tmp_path: Path
+) -> None:
+    """Five kill -9 at random moments of a catch-up; the end state is exact (C26)."""
+    primary_env = _base_env(tmp_path / "primary", stores.primary)
+    fill(primary_env, CATCH_UP_EVENTS)
+    primary = Server(primary_env, tmp_path / "p.log")
+    try:
+        env = replica_env(tmp_path, "replica", primary, stores)
+        shuffle = random.Random(int(os.environ.get("KEYLEDGER_TEST_SEED", "4")))
+        log = tmp_path / "r.log"
+        crashed_at: list[int] = []
+        for _ in range(5):
+            process = _popen_replica(env, "--once", "--batch", "300", log=log)
+            time.sleep(shuffle.uniform(0.5, 3.0))  # a random moment, not a timing check
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            crashed_at.append(_verified_head(env))
+        final = subprocess.run(
+            [str(BIN / "keyledger"), "replica", "--once"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert final.returncode == 0, final.stdout + final.stderr
+        primary_head = head(primary)
+        assert f"replica at position {primary_head['position']} " in final.stdout
+        assert primary_head["hash"] in final.stdout
+        assert primary_head["position"] == CATCH_UP_EVENTS
+        # every crash left a verifiable prefix, and some crashed mid-catch-up
+        assert crashed_at == sorted(crashed_at)
+        assert any(0 < position < CATCH_UP_EVENTS for position in crashed_at)
+    finally:
+        primary.stop()
+    report = verify_replica(env, env["KEYLEDGER_REPLICA_PIN_KEY"])
+    assert f"{CATCH_UP_EVENTS} entries" in report
+    rebuilt = _cli(env, "rebuild", "--check-only")
+    assert "equals the live read side" in rebuilt.stdout, rebuilt.stdout
