@@ -30,6 +30,7 @@ from ledger.application import redact_url
 from ledger.dual_control import DualControl
 from ledger.service import DestructionBounds, KeyService, load_local_secrets
 from ledger.settings import Settings
+from ledger.signing import load_trusted_keys
 from ledger.store import SYSTEM_ACTOR, Actor
 
 logger = logging.getLogger(__name__)
@@ -171,6 +172,7 @@ def build_runtime(settings: Settings) -> Runtime:
         ),
         checkpoint_interval=settings.checkpoint_interval,
     )
+    service.trusted_keys.update(load_trusted_keys(data_dir))
     if isinstance(clock, AdjustableClock):
         # Every earlier move of the development clock is on the ledger: replay them.
         clock.advance(timedelta(seconds=service.clock_offset_seconds()))

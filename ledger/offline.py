@@ -57,6 +57,12 @@ VERIFIER_FILE = "verifier/offline.py"
 
 _MAX_SAFE_INTEGER = 2**53 - 1
 
+# Entries that change who may sign (``domain.epochs``; repeated here so this file
+# stays standalone). An announced key may sign from the next position on; from a
+# promotion on, only the promoted key may sign.
+SIGNER_ANNOUNCED_TOPIC = "keyledger.ledger.SignerAnnounced"
+PROMOTED_TOPIC = "keyledger.ledger.Promoted"
+
 
 # Entry format and signing messages ----------------------------------------------
 
@@ -251,6 +257,70 @@ class ChainResult:
     report: VerificationReport
     hashes: dict[int, str]
     entries: list[dict[str, Any]]
+    keys: KeyBook | None = None
+
+
+class KeyBook:
+    """The keys trusted along the chain: the given roots, then announced keys.
+
+    A key announced at position p (in an entry signed by a key trusted there)
+    may sign from p + 1; a promotion at position p, signed by the promoted key,
+    retires every other key after p.
+    """
+
+    def __init__(self, roots: Mapping[str, Ed25519PublicKey]) -> None:
+        self.keys: dict[str, Ed25519PublicKey] = dict(roots)
+        self.valid_from: dict[str, int] = dict.fromkeys(roots, 0)
+        self.retired_after: dict[str, int] = {}
+
+    def follow(
+        self, position: int, kid: str, entry: Mapping[str, Any]
+    ) -> Failure | None:
+        """Take in an announcement or a promotion; a Failure if it is malformed."""
+        kind = entry.get("type")
+        payload = entry.get("payload")
+        if kind not in (SIGNER_ANNOUNCED_TOPIC, PROMOTED_TOPIC):
+            return None
+        if not isinstance(payload, dict) or not isinstance(payload.get("kid"), str):
+            return Failure(position, "MALFORMED_ENTRY", f"{kind} names no key")
+        named = payload["kid"]
+        if kind == SIGNER_ANNOUNCED_TOPIC:
+            try:
+                key = serialization.load_pem_public_key(
+                    str(payload.get("public_key_pem")).encode("ascii")
+                )
+            except (ValueError, TypeError, UnicodeEncodeError):
+                key = None
+            if not isinstance(key, Ed25519PublicKey) or key_id(key) != named:
+                return Failure(
+                    position, "MALFORMED_ENTRY", f"the announced key is not {named}"
+                )
+            if named not in self.keys:
+                self.keys[named] = key
+                self.valid_from[named] = position + 1
+            return None
+        if kid != named:
+            return Failure(
+                position,
+                "MALFORMED_ENTRY",
+                f"a promotion to {named} must be signed by it, not by {kid}",
+            )
+        for other in self.keys:
+            if other != named:
+                self.retired_after.setdefault(other, position)
+        return None
+
+    def check(self, item: _Signed) -> Failure | None:
+        public_key = self.keys.get(item.kid)
+        if public_key is None or self.valid_from.get(item.kid, 0) > item.position:
+            return Failure(item.position, "UNKNOWN_SIGNING_KEY", f"kid={item.kid}")
+        if item.position > self.retired_after.get(item.kid, item.position):
+            return Failure(item.position, "KEY_RETIRED", f"kid={item.kid}")
+        if not verify_signature(
+            public_key, item.signature, entry_signing_message(item.hash)
+        ):
+            return Failure(item.position, "BAD_SIGNATURE", f"kid={item.kid}")
+        return None
 
 
 def verify_entries(
@@ -264,6 +334,7 @@ def verify_entries(
     present: frozenset[int] = frozenset(),
     keep_hashes: Iterable[int] | None = None,
     keep_entries: bool = False,
+    book: KeyBook | None = None,
 ) -> ChainResult:
     """Check entries given in position order; report the first failure by position.
 
@@ -283,6 +354,8 @@ def verify_entries(
             missing here but present later is reported as out of order.
         keep_hashes: positions whose hashes are kept (None: all of them).
         keep_entries: keep the parsed entries, for views.
+        book: the keys trusted so far, when the walk continues an earlier one
+            (a replica's batches); announcements found are added to it.
     """
     report = VerificationReport()
     wanted = None if keep_hashes is None else set(keep_hashes)
@@ -293,6 +366,7 @@ def verify_entries(
     chain_failure: Failure | None = None
     batch: list[_Signed] = []
     pending: list[Future[Failure | None]] = []
+    book = book if book is not None else KeyBook(public_keys)
     with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
         for row in rows:
             if contiguous or row.position <= last_position:
@@ -313,6 +387,8 @@ def verify_entries(
                         "TIME_REGRESSION",
                         f"recorded at {recorded_at}, before {last_time}",
                     )
+            if chain_failure is None:
+                chain_failure = book.follow(position, row.kid, entry)
             if chain_failure is not None:
                 break
             report.checked += 1
@@ -323,13 +399,13 @@ def verify_entries(
             report.signing_keys[row.kid] = report.signing_keys.get(row.kid, 0) + 1
             batch.append(_Signed(position, row.kid, row.signature, previous_hash))
             if len(batch) == _BATCH:
-                pending.append(pool.submit(_check_signatures, batch, public_keys))
+                pending.append(pool.submit(_check_signatures, batch, book))
                 batch = []
             if wanted is None or position in wanted:
                 hashes[position] = previous_hash
             if keep_entries:
                 kept.append(entry)
-        pending.append(pool.submit(_check_signatures, batch, public_keys))
+        pending.append(pool.submit(_check_signatures, batch, book))
         signature_failures = [f for f in (job.result() for job in pending) if f]
     first = min(
         [*signature_failures, *([chain_failure] if chain_failure else [])],
@@ -342,10 +418,10 @@ def verify_entries(
             report.checked = min(report.checked, first.position - first_position)
         else:
             report.checked = sum(1 for p in checked_positions if p < first.position)
-        return ChainResult(report, hashes, kept)
+        return ChainResult(report, hashes, kept, book)
     report.head_position = last_position if report.checked else 0
     report.head_hash = previous_hash or GENESIS_HASH
-    return ChainResult(report, hashes, kept)
+    return ChainResult(report, hashes, kept, book)
 
 
 def verify_chain(
@@ -362,8 +438,9 @@ def verify_chain(
     report = result.report
     if report.first_failure is not None:
         return report
+    trusted = result.keys.keys if result.keys else public_keys
     for checkpoint in checkpoints:
-        failure = check_checkpoint_signature(checkpoint, public_keys)
+        failure = check_checkpoint_signature(checkpoint, trusted)
         position = int(checkpoint["position"])
         if failure is None and position > report.head_position:
             failure = Failure(
@@ -407,17 +484,11 @@ def check_checkpoint_signature(
     return None
 
 
-def _check_signatures(
-    batch: list[_Signed], public_keys: Mapping[str, Ed25519PublicKey]
-) -> Failure | None:
+def _check_signatures(batch: list[_Signed], book: KeyBook) -> Failure | None:
     for item in batch:
-        public_key = public_keys.get(item.kid)
-        if public_key is None:
-            return Failure(item.position, "UNKNOWN_SIGNING_KEY", f"kid={item.kid}")
-        if not verify_signature(
-            public_key, item.signature, entry_signing_message(item.hash)
-        ):
-            return Failure(item.position, "BAD_SIGNATURE", f"kid={item.kid}")
+        failure = book.check(item)
+        if failure is not None:
+            return failure
     return None
 
 
@@ -472,6 +543,81 @@ def _check_row(
         )
     entry["_hash"] = computed
     return None, entry
+
+
+# Comparing two ledgers -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Where two ledgers (or exports) agree, and the first position where they fork."""
+
+    left_head: int
+    right_head: int
+    agreed_through: int
+    fork_at: int | None
+
+    def describe(self) -> str:
+        if self.fork_at is not None:
+            return (
+                f"FORK at position {self.fork_at}: the ledgers agree through "
+                f"{self.agreed_through} and hold different entries from "
+                f"{self.fork_at} (heads {self.left_head} and {self.right_head})"
+            )
+        shorter = min(self.left_head, self.right_head)
+        if self.left_head == self.right_head:
+            return f"identical through position {shorter}"
+        which = "left" if self.left_head < self.right_head else "right"
+        return (
+            f"no fork: the {which} ledger (head {shorter}) is a prefix of the other "
+            f"(head {max(self.left_head, self.right_head)})"
+        )
+
+
+def compare_hashes(
+    left: Iterable[tuple[int, str]], right: Iterable[tuple[int, str]]
+) -> Comparison:
+    """Compare (position, hash) pairs given in position order.
+
+    Entries are hash-linked, so the first position both hold with different
+    hashes is where the histories fork (for exports that skip positions, the
+    fork lies at or before it).
+    """
+    left_iter, right_iter = iter(left), iter(right)
+    left_item, right_item = next(left_iter, None), next(right_iter, None)
+    left_head = right_head = agreed = 0
+    while left_item is not None and right_item is not None:
+        if left_item[0] < right_item[0]:
+            left_head = left_item[0]
+            left_item = next(left_iter, None)
+            continue
+        if right_item[0] < left_item[0]:
+            right_head = right_item[0]
+            right_item = next(right_iter, None)
+            continue
+        if left_item[1] != right_item[1]:
+            for position, _ in left_iter:
+                left_head = position
+            for position, _ in right_iter:
+                right_head = position
+            return Comparison(
+                max(left_head, left_item[0]),
+                max(right_head, right_item[0]),
+                agreed,
+                left_item[0],
+            )
+        agreed = left_head = right_head = left_item[0]
+        left_item, right_item = next(left_iter, None), next(right_iter, None)
+    for item, rest, side in ((left_item, left_iter, 0), (right_item, right_iter, 1)):
+        last = item[0] if item is not None else None
+        for position, _ in rest:
+            last = position
+        if last is not None:
+            if side == 0:
+                left_head = last
+            else:
+                right_head = last
+    return Comparison(left_head, right_head, agreed, None)
 
 
 # Export archives ----------------------------------------------------------------

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import logging
 import threading
 import time
@@ -53,13 +54,21 @@ from eventsourcing.persistence import IntegrityError, PersistenceError, StoredEv
 from eventsourcing.utils import TopicError
 
 from domain.clock import format_time
+from domain.epochs import (
+    PROMOTED_TOPIC,
+    SIGNER_ANNOUNCED_TOPIC,
+    Epoch,
+    SignerAnnouncement,
+    announcement_id,
+)
 from domain.keys import ManagedKey
 from ledger.entry import canonical_json
 from ledger.material import KeyEncryptionKey, UnwrapError, fingerprint
-from ledger.offline import StoredEntry, verify_entries
+from ledger.offline import KeyBook, StoredEntry, verify_entries
 from ledger.service import KeyService
 from ledger.signing import key_id, load_public_key
-from ledger.store import Head, SealedEntry, Statement
+from ledger.signing import public_key_pem as pem_of
+from ledger.store import Actor, Head, LedgerWrite, SealedEntry, Statement
 from projections import key_view
 
 logger = logging.getLogger(__name__)
@@ -248,6 +257,22 @@ class HttpSource:
         body = self._get("/v1/events", params, wait + self._timeout)
         return decode_page(body, after)
 
+    def announce(self, public_key_pem: str) -> dict[str, Any]:
+        """Ask the primary to announce this replica's signing key on its ledger."""
+        try:
+            response = self._client.post(
+                "/v1/replication/signers", json={"public_key_pem": public_key_pem}
+            )
+        except httpx.HTTPError as error:
+            raise SourceUnavailable(f"{type(error).__name__}: {error}") from None
+        if response.status_code != 200:
+            raise SourceRefused(
+                f"the primary answered {response.status_code} ({_code(response)}) "
+                "to the announcement of this replica's signing key"
+            )
+        body: dict[str, Any] = response.json()
+        return body
+
     def material(self, key_id: str, version: int) -> bytes | None:
         body = self._get(
             f"/v1/replication/material/{key_id}/{version}",
@@ -406,10 +431,12 @@ class Follower:
         self.ledger = service.ledger
         self.source = source
         self.public_keys = dict(public_keys)
+        self.book = KeyBook(public_keys)
         self.batch = batch
         self.kek = kek
         self._keys: OrderedDict[uuid.UUID, ManagedKey] = OrderedDict()
         self._held_checked = False
+        self._applying = threading.RLock()
         head = self.ledger.head()
         self.status = ReplicaStatus(source.name, FOLLOWING, head.position, head.hash, 0)
         self._head = head
@@ -430,6 +457,7 @@ class Follower:
         head = self.ledger.head()
         self._head = head
         self.status.position, self.status.hash = head.position, head.hash
+        self.book = key_book(self.service, self.public_keys)
         if not rows:
             self.ledger.execute(
                 [
@@ -477,6 +505,8 @@ class Follower:
 
     def halt(self, halt: Halt) -> ReplicaHalted:
         """Record the halt, log it, and return the exception to raise."""
+        if self.status.state == PROMOTED:
+            return ReplicaHalted(halt)  # a promoted ledger follows no more
         self.status.state, self.status.halt = HALTED, halt
         logger.error("replica_halted", extra=halt.as_json())
         try:
@@ -513,7 +543,7 @@ class Follower:
     ) -> Halt | None:
         """Follow until ``stopping`` is set (or caught up); the halt, if any."""
         backoff = 0.2
-        while not stopping.is_set():
+        while not stopping.is_set() and self.status.state != PROMOTED:
             try:
                 applied = self.step(wait=0 if until_caught_up else wait)
             except ReplicaHalted as halted:
@@ -543,6 +573,7 @@ class Follower:
         """
         if self.status.state == HALTED and self.status.halt is not None:
             raise ReplicaHalted(self.status.halt)
+        # Reading the primary (a long-poll) holds no lock: a promotion need not wait.
         held = self._head
         if not self._held_checked and held.position > 0:
             self._check_held(held)
@@ -553,6 +584,13 @@ class Follower:
             raise self.halt(
                 Halt(error.position, "MALFORMED_FEED", error.detail)
             ) from None
+        with self._applying:
+            if self.status.state == PROMOTED or self._head != held:
+                return 0
+            return self._take(page, held)
+
+    def _take(self, page: FeedPage, held: Head) -> int:
+        """Check a page read after ``held``, then apply what verifies."""
         self.status.reachable, self.status.last_error = True, None
         self._check_primary_head(page.head_position, held)
         entries = self._drop_held(page.entries, held)
@@ -695,6 +733,7 @@ class Follower:
         result = verify_entries(
             rows,
             self.public_keys,
+            book=self.book,
             first_position=held.position + 1,
             previous_hash=held.hash,
             workers=2,
@@ -711,6 +750,20 @@ class Follower:
             return list(entries), None
         good = [entry for entry in entries if entry.position < failure.position]
         return good, Halt(failure.position, failure.reason, failure.detail)
+
+    # Promotion ----------------------------------------------------------------------
+
+    def promote(self, actor: Actor, request_id: str, *, force: bool) -> Epoch:
+        """Stop following and become the primary of a new epoch (see ``promote``)."""
+        with self._applying:
+            epoch = promote(
+                self.service, actor, request_id, force=force, book=self.book
+            )
+            self.status.state = PROMOTED
+            head = self.ledger.head()
+            self._head = head
+            self.status.position, self.status.hash = head.position, head.hash
+            return epoch
 
     # Applying -----------------------------------------------------------------------
 
@@ -889,3 +942,185 @@ def _now() -> str:
     from datetime import UTC, datetime
 
     return format_time(datetime.now(UTC))
+
+
+# Announcing and promoting ------------------------------------------------------
+
+
+class PromotionRefusedError(Exception):
+    """A promotion was refused; nothing was recorded."""
+
+    def __init__(self, code: str, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.code, self.message, self.details = code, message, details
+
+
+def key_book(service: KeyService, roots: Mapping[str, Ed25519PublicKey]) -> KeyBook:
+    """The keys trusted after the ledger's own announcements and promotions."""
+    book = KeyBook(roots)
+    rows = service.ledger.query(
+        f"SELECT notification_id, state, kid FROM {service.ledger.events_table_name} "
+        "WHERE topic IN (%s, %s) ORDER BY notification_id",
+        (SIGNER_ANNOUNCED_TOPIC, PROMOTED_TOPIC),
+    )
+    for row in rows:
+        book.follow(
+            int(row["notification_id"]), str(row["kid"]), json.loads(row["state"])
+        )
+    return book
+
+
+def announce_signer(
+    service: KeyService, actor: Actor, request_id: str, public_key_pem: str
+) -> tuple[str, int]:
+    """Record on this ledger that ``public_key_pem`` may sign after a promotion.
+
+    Idempotent: a key announced before keeps its first entry. Returns the key id
+    and the position of its announcement.
+
+    Raises:
+        ValueError: the PEM is not an Ed25519 public key.
+    """
+    public_key = load_public_key(public_key_pem)
+    kid = key_id(public_key)
+    pem = pem_of(public_key)
+    found = _announced_at(service, kid)
+    if found is not None:
+        return kid, found
+    announcement = SignerAnnouncement.announce(
+        kid=kid, public_key_pem=pem, purpose="replica", now=service.clock.now()
+    )
+    write = LedgerWrite(
+        actor=actor,
+        request_id=request_id,
+        subjects={str(announcement.id): f"signer:{kid}"},
+    )
+    try:
+        service.app.save(announcement, ledger=write)
+    except IntegrityError:
+        position = _announced_at(service, kid)
+        if position is None:
+            raise
+        return kid, position
+    return kid, write.receipts[-1].position
+
+
+def _announced_at(service: KeyService, kid: str) -> int | None:
+    stream = announcement_id(kid)
+    rows = service.ledger.query(
+        f"SELECT notification_id FROM {service.ledger.events_table_name} "
+        "WHERE originator_id = %s",
+        (stream.hex if _is_sqlite(service) else stream,),
+    )
+    return int(rows[0]["notification_id"]) if rows else None
+
+
+def _is_sqlite(service: KeyService) -> bool:
+    return service.ledger.__class__.__name__.startswith("SQLite")
+
+
+def promote(
+    service: KeyService,
+    actor: Actor,
+    request_id: str,
+    *,
+    force: bool,
+    book: KeyBook | None = None,
+) -> Epoch:
+    """Turn the replica behind ``service`` into the primary of a new epoch.
+
+    Refused (nothing recorded) when the replica is not a following replica, is
+    behind the last primary head it saw or halted (unless ``force``), or when
+    its own signing key was never announced on the ledger (verifiers could not
+    follow the change). The epoch entry is the first signed with the replica's
+    key; a forced promotion behind the head records the window of positions
+    that may be lost. Two promotions racing on one store record one epoch: the
+    epoch's id is derived from its number.
+
+    Raises:
+        PromotionRefusedError: with a code saying why.
+    """
+    state = _replica_state(service)
+    if state is None:
+        raise PromotionRefusedError("NOT_A_REPLICA", "This ledger is not a replica.")
+    if state["state"] == PROMOTED:
+        raise PromotionRefusedError(
+            "ALREADY_PROMOTED", "This replica was promoted already."
+        )
+    head = service.ledger.head()
+    seen = max(int(state["primary_head"]), head.position)
+    if state["state"] == HALTED and not force:
+        raise PromotionRefusedError(
+            "REPLICA_HALTED",
+            f"The replica halted ({state['reason']} at {state['halted_position']}); "
+            "promote with force to accept it as is.",
+            reason=state["reason"],
+            halted_position=state["halted_position"],
+        )
+    if head.position < seen and not force:
+        raise PromotionRefusedError(
+            "REPLICA_BEHIND",
+            f"The replica holds position {head.position} but saw the primary at "
+            f"{seen}; promote with force to accept losing the difference.",
+            applied=head.position,
+            primary_head=seen,
+        )
+    book = book or key_book(service, service.trusted_keys)
+    kid = service.signer.kid
+    if kid not in book.keys:
+        raise PromotionRefusedError(
+            "SIGNER_NOT_ANNOUNCED",
+            f"This replica's signing key {kid} was never announced on the ledger, "
+            "so verifiers could not follow the promotion.",
+            kid=kid,
+        )
+    epoch = Epoch.promote(
+        epoch=2 + _epochs(service),
+        kid=kid,
+        previous_source=str(state["source"]),
+        applied_position=head.position,
+        primary_head_seen=seen,
+        forced=force,
+        now=service.clock.now(),
+    )
+    write = LedgerWrite(
+        actor=actor,
+        request_id=request_id,
+        subjects={str(epoch.id): f"epoch:{epoch.epoch}"},
+        statements=[
+            (
+                "UPDATE replica_state SET state = %s, updated_at = %s WHERE id = 1",
+                (PROMOTED, _now()),
+            )
+        ],
+    )
+    try:
+        service.app.save(epoch, ledger=write)
+    except IntegrityError:
+        raise PromotionRefusedError(
+            "ALREADY_PROMOTED",
+            f"Epoch {epoch.epoch} was recorded by another promotion.",
+        ) from None
+    logger.warning(
+        "replica_promoted",
+        extra={"epoch": epoch.epoch, "position": write.receipts[-1].position},
+    )
+    return epoch
+
+
+def _replica_state(service: KeyService) -> dict[str, Any] | None:
+    service.ledger.execute([(ddl, ()) for ddl in STATE_DDL])
+    rows = service.ledger.query(
+        "SELECT source, primary_head, state, reason, halted_position "
+        "FROM replica_state WHERE id = 1"
+    )
+    return rows[0] if rows else None
+
+
+def _epochs(service: KeyService) -> int:
+    rows = service.ledger.query(
+        f"SELECT count(*) AS n FROM {service.ledger.events_table_name} "
+        "WHERE topic = %s",
+        (PROMOTED_TOPIC,),
+    )
+    return int(rows[0]["n"])

@@ -14,10 +14,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from ledger.offline import key_id, verify_signature
 
 __all__ = [
+    "TRUSTED_KEYS_DIR",
     "LedgerSigner",
     "key_id",
     "load_public_key",
+    "load_trusted_keys",
     "public_key_pem",
+    "save_trusted_key",
     "verify_signature",
     "write_secret_file",
 ]
@@ -82,3 +85,24 @@ def write_secret_file(path: Path, data: bytes) -> None:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+TRUSTED_KEYS_DIR = "trusted-keys"
+
+
+def save_trusted_key(data_dir: Path, public_key: Ed25519PublicKey) -> Path:
+    """Keep a pinned key (a replica's primary) as a trust root of this data folder."""
+    folder = data_dir / TRUSTED_KEYS_DIR
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = folder / (key_id(public_key).replace(":", "-") + ".pem")
+    path.write_text(public_key_pem(public_key))
+    return path
+
+
+def load_trusted_keys(data_dir: Path) -> dict[str, Ed25519PublicKey]:
+    """The other trust roots of this data folder's ledger, by key id."""
+    keys = {}
+    for path in sorted((data_dir / TRUSTED_KEYS_DIR).glob("*.pem")):
+        public_key = load_public_key(path.read_bytes())
+        keys[key_id(public_key)] = public_key
+    return keys

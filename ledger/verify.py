@@ -10,7 +10,10 @@ auditor owns that question. Reason codes are stable:
 ``COLUMN_MISMATCH``     the row's stream, version or type differ from the entry's
 ``BROKEN_LINK``         the entry's ``prev_hash`` is not the previous entry's hash
 ``HASH_MISMATCH``       the stored hash is not the hash of the stored bytes
-``UNKNOWN_SIGNING_KEY`` the entry names a key id the verifier does not trust
+``UNKNOWN_SIGNING_KEY`` the entry names a key id the verifier does not trust (trusted
+                        keys are the ones given, and keys announced on the ledger
+                        by a trusted key, from the entry after their announcement)
+``KEY_RETIRED``         the entry is signed by a key retired by a promotion
 ``BAD_SIGNATURE``       the signature does not verify
 ``TIME_REGRESSION``     the recorded time is earlier than the previous entry's
 ``CHECKPOINT_INVALID``  a checkpoint's signature does not verify

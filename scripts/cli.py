@@ -9,8 +9,11 @@ from typing import Any
 
 from scripts import (
     backup_tools,
+    compare_ledgers,
+    dr_drill,
     export_ledger,
     principals,
+    promote,
     rebuild_projections,
     replica,
     run_demo,
@@ -61,6 +64,9 @@ COMMANDS: dict[str, tuple[Any, str]] = {
         replica,
         "Follow a primary into this replica's own store; serve reads.",
     ),
+    "promote": (promote, "Turn a stopped replica into the primary of a new epoch."),
+    "compare": (compare_ledgers, "Find where two ledgers or two exports fork."),
+    "dr-drill": (dr_drill, "Lose a primary mid-write, promote its replica, measure."),
 }
 
 

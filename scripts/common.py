@@ -10,6 +10,7 @@ from domain.clock import SystemClock
 from domain.errors import KeyledgerError
 from ledger.service import DestructionBounds, KeyService, load_local_secrets
 from ledger.settings import Settings
+from ledger.signing import load_trusted_keys
 
 
 def open_service(settings: Settings) -> KeyService:
@@ -20,7 +21,7 @@ def open_service(settings: Settings) -> KeyService:
         LedgerUnavailableError: the database holds no ledger or is unreachable.
     """
     signer, kek, _ = load_local_secrets(settings.data_dir, create=False)
-    return KeyService.open(
+    service = KeyService.open(
         database_url=settings.resolved_database_url,
         signer=signer,
         kek=kek,
@@ -33,6 +34,8 @@ def open_service(settings: Settings) -> KeyService:
         checkpoint_interval=settings.checkpoint_interval,
         create=False,
     )
+    service.trusted_keys.update(load_trusted_keys(settings.data_dir))
+    return service
 
 
 def add_ledger_arguments(parser: argparse.ArgumentParser) -> None:

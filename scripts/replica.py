@@ -39,6 +39,7 @@ from ledger.replica import (
 )
 from ledger.service import KEK_FILE
 from ledger.settings import Settings
+from ledger.signing import LedgerSigner, public_key_pem, save_trusted_key
 from scripts.logs import configure_logging
 
 logger = logging.getLogger(__name__)
@@ -180,6 +181,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"keyledger replica: cannot start: {error}", file=sys.stderr)
         return 1
     runtime.service.trusted_keys.update(keys)
+    for public_key in keys.values():
+        save_trusted_key(settings.data_dir, public_key)
+    _announce(source, runtime.service.signer)
     follower = Follower(
         runtime.service, source, keys, batch=args.batch, kek=runtime.service.kek
     )
@@ -200,6 +204,21 @@ def main(args: argparse.Namespace) -> int:
     finally:
         runtime.close()
         source.close()
+
+
+def _announce(source: HttpSource, signer: LedgerSigner) -> None:
+    """Have this replica's key announced on the primary, so a promotion verifies."""
+    try:
+        answer = source.announce(public_key_pem(signer.public_key))
+    except (SourceRefused, SourceUnavailable) as error:
+        logger.warning("replica_key_not_announced", extra={"error": str(error)})
+        print(
+            f"keyledger replica: warning: {error}; this replica cannot be promoted "
+            "until its key is announced",
+            file=sys.stderr,
+        )
+        return
+    logger.info("replica_key_announced", extra=answer)
 
 
 def _follow_in_foreground(follower: Follower, args: argparse.Namespace) -> int:

@@ -15,12 +15,17 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import anyio
+from eventsourcing.persistence import PersistenceError
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
-from api.deps import RuntimeDep, require
+from api.body import validate
+from api.deps import BodyDep, RequestIdDep, RuntimeDep, require
 from api.errors import ApiError, error_body
 from domain.access import Permission
+from domain.errors import LedgerUnavailableError
+from ledger.replica import PromotionRefusedError, announce_signer
 from ledger.store import Actor
 
 router = APIRouter(tags=["replication"])
@@ -57,6 +62,87 @@ def get_material(
     return {"key_id": stream, "version": version, "wrapped": rows[0]["wrapped"]}
 
 
+class SignerAnnouncementBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    public_key_pem: Annotated[StrictStr, Field(max_length=4096)] = Field(
+        description="The replica's Ed25519 public signing key (PEM)."
+    )
+
+
+class PromotionBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    force: StrictBool = Field(
+        False,
+        description="Promote even when behind the last primary head seen (the "
+        "possibly lost positions are recorded) or halted.",
+    )
+
+
+@router.post("/v1/replication/signers", operation_id="announce_signer")
+def post_signer(
+    response: Response,
+    runtime: RuntimeDep,
+    actor: Annotated[Actor, require(Permission.REPLICATION)],
+    request_id: RequestIdDep,
+    body: BodyDep,
+) -> dict[str, Any]:
+    """Announce a replica's signing key on the ledger, so its promotion verifies."""
+    command = validate(SignerAnnouncementBody, body)
+    try:
+        kid, position = announce_signer(
+            runtime.service, actor, request_id, command.public_key_pem
+        )
+    except ValueError:
+        raise ApiError(
+            422, "INVALID_PUBLIC_KEY", "public_key_pem is not an Ed25519 public key."
+        ) from None
+    except PersistenceError as error:
+        raise LedgerUnavailableError(
+            "The ledger could not record; the action did not happen."
+        ) from error
+    response.headers["Ledger-Position"] = str(position)
+    return {"kid": kid, "position": position}
+
+
+@router.post("/v1/replication/promote", operation_id="promote_replica")
+def post_promote(
+    request: Request,
+    response: Response,
+    runtime: RuntimeDep,
+    actor: Annotated[Actor, require(Permission.ADMIN)],
+    request_id: RequestIdDep,
+    body: BodyDep,
+) -> dict[str, Any]:
+    """Turn this replica into the primary of a new epoch (see README, Replicas)."""
+    command = validate(PromotionBody, body)
+    follower = getattr(request.app.state, "replica", None)
+    if follower is None:
+        raise ApiError(409, "NOT_A_REPLICA", "This service is not a replica.")
+    try:
+        epoch = follower.promote(actor, request_id, force=command.force)
+    except PromotionRefusedError as refusal:
+        raise ApiError(409, refusal.code, refusal.message, **refusal.details) from None
+    runtime.start_scheduler()
+    head = runtime.service.ledger.head()
+    response.headers["Ledger-Position"] = str(head.position)
+    return {"epoch": epoch_json(epoch), "position": head.position, "hash": head.hash}
+
+
+def epoch_json(epoch: Any) -> dict[str, Any]:
+    return {
+        "epoch": epoch.epoch,
+        "kid": epoch.kid,
+        "applied_position": epoch.applied_position,
+        "primary_head_seen": epoch.primary_head_seen,
+        "forced": epoch.forced,
+        "possibly_lost": None
+        if epoch.possibly_lost_from is None
+        else {"from": epoch.possibly_lost_from, "to": epoch.possibly_lost_to},
+    }
+
+
 @router.get("/v1/replication/status", operation_id="get_replication_status")
 def get_status(
     request: Request,
@@ -89,7 +175,11 @@ def install_replica(app: FastAPI, follower: Any, *, min_position_wait: float) ->
     async def replica_guard(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
-        if request.method not in _READS and follower.status.state != "promoted":
+        if (
+            request.method not in _READS
+            and follower.status.state != "promoted"
+            and request.url.path != "/v1/replication/promote"
+        ):
             return JSONResponse(
                 error_body(
                     "REPLICA_READ_ONLY",

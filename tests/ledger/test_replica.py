@@ -7,13 +7,10 @@ without a server; the end-to-end tests cover the HTTP path and kill -9.
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,132 +19,23 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from domain.clock import AdjustableClock
-from ledger.key_use import KeyUser, UseItem
-from ledger.material import KeyEncryptionKey
 from ledger.replica import (
     FeedPage,
     Follower,
     PinningError,
     ReplicaHalted,
-    decode_page,
     pin_keys,
     public_key_fingerprint,
 )
 from ledger.service import CommandContext, KeyService
 from ledger.signing import LedgerSigner, public_key_pem
 from ledger.store import SealedEntry
-from ledger.verify import verify_ledger
-from projections import key_view
-from projections.rebuild import rebuild
-
-WEEK = timedelta(days=7)
-
-
-class ServiceSource:
-    """The primary's feed and material, as its HTTP routes render them."""
-
-    def __init__(self, service: KeyService) -> None:
-        self.service = service
-        self.name = "test-primary"
-        self.pages = 0
-
-    def signing_key_pem(self) -> str:
-        return public_key_pem(self.service.signer.public_key)
-
-    def page(self, after: int, limit: int, wait: float) -> FeedPage:
-        self.pages += 1
-        body = {
-            "events": self.service.events(after=after, limit=limit),
-            "head_position": self.service.head_position(),
-        }
-        return decode_page(json.loads(json.dumps(self.body(body))), after)
-
-    def body(self, body: dict[str, Any]) -> dict[str, Any]:
-        return body
-
-    def material(self, key_id: str, version: int) -> bytes | None:
-        rows = self.service.ledger.query(
-            "SELECT wrapped FROM key_material WHERE key_id = %s AND version = %s",
-            (key_id, version),
-        )
-        return base64.b64decode(rows[0]["wrapped"]) if rows else None
-
-
-@pytest.fixture
-def replica_url(store_url: str, tmp_path: Path) -> Iterator[str]:
-    """A second store of the same kind: the replica's own "region"."""
-    if store_url.startswith("sqlite"):
-        yield f"sqlite:///{tmp_path / 'replica.sqlite3'}"
-        return
-    database = store_url.partition("?")[0]
-    schema = f"r_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(database, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    yield f"{database}?schema={schema}"
-    with psycopg.connect(database, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-
-
-@pytest.fixture
-def open_replica(
-    open_service: Callable[..., KeyService],
-    replica_url: str,
-    kek: KeyEncryptionKey,
-) -> Callable[..., Follower]:
-    """A follower on the replica's store, pinned to the primary's key."""
-
-    def open_(source: Any, *, resume: bool = False, **options: Any) -> Follower:
-        own = LedgerSigner(Ed25519PrivateKey.generate())
-        replica = open_service(database_url=replica_url, signer=own)
-        keys = pin_keys(source.signing_key_pem(), fingerprints=[_pin(source)])
-        follower = Follower(replica, source, keys, kek=kek, **options)
-        follower.prepare(resume=resume)
-        return follower
-
-    return open_
-
-
-def _pin(source: Any) -> str:
-    from ledger.signing import load_public_key
-
-    return public_key_fingerprint(load_public_key(source.signing_key_pem()))
-
-
-def workload(service: KeyService, ctx: CommandContext, clock: AdjustableClock) -> None:
-    """Every kind of event: lifecycle, material erased two ways, uses, config."""
-    for name in ("alpha", "beta", "gamma"):
-        service.create_key(ctx, name=name)
-        service.rotate(ctx, name)
-    service.rotate(ctx, "alpha")
-    service.disable_version(ctx, "beta", 1)
-    service.mark_compromised(ctx, "gamma", 1, reason="test")
-    service.schedule_destruction(ctx, "beta", 1, days=7)
-    service.change_minimum_versions(ctx, "alpha", min_decryption_version=2)
-    clock.advance(WEEK)
-    service.destroy_due()
-    service.trim_versions(ctx, "alpha", min_available_version=2)
-    service.disable_key(ctx, "gamma")
-    item = UseItem(plaintext=base64.b64encode(b"hello").decode())
-    KeyUser(service).use(ctx, "alpha", "encrypt", [item], single=True)
-
-
-def follow_all(follower: Follower) -> None:
-    while follower.step():
-        pass
-
-
-def assert_same_ledger(primary: KeyService, replica: KeyService) -> None:
-    """Same head hash, verifies with the primary's key, same read side and material."""
-    assert replica.ledger.head() == primary.ledger.head()
-    report = verify_ledger(replica.ledger, primary.public_keys())
-    assert report.ok, report.first_failure
-    assert report.head_hash == primary.ledger.head().hash
-    assert key_view.snapshot_tables(replica.ledger) == key_view.snapshot_tables(
-        primary.ledger
-    )
-    material = "SELECT key_id, version, wrapped FROM key_material ORDER BY 1, 2"
-    assert replica.ledger.query(material) == primary.ledger.query(material)
-    assert rebuild(replica.app, apply=False).matched_live
+from tests.ledger._replica_support import (
+    ServiceSource,
+    assert_same_ledger,
+    follow_all,
+    workload,
+)
 
 
 def test_replica_holds_the_same_ledger_and_read_side(

@@ -253,6 +253,16 @@ def test_replica_follows_the_demo_serves_reads_and_refuses_commands(
         again = start_replica(env, tmp_path / "r3.log")
         replicas.append(again)
         wait_until(lambda: caught_up(again, primary))
+        again.stop()
+
+        # promoted from the command line, it verifies from its own data folder
+        promoted = _cli(env, "promote")
+        assert promoted.returncode == 0, promoted.stdout + promoted.stderr
+        assert "promoted: epoch 2" in promoted.stdout
+        assert _cli(env, "promote").returncode == 1  # one epoch, not two
+        report = verify_replica(env, pin)
+        assert "2 checkpoints" in report or "ledger intact" in report
+        assert _cli(env, "verify").returncode == 0
     finally:
         for each in replicas:
             each.stop()
@@ -429,30 +439,13 @@ CATCH_UP_EVENTS = int(os.environ.get("KEYLEDGER_TEST_CATCH_UP_EVENTS", "20000"))
 def fill(env: dict[str, str], events: int) -> None:
     """Write ``events`` real entries quickly: usage records and key rotations."""
     script = f"""
-import os, uuid
+import os
 from pathlib import Path
-from domain.clock import SystemClock
-from domain.usage import KeyUse
-from ledger.service import CommandContext, KeyService, load_local_secrets
-from ledger.store import Actor, LedgerWrite
-signer, kek, _ = load_local_secrets(Path(os.environ["KEYLEDGER_DATA_DIR"]))
-url = os.environ.get("KEYLEDGER_DATABASE_URL") or (
-    "sqlite:///" + str(Path(os.environ["KEYLEDGER_DATA_DIR"]) / "ledger.sqlite3"))
-service = KeyService.open(database_url=url, signer=signer, kek=kek, clock=SystemClock())
-actor = Actor("filler", "tok_filler")
-context = CommandContext(actor, "fill")
-service.create_key(context, name="busy")
-key_id = str(service._load("busy").id)
-written = 1
-while written < {events}:
-    uses = [KeyUse.record(key_name="busy", key_id=key_id, operation="encrypt",
-                          outcomes={{"ok": 1}}, now=SystemClock().now())
-            for _ in range(min(499, {events} - written))]
-    service.app.save(*uses, ledger=LedgerWrite(actor, "fill"))
-    written += len(uses)
-    if written < {events}:
-        service.rotate(context, "busy")
-        written += 1
+from scripts.bench_replica import fill_ledger, open_store
+service = open_store(
+    Path(os.environ["KEYLEDGER_DATA_DIR"]), os.environ.get("KEYLEDGER_DATABASE_URL")
+)
+fill_ledger(service, {events})
 service.close()
 """
     result = subprocess.run(
@@ -506,13 +499,14 @@ def test_kill_9_during_catch_up_never_applies_twice_or_skips(
         primary_head = head(primary)
         assert f"replica at position {primary_head['position']} " in final.stdout
         assert primary_head["hash"] in final.stdout
-        assert primary_head["position"] == CATCH_UP_EVENTS
+        # the fill, then the announcement of the replica's signing key
+        assert primary_head["position"] == CATCH_UP_EVENTS + 1
         # every crash left a verifiable prefix, and some crashed mid-catch-up
         assert crashed_at == sorted(crashed_at)
         assert any(0 < position < CATCH_UP_EVENTS for position in crashed_at)
     finally:
         primary.stop()
     report = verify_replica(env, env["KEYLEDGER_REPLICA_PIN_KEY"])
-    assert f"{CATCH_UP_EVENTS} entries" in report
+    assert f"{CATCH_UP_EVENTS + 1} entries" in report
     rebuilt = _cli(env, "rebuild", "--check-only")
     assert "equals the live read side" in rebuilt.stdout, rebuilt.stdout

@@ -1,0 +1,86 @@
+"""Replica test helpers: the primary read as its routes render it, and a workload."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import timedelta
+from typing import Any
+
+from domain.clock import AdjustableClock
+from ledger.key_use import KeyUser, UseItem
+from ledger.replica import FeedPage, Follower, decode_page
+from ledger.service import CommandContext, KeyService
+from ledger.signing import public_key_pem
+from ledger.verify import verify_ledger
+from projections import key_view
+from projections.rebuild import rebuild
+
+WEEK = timedelta(days=7)
+
+
+class ServiceSource:
+    """The primary's feed and material, as its HTTP routes render them."""
+
+    def __init__(self, service: KeyService) -> None:
+        self.service = service
+        self.name = "test-primary"
+        self.pages = 0
+
+    def signing_key_pem(self) -> str:
+        return public_key_pem(self.service.signer.public_key)
+
+    def page(self, after: int, limit: int, wait: float) -> FeedPage:
+        self.pages += 1
+        body = {
+            "events": self.service.events(after=after, limit=limit),
+            "head_position": self.service.head_position(),
+        }
+        return decode_page(json.loads(json.dumps(self.body(body))), after)
+
+    def body(self, body: dict[str, Any]) -> dict[str, Any]:
+        return body
+
+    def material(self, key_id: str, version: int) -> bytes | None:
+        rows = self.service.ledger.query(
+            "SELECT wrapped FROM key_material WHERE key_id = %s AND version = %s",
+            (key_id, version),
+        )
+        return base64.b64decode(rows[0]["wrapped"]) if rows else None
+
+
+def workload(service: KeyService, ctx: CommandContext, clock: AdjustableClock) -> None:
+    """Every kind of event: lifecycle, material erased two ways, uses, config."""
+    for name in ("alpha", "beta", "gamma"):
+        service.create_key(ctx, name=name)
+        service.rotate(ctx, name)
+    service.rotate(ctx, "alpha")
+    service.disable_version(ctx, "beta", 1)
+    service.mark_compromised(ctx, "gamma", 1, reason="test")
+    service.schedule_destruction(ctx, "beta", 1, days=7)
+    service.change_minimum_versions(ctx, "alpha", min_decryption_version=2)
+    clock.advance(WEEK)
+    service.destroy_due()
+    service.trim_versions(ctx, "alpha", min_available_version=2)
+    service.disable_key(ctx, "gamma")
+    item = UseItem(plaintext=base64.b64encode(b"hello").decode())
+    KeyUser(service).use(ctx, "alpha", "encrypt", [item], single=True)
+
+
+def follow_all(follower: Follower) -> None:
+    while follower.step():
+        pass
+
+
+def assert_same_ledger(primary: KeyService, replica: KeyService) -> None:
+    """Same head hash, verifies with the primary's key, same read side and material."""
+    assert replica.ledger.head() == primary.ledger.head()
+    report = verify_ledger(replica.ledger, primary.public_keys())
+    assert report.ok, report.first_failure
+    assert report.head_hash == primary.ledger.head().hash
+    assert key_view.snapshot_tables(replica.ledger) == key_view.snapshot_tables(
+        primary.ledger
+    )
+    material = "SELECT key_id, version, wrapped FROM key_material ORDER BY 1, 2"
+    assert replica.ledger.query(material) == primary.ledger.query(material)
+    assert rebuild(replica.app, apply=False).matched_live

@@ -1,0 +1,269 @@
+"""Promotion: a new epoch signed by an announced key, verified from the old key."""
+
+from __future__ import annotations
+
+import argparse
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from domain.clock import AdjustableClock
+from ledger.offline import compare_hashes
+from ledger.replica import (
+    Follower,
+    PromotionRefusedError,
+    ReplicaHalted,
+    announce_signer,
+    pin_keys,
+    promote,
+)
+from ledger.service import CommandContext, KeyService
+from ledger.signing import public_key_pem
+from ledger.store import Actor
+from ledger.verify import verify_ledger
+from scripts import compare_ledgers
+from tests.ledger._replica_support import ServiceSource, follow_all, workload
+
+OPERATOR = Actor("operator", "tok_op")
+
+
+def announced_replica(
+    primary: KeyService, open_replica: Callable[..., Follower], ctx: CommandContext
+) -> Follower:
+    """A replica whose key the primary announced, caught up."""
+    follower = open_replica(ServiceSource(primary))
+    own = follower.service.signer
+    announce_signer(primary, ctx.actor, "announce", public_key_pem(own.public_key))
+    follow_all(follower)
+    return follower
+
+
+def promoted_entries(service: KeyService) -> list[dict[str, Any]]:
+    return [
+        event
+        for event in service.events(limit=1000)
+        if event["type"] == "keyledger.ledger.Promoted"
+    ]
+
+
+def test_promotion_starts_an_epoch_the_old_key_alone_can_verify(
+    service: KeyService,
+    ctx: CommandContext,
+    clock: AdjustableClock,
+    open_replica: Callable[..., Follower],
+) -> None:
+    """C21: K1 signs up to the announcement, K2 from the promotion on."""
+    workload(service, ctx, clock)
+    follower = announced_replica(service, open_replica, ctx)
+    replica = follower.service
+    held = replica.ledger.head().position
+    epoch = follower.promote(OPERATOR, "promote", force=False)
+    assert epoch.epoch == 2 and epoch.possibly_lost_from is None
+    replica.rotate(ctx, "alpha")
+
+    primary_key = service.public_keys()
+    report = verify_ledger(replica.ledger, primary_key)
+    assert report.ok, report.first_failure
+    assert report.signing_keys == {service.signer.kid: held, replica.signer.kid: 2}
+    [promoted] = promoted_entries(replica)
+    assert promoted["position"] == held + 1
+    assert promoted["kid"] == replica.signer.kid
+
+    # only the new key: the old entries are unknown, not forged
+    only_new = verify_ledger(
+        replica.ledger, {replica.signer.kid: replica.signer.public_key}
+    )
+    assert only_new.first_failure is not None
+    assert (only_new.first_failure.position, only_new.first_failure.reason) == (
+        1,
+        "UNKNOWN_SIGNING_KEY",
+    )
+
+    # an entry signed by the retired key after the epoch is KEY_RETIRED
+    replica.app.sequencer.signer = service.signer
+    replica.rotate(ctx, "alpha")
+    retired = verify_ledger(replica.ledger, primary_key)
+    assert retired.first_failure is not None
+    assert retired.first_failure.reason == "KEY_RETIRED"
+    assert retired.first_failure.position == replica.ledger.head().position
+
+
+def test_promotion_behind_the_head_is_refused_unless_forced(
+    service: KeyService,
+    ctx: CommandContext,
+    clock: AdjustableClock,
+    open_replica: Callable[..., Follower],
+) -> None:
+    workload(service, ctx, clock)
+    follower = announced_replica(service, open_replica, ctx)
+    service.rotate(ctx, "beta")
+    service.rotate(ctx, "beta")
+    follower.batch = 1
+    follower.step()  # one of the two: the primary's head is seen two ahead
+    replica = follower.service
+    before = replica.ledger.head()
+    with pytest.raises(PromotionRefusedError) as refused:
+        follower.promote(OPERATOR, "p1", force=False)
+    assert refused.value.code == "REPLICA_BEHIND"
+    assert refused.value.details == {
+        "applied": before.position,
+        "primary_head": service.ledger.head().position,
+    }
+    assert replica.ledger.head() == before
+
+    epoch = follower.promote(OPERATOR, "p2", force=True)
+    assert epoch.forced
+    assert (epoch.possibly_lost_from, epoch.possibly_lost_to) == (
+        before.position + 1,
+        service.ledger.head().position,
+    )
+    [promoted] = promoted_entries(replica)
+    assert promoted["payload"]["possibly_lost_from"] == before.position + 1
+    # once promoted it follows no more, and a second promotion is refused
+    assert follower.step() == 0
+    with pytest.raises(PromotionRefusedError) as again:
+        follower.promote(OPERATOR, "p3", force=True)
+    assert again.value.code == "ALREADY_PROMOTED"
+
+
+def test_promotion_needs_an_announced_key(
+    service: KeyService,
+    ctx: CommandContext,
+    clock: AdjustableClock,
+    open_replica: Callable[..., Follower],
+) -> None:
+    workload(service, ctx, clock)
+    follower = open_replica(ServiceSource(service))
+    follow_all(follower)
+    before = follower.service.ledger.head()
+    with pytest.raises(PromotionRefusedError) as refused:
+        follower.promote(OPERATOR, "p", force=True)
+    assert refused.value.code == "SIGNER_NOT_ANNOUNCED"
+    assert follower.service.ledger.head() == before
+    with pytest.raises(PromotionRefusedError) as primary:
+        promote(service, OPERATOR, "p", force=True)
+    assert primary.value.code == "NOT_A_REPLICA"
+
+
+def test_two_concurrent_promotions_create_one_epoch(
+    service: KeyService,
+    ctx: CommandContext,
+    clock: AdjustableClock,
+    open_replica: Callable[..., Follower],
+    open_service: Callable[..., KeyService],
+    replica_url: str,
+) -> None:
+    workload(service, ctx, clock)
+    follower = announced_replica(service, open_replica, ctx)
+    other = open_service(database_url=replica_url, signer=follower.service.signer)
+    other.trusted_keys.update(service.public_keys())
+    barrier = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def run(target: KeyService) -> None:
+        barrier.wait()
+        try:
+            promote(target, OPERATOR, "race", force=False)
+            outcomes.append("promoted")
+        except PromotionRefusedError as refusal:
+            outcomes.append(refusal.code)
+
+    threads = [
+        threading.Thread(target=run, args=(target,))
+        for target in (follower.service, other)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["ALREADY_PROMOTED", "promoted"]
+    assert len(promoted_entries(follower.service)) == 1
+    assert verify_ledger(follower.service.ledger, service.public_keys()).ok
+
+
+def test_an_old_primary_rejoins_as_a_replica_only_if_its_history_is_a_prefix(
+    service: KeyService,
+    ctx: CommandContext,
+    clock: AdjustableClock,
+    open_replica: Callable[..., Follower],
+    kek: Any,
+) -> None:
+    workload(service, ctx, clock)
+    follower = announced_replica(service, open_replica, ctx)
+    follower.promote(OPERATOR, "promote", force=False)
+    new_primary = follower.service
+    new_primary.rotate(ctx, "beta")
+
+    # the old primary wrote nothing since: it follows the new one
+    both = pin_keys(
+        public_key_pem(new_primary.signer.public_key),
+        key_files=[
+            public_key_pem(service.signer.public_key).encode(),
+            public_key_pem(new_primary.signer.public_key).encode(),
+        ],
+    )
+    rejoined = Follower(service, ServiceSource(new_primary), both, kek=kek)
+    rejoined.prepare()
+    follow_all(rejoined)
+    assert service.ledger.head() == new_primary.ledger.head()
+
+
+def test_an_old_primary_that_wrote_after_the_promotion_reports_the_fork(
+    service: KeyService,
+    ctx: CommandContext,
+    clock: AdjustableClock,
+    open_replica: Callable[..., Follower],
+    kek: Any,
+    store_url: str,
+    replica_url: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Promotion while the primary is alive: both wrote; the fork is found."""
+    workload(service, ctx, clock)
+    follower = announced_replica(service, open_replica, ctx)
+    fork_at = service.ledger.head().position + 1
+    follower.promote(OPERATOR, "promote", force=False)
+    new_primary = follower.service
+    service.rotate(ctx, "alpha")  # the old primary, still alive, takes a write
+    before = service.ledger.head()
+
+    keys = {
+        service.signer.kid: service.signer.public_key,
+        new_primary.signer.kid: new_primary.signer.public_key,
+    }
+    rejoined = Follower(service, ServiceSource(new_primary), keys, kek=kek)
+    rejoined.prepare()
+    with pytest.raises(ReplicaHalted) as halted:
+        rejoined.step()
+    assert (halted.value.halt.reason, halted.value.halt.position) == ("FORK", fork_at)
+    assert service.ledger.head() == before
+
+    # the comparison tool finds the same position from the two stores
+    compared = compare_ledgers.main(
+        argparse.Namespace(left=store_url, right=replica_url)
+    )
+    assert compared == 1
+    assert f"FORK at position {fork_at}" in capsys.readouterr().out
+
+
+def test_compare_hashes_reports_prefix_identity_and_fork() -> None:
+    def chain(*hashes: str, start: int = 1) -> list[tuple[int, str]]:
+        return [(start + offset, text) for offset, text in enumerate(hashes)]
+
+    same = compare_hashes(chain("a", "b"), chain("a", "b"))
+    assert (same.fork_at, same.agreed_through) == (None, 2)
+    assert same.describe() == "identical through position 2"
+    prefix = compare_hashes(chain("a"), chain("a", "b", "c"))
+    assert (prefix.fork_at, prefix.left_head, prefix.right_head) == (None, 1, 3)
+    fork = compare_hashes(chain("a", "b", "x", "y"), chain("a", "b", "c"))
+    assert (fork.fork_at, fork.agreed_through, fork.left_head, fork.right_head) == (
+        3,
+        2,
+        4,
+        3,
+    )
+    # exports that skip positions compare on the positions both hold
+    sparse = compare_hashes([(2, "b"), (5, "e")], [(1, "a"), (2, "b"), (5, "z")])
+    assert sparse.fork_at == 5
