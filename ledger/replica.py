@@ -86,6 +86,7 @@ HALTED = "halted"
 PROMOTED = "promoted"
 
 _KEY_TOPICS = "keyledger.key."
+MATERIAL_PAGE = 200
 _AGGREGATE_CACHE = 1000
 
 
@@ -214,7 +215,9 @@ class Source(Protocol):
 
     def signing_key_pem(self) -> str: ...
     def page(self, after: int, limit: int, wait: float) -> FeedPage: ...
-    def material(self, key_id: str, version: int) -> bytes | None: ...
+    def materials(
+        self, wanted: Sequence[tuple[str, int]]
+    ) -> dict[tuple[str, int], bytes]: ...
 
 
 class HttpSource:
@@ -273,27 +276,34 @@ class HttpSource:
         body: dict[str, Any] = response.json()
         return body
 
-    def material(self, key_id: str, version: int) -> bytes | None:
-        body = self._get(
-            f"/v1/replication/material/{key_id}/{version}",
-            {},
-            self._timeout,
-            missing_ok="MATERIAL_NOT_FOUND",
-        )
-        if body is None:
-            return None
-        try:
-            return base64.b64decode(str(body["wrapped"]), validate=True)
-        except (KeyError, TypeError, ValueError):
-            raise _MalformedFeedError(0, "replicated material is not base64") from None
+    def materials(
+        self, wanted: Sequence[tuple[str, int]]
+    ) -> dict[tuple[str, int], bytes]:
+        """Wrapped material of the versions asked for that the primary still keeps."""
+        found: dict[tuple[str, int], bytes] = {}
+        for start in range(0, len(wanted), MATERIAL_PAGE):
+            chunk = wanted[start : start + MATERIAL_PAGE]
+            query = ",".join(f"{key}:{version}" for key, version in chunk)
+            body = self._get(
+                "/v1/replication/material", {"versions": query}, self._timeout
+            )
+            try:
+                for item in body["material"]:
+                    version_key = (str(item["key_id"]), int(item["version"]))
+                    found[version_key] = base64.b64decode(
+                        str(item["wrapped"]), validate=True
+                    )
+            except (KeyError, TypeError, ValueError):
+                raise _MalformedFeedError(
+                    0, "replicated material is malformed"
+                ) from None
+        return found
 
     def _get(
         self,
         path: str,
         params: Mapping[str, Any],
         timeout: float,
-        *,
-        missing_ok: str = "",
     ) -> Any:
         try:
             response = self._client.get(path, params=dict(params), timeout=timeout)
@@ -304,8 +314,6 @@ class HttpSource:
                 f"the primary answered {response.status_code} to {path}: "
                 "the token needs the replication permission"
             )
-        if missing_ok and response.status_code == 404 and _code(response) == missing_ok:
-            return None
         if response.status_code != 200:
             raise SourceUnavailable(f"the primary answered {response.status_code}")
         try:
@@ -548,7 +556,8 @@ class Follower:
                 applied = self.step(wait=0 if until_caught_up else wait)
             except ReplicaHalted as halted:
                 return halted.halt
-            except SourceUnavailable as error:
+            except (SourceUnavailable, SourceRefused, PersistenceError) as error:
+                # The primary, the token or the replica's own store: retry later.
                 self.status.reachable, self.status.last_error = False, str(error)
                 logger.warning(
                     "replica_source_unavailable", extra={"error": str(error)}
@@ -804,10 +813,13 @@ class Follower:
         """The side writes of a batch: each touched key's rows, material changes."""
         statements: list[Statement] = []
         changed: dict[uuid.UUID, _KeyChange] = {}
-        for entry in entries:
-            if not entry.topic.startswith(_KEY_TOPICS):
-                continue  # usage records and clock moves change no projection
-            event = self._event(entry)
+        events = [
+            (entry, self._event(entry))
+            for entry in entries
+            if entry.topic.startswith(_KEY_TOPICS)  # usage and clock: no projection
+        ]
+        fetched = self._fetch_material(events)
+        for entry, event in events:
             stream = entry.originator_id
             key = self._key(stream, entry)
             try:
@@ -821,7 +833,7 @@ class Follower:
             change = changed.setdefault(stream, _KeyChange())
             change.events.append(event)
             change.last_position = entry.position
-            statements += self._material_statements(entry, event, key)
+            statements += self._material_statements(entry, event, fetched)
         for stream, change in changed.items():
             key = self._keys[stream]
             removed = key_view.removed_versions(change.events)
@@ -865,8 +877,26 @@ class Follower:
                 ) from None
         return key
 
+    def _fetch_material(
+        self, events: Sequence[tuple[SealedEntry, Any]]
+    ) -> dict[tuple[str, int], bytes]:
+        """One request for the material of every version a batch creates."""
+        wanted = [
+            (str(entry.originator_id), _new_version(event))
+            for entry, event in events
+            if _new_version(event)
+        ]
+        if self.kek is None or not wanted:
+            return {}
+        try:
+            return self.source.materials(wanted)
+        except _MalformedFeedError as error:
+            raise _UnreadableError(
+                events[0][0].position, "MALFORMED_FEED", error.detail
+            ) from None
+
     def _material_statements(
-        self, entry: SealedEntry, event: Any, key: ManagedKey
+        self, entry: SealedEntry, event: Any, fetched: dict[tuple[str, int], bytes]
     ) -> list[Statement]:
         """Keep replicated material for new versions; erase it when the ledger does."""
         stream = str(entry.originator_id)
@@ -884,22 +914,24 @@ class Follower:
                     (stream, event.min_available_version),
                 )
             ]
-        if isinstance(event, ManagedKey.Generated | ManagedKey.Rotated):
-            version = 1 if isinstance(event, ManagedKey.Generated) else event.version
-            return self._replicated_material(entry, stream, version, event.fingerprint)
+        version = _new_version(event)
+        if version:
+            wrapped = fetched.get((stream, version))
+            return self._replicated_material(
+                entry, stream, version, event.fingerprint, wrapped
+            )
         return []
 
     def _replicated_material(
-        self, entry: SealedEntry, stream: str, version: int, expected: str
+        self,
+        entry: SealedEntry,
+        stream: str,
+        version: int,
+        expected: str,
+        wrapped: bytes | None,
     ) -> list[Statement]:
         if self.kek is None:
             return []
-        try:
-            wrapped = self.source.material(stream, version)
-        except _MalformedFeedError as error:
-            raise _UnreadableError(
-                entry.position, "MALFORMED_FEED", error.detail
-            ) from None
         if wrapped is None:
             # Erased on the primary since (destroyed or trimmed): nothing to keep.
             return []
@@ -924,6 +956,15 @@ class Follower:
                 (stream, version, base64.b64encode(wrapped).decode("ascii")),
             )
         ]
+
+
+def _new_version(event: Any) -> int:
+    """The version an event creates (and whose material follows), or 0."""
+    if isinstance(event, ManagedKey.Generated):
+        return 1
+    if isinstance(event, ManagedKey.Rotated):
+        return int(event.version)
+    return 0
 
 
 @dataclass

@@ -170,6 +170,7 @@ def run_drill(
         return {
             "store": "postgresql" if stores[0] else "sqlite",
             "acknowledged_before_cut": len(before.receipts),
+            "last_acknowledged_position": max(before.receipts, default=0),
             "acknowledged_after_promotion": len(after.receipts),
             "replica_at_cut": lag_at_cut,
             "recovery_point": {
@@ -262,8 +263,9 @@ def describe(report: dict[str, Any]) -> str:
     at_cut = report["replica_at_cut"]
     return (
         f"dr-drill on {report['store']}: {report['acknowledged_before_cut']} writes "
-        f"acknowledged before the cut; the replica held {at_cut['applied']} of "
-        f"{at_cut['primary_head_seen']} seen\n"
+        f"acknowledged before the cut, the last at position "
+        f"{report['last_acknowledged_position']}; the replica held "
+        f"{at_cut['applied']} (primary head last seen {at_cut['primary_head_seen']})\n"
         f"recovery point: {point['events_lost']} acknowledged events lost "
         f"{point['positions_lost'] or ''}\n"
         f"recovery time: promoted {times['to_promoted']} s after the cut, first "

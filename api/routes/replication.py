@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import anyio
 from eventsourcing.persistence import PersistenceError
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
@@ -34,32 +34,55 @@ _READS = frozenset({"GET", "HEAD", "OPTIONS"})
 MIN_POSITION_HEADER = "Min-Position"
 
 
-@router.get(
-    "/v1/replication/material/{key_id}/{version}",
-    operation_id="get_replicated_material",
-)
+MAX_MATERIAL_VERSIONS = 200
+
+
+@router.get("/v1/replication/material", operation_id="get_replicated_material")
 def get_material(
-    key_id: str,
-    version: int,
     runtime: RuntimeDep,
     actor: Annotated[Actor, require(Permission.REPLICATION)],
+    versions: Annotated[
+        str,
+        Query(
+            max_length=MAX_MATERIAL_VERSIONS * 48,
+            description="Comma-separated key_id:version pairs, up to 200.",
+        ),
+    ],
 ) -> dict[str, Any]:
-    """A version's material, still wrapped under the KEK; 404 once it is erased."""
-    try:
-        stream = str(uuid.UUID(key_id))
-    except ValueError:
-        raise ApiError(422, "INVALID_KEY_ID", "A key id is a UUID.") from None
-    rows = runtime.service.ledger.query(
-        "SELECT wrapped FROM key_material WHERE key_id = %s AND version = %s",
-        (stream, version),
-    )
-    if not rows:
-        raise ApiError(
-            404,
-            "MATERIAL_NOT_FOUND",
-            "No material is kept for that version (never, destroyed or trimmed).",
+    """Material of the versions asked for, still wrapped under the KEK.
+
+    Versions whose material is not kept (destroyed, trimmed) are left out.
+    """
+    wanted = _parse_versions(versions)
+    found = []
+    for stream, version in wanted:
+        rows = runtime.service.ledger.query(
+            "SELECT wrapped FROM key_material WHERE key_id = %s AND version = %s",
+            (stream, version),
         )
-    return {"key_id": stream, "version": version, "wrapped": rows[0]["wrapped"]}
+        if rows:
+            found.append(
+                {"key_id": stream, "version": version, "wrapped": rows[0]["wrapped"]}
+            )
+    return {"material": found}
+
+
+def _parse_versions(text: str) -> list[tuple[str, int]]:
+    wanted = []
+    for item in text.split(","):
+        key_id, _, version = item.partition(":")
+        try:
+            stream = str(uuid.UUID(key_id))
+        except ValueError:
+            raise ApiError(422, "INVALID_KEY_ID", "A key id is a UUID.") from None
+        if not version.isdigit() or not 1 <= int(version) <= 2**31 - 1:
+            raise ApiError(422, "INVALID_VERSION", "A version is a positive integer.")
+        wanted.append((stream, int(version)))
+    if len(wanted) > MAX_MATERIAL_VERSIONS:
+        raise ApiError(
+            422, "INVALID_FIELD", f"Ask for at most {MAX_MATERIAL_VERSIONS} versions."
+        )
+    return wanted
 
 
 class SignerAnnouncementBody(BaseModel):

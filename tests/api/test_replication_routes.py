@@ -54,9 +54,11 @@ def test_material_is_served_wrapped_and_matches_the_fingerprint(
 ) -> None:
     key = create(client, "m")
     key_id = key["key"]["key_id"]
-    answer = client.get(f"/v1/replication/material/{key_id}/1")
+    answer = client.get("/v1/replication/material", params={"versions": f"{key_id}:1"})
     assert answer.status_code == 200
-    wrapped = base64.b64decode(answer.json()["wrapped"])
+    [item] = answer.json()["material"]
+    assert (item["key_id"], item["version"]) == (key_id, 1)
+    wrapped = base64.b64decode(item["wrapped"])
     material = runtime.service.kek.unwrap(wrapped, key_id=key_id, version=1)
     assert fingerprint(material) == key["versions"][0]["fingerprint"]
     assert material not in answer.content
@@ -65,12 +67,19 @@ def test_material_is_served_wrapped_and_matches_the_fingerprint(
     client.post("/v1/keys/m/versions/1/schedule-destruction", json={"days": 7})
     clock.advance(timedelta(days=7))
     client.post("/v1/scheduler/run")
-    assert_error(
-        client.get(f"/v1/replication/material/{key_id}/1"), 404, "MATERIAL_NOT_FOUND"
-    )
-    assert_error(
-        client.get("/v1/replication/material/not-a-uuid/1"), 422, "INVALID_KEY_ID"
-    )
+    # destroyed material is left out; version 2 is still there
+    both = f"{key_id}:1,{key_id}:2"
+    kept = client.get("/v1/replication/material", params={"versions": both})
+    assert [item["version"] for item in kept.json()["material"]] == [2]
+    for bad, code in [
+        ("not-a-uuid:1", "INVALID_KEY_ID"),
+        (f"{key_id}:0", "INVALID_VERSION"),
+        (f"{key_id}:x", "INVALID_VERSION"),
+        (",".join([f"{key_id}:1"] * 201), "INVALID_FIELD"),
+    ]:
+        assert_error(
+            client.get("/v1/replication/material", params={"versions": bad}), 422, code
+        )
 
 
 def test_material_needs_the_replication_permission(
@@ -80,9 +89,10 @@ def test_material_needs_the_replication_permission(
     auditor = Actor("auditor", "tok_a", roles=frozenset({Role.AUDITOR}))
     replica = Actor("replica", "tok_r", roles=frozenset({Role.REPLICA}))
     runtime.authenticate = lambda token: auditor  # type: ignore[method-assign]
-    assert_error(client.get(f"/v1/replication/material/{key_id}/1"), 403, "FORBIDDEN")
+    asked = {"versions": f"{key_id}:1"}
+    assert_error(client.get("/v1/replication/material", params=asked), 403, "FORBIDDEN")
     runtime.authenticate = lambda token: replica  # type: ignore[method-assign]
-    assert client.get(f"/v1/replication/material/{key_id}/1").status_code == 200
+    assert client.get("/v1/replication/material", params=asked).status_code == 200
     assert client.get("/v1/events").status_code == 200
     assert head_position(client) == 1
 

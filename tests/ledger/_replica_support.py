@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -41,12 +42,18 @@ class ServiceSource:
     def body(self, body: dict[str, Any]) -> dict[str, Any]:
         return body
 
-    def material(self, key_id: str, version: int) -> bytes | None:
-        rows = self.service.ledger.query(
-            "SELECT wrapped FROM key_material WHERE key_id = %s AND version = %s",
-            (key_id, version),
-        )
-        return base64.b64decode(rows[0]["wrapped"]) if rows else None
+    def materials(
+        self, wanted: Sequence[tuple[str, int]]
+    ) -> dict[tuple[str, int], bytes]:
+        found = {}
+        for key_id, version in wanted:
+            rows = self.service.ledger.query(
+                "SELECT wrapped FROM key_material WHERE key_id = %s AND version = %s",
+                (key_id, version),
+            )
+            if rows:
+                found[(key_id, version)] = base64.b64decode(rows[0]["wrapped"])
+        return found
 
 
 def workload(service: KeyService, ctx: CommandContext, clock: AdjustableClock) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -262,9 +262,15 @@ def test_material_that_does_not_match_its_fingerprint_halts(
     service.create_key(ctx, name="k")
 
     class WrongMaterial(ServiceSource):
-        def material(self, key_id: str, version: int) -> bytes | None:
-            other = os.urandom(32)
-            return service.kek.wrap(other, key_id=key_id, version=version)
+        def materials(
+            self, wanted: Sequence[tuple[str, int]]
+        ) -> dict[tuple[str, int], bytes]:
+            return {
+                (key_id, version): service.kek.wrap(
+                    os.urandom(32), key_id=key_id, version=version
+                )
+                for key_id, version in wanted
+            }
 
     follower = open_replica(WrongMaterial(service))
     with pytest.raises(ReplicaHalted) as halted:
