@@ -12,9 +12,9 @@ import os
 import random
 import shutil
 import signal
+import sqlite3
 import subprocess
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -458,6 +458,25 @@ service.close()
     assert result.returncode == 0, result.stderr
 
 
+def _applied(env: dict[str, str]) -> int:
+    """The replica's position as its state row says, read while it runs."""
+    url = env.get("KEYLEDGER_DATABASE_URL")
+    query = "SELECT position FROM replica_state WHERE id = 1"
+    try:
+        if url is None:
+            path = Path(env["KEYLEDGER_DATA_DIR"]) / "ledger.sqlite3"
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+                row = db.execute(query).fetchone()
+        else:
+            database, _, schema = url.partition("?schema=")
+            with psycopg.connect(database) as conn:
+                conn.execute(f'SET search_path TO "{schema}"')
+                row = conn.execute(query).fetchone()
+    except (sqlite3.Error, psycopg.Error):
+        return 0  # not created yet
+    return int(row[0]) if row else 0
+
+
 def _verified_head(env: dict[str, str]) -> int:
     """The replica's head after a crash, once its ledger verifies (0: not created)."""
     result = _cli(
@@ -482,9 +501,14 @@ def test_kill_9_during_catch_up_never_applies_twice_or_skips(
         shuffle = random.Random(int(os.environ.get("KEYLEDGER_TEST_SEED", "4")))
         log = tmp_path / "r.log"
         crashed_at: list[int] = []
-        for _ in range(5):
+        # five random positions of the catch-up; the replica is killed as it passes
+        targets = sorted(shuffle.sample(range(1, CATCH_UP_EVENTS - 1000), 5))
+        for target in targets:
             process = _popen_replica(env, "--once", "--batch", "300", log=log)
-            time.sleep(shuffle.uniform(0.5, 3.0))  # a random moment, not a timing check
+            wait_until(
+                lambda: process.poll() is not None or _applied(env) >= target,  # noqa: B023
+                timeout=600,
+            )
             process.send_signal(signal.SIGKILL)
             process.wait()
             crashed_at.append(_verified_head(env))
