@@ -62,6 +62,7 @@ from domain.epochs import (
     announcement_id,
 )
 from domain.keys import ManagedKey
+from domain.principals import Principal
 from ledger.entry import canonical_json
 from ledger.material import KeyEncryptionKey, UnwrapError, fingerprint
 from ledger.offline import KeyBook, StoredEntry, verify_entries
@@ -69,7 +70,7 @@ from ledger.service import KeyService
 from ledger.signing import key_id, load_public_key
 from ledger.signing import public_key_pem as pem_of
 from ledger.store import Actor, Head, LedgerWrite, SealedEntry, Statement
-from projections import key_view
+from projections import access_view, key_view
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,11 @@ HALTED = "halted"
 PROMOTED = "promoted"
 
 _KEY_TOPICS = "keyledger.key."
+# Streams with a read side: keys, and principals with their tokens.
+_PRINCIPAL_TOPICS = tuple(
+    f"keyledger.access.{name}"
+    for name in ("PrincipalCreated", "RolesChanged", "TokenIssued", "TokenRevoked")
+)
 MATERIAL_PAGE = 200
 _AGGREGATE_CACHE = 1000
 
@@ -816,7 +822,8 @@ class Follower:
         events = [
             (entry, self._event(entry))
             for entry in entries
-            if entry.topic.startswith(_KEY_TOPICS)  # usage and clock: no projection
+            # usage records, clock moves and access facts have no read side here
+            if entry.topic.startswith(_KEY_TOPICS) or entry.topic in _PRINCIPAL_TOPICS
         ]
         fetched = self._fetch_material(events)
         for entry, event in events:
@@ -836,6 +843,11 @@ class Follower:
             statements += self._material_statements(entry, event, fetched)
         for stream, change in changed.items():
             key = self._keys[stream]
+            if isinstance(key, Principal):
+                statements += access_view.principal_statements(
+                    key, change.last_position
+                )
+                continue
             removed = key_view.removed_versions(change.events)
             statements += key_view.view_statements(
                 key,

@@ -18,7 +18,10 @@ import psycopg
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from domain.access import Role
 from domain.clock import AdjustableClock
+from domain.errors import AuthenticationError
+from ledger.access import AccessService
 from ledger.replica import (
     FeedPage,
     Follower,
@@ -30,6 +33,8 @@ from ledger.replica import (
 from ledger.service import CommandContext, KeyService
 from ledger.signing import LedgerSigner, public_key_pem
 from ledger.store import SealedEntry
+from projections import access_view
+from projections.rebuild import rebuild
 from tests.ledger._replica_support import (
     ServiceSource,
     assert_same_ledger,
@@ -307,3 +312,28 @@ def test_decoded_entries_are_the_stored_bytes(
     entry: SealedEntry = page.entries[0]
     assert entry.entry_bytes == bytes(rows[0]["state"])
     assert replace(entry).hash == rows[0]["entry_hash"]
+
+
+def test_principals_and_tokens_follow_so_a_replica_token_authenticates(
+    service: KeyService,
+    ctx: CommandContext,
+    clock: AdjustableClock,
+    open_replica: Callable[..., Follower],
+) -> None:
+    access = AccessService(service.app, clock)
+    access.create_principal(ctx, name="reader", roles=frozenset({Role.AUDITOR}))
+    issued = access.issue_token(ctx, "reader", expires_in_seconds=3600)
+    revoked = access.issue_token(ctx, "reader", expires_in_seconds=3600)
+    access.revoke_token(ctx, revoked.token_id, reason="test")
+    follower = open_replica(ServiceSource(service))
+    follow_all(follower)
+    replica = follower.service
+    assert access_view.snapshot_tables(replica.ledger) == access_view.snapshot_tables(
+        service.ledger
+    )
+    on_replica = AccessService(replica.app, clock)
+    actor = on_replica.authenticate(issued.token)
+    assert actor is not None and actor.principal == "reader"
+    with pytest.raises(AuthenticationError):
+        on_replica.authenticate(revoked.token)
+    assert rebuild(replica.app, apply=False).matched_live
