@@ -53,6 +53,7 @@ from eventsourcing.domain import OriginatorVersionError
 from eventsourcing.persistence import IntegrityError, PersistenceError, StoredEvent
 from eventsourcing.utils import TopicError
 
+from domain.backups import KeyBackups
 from domain.clock import format_time
 from domain.epochs import (
     PROMOTED_TOPIC,
@@ -70,7 +71,7 @@ from ledger.service import KeyService
 from ledger.signing import key_id, load_public_key
 from ledger.signing import public_key_pem as pem_of
 from ledger.store import Actor, Head, LedgerWrite, SealedEntry, Statement
-from projections import access_view, key_view
+from projections import access_view, backup_status, key_view
 
 logger = logging.getLogger(__name__)
 
@@ -86,12 +87,18 @@ FOLLOWING = "following"
 HALTED = "halted"
 PROMOTED = "promoted"
 
-_KEY_TOPICS = "keyledger.key."
-# Streams with a read side: keys, and principals with their tokens.
-_PRINCIPAL_TOPICS = tuple(
-    f"keyledger.access.{name}"
-    for name in ("PrincipalCreated", "RolesChanged", "TokenIssued", "TokenRevoked")
-)
+
+def _topics(aggregate: type) -> frozenset[str]:
+    return frozenset(
+        topic
+        for item in vars(aggregate).values()
+        if isinstance(item, type)
+        and isinstance(topic := getattr(item, "TOPIC", 0), str)
+    )
+
+
+# Streams with a read side: keys, principals with their tokens, key backups.
+_PROJECTED_TOPICS = _topics(ManagedKey) | _topics(Principal) | _topics(KeyBackups)
 MATERIAL_PAGE = 200
 _AGGREGATE_CACHE = 1000
 
@@ -822,8 +829,8 @@ class Follower:
         events = [
             (entry, self._event(entry))
             for entry in entries
-            # usage records, clock moves and access facts have no read side here
-            if entry.topic.startswith(_KEY_TOPICS) or entry.topic in _PRINCIPAL_TOPICS
+            # usage records, clock moves, access facts, backup settings: no read side
+            if entry.topic in _PROJECTED_TOPICS
         ]
         fetched = self._fetch_material(events)
         for entry, event in events:
@@ -846,6 +853,13 @@ class Follower:
             if isinstance(key, Principal):
                 statements += access_view.principal_statements(
                     key, change.last_position
+                )
+                continue
+            if isinstance(key, KeyBackups):
+                statements += backup_status.view_statements(
+                    key,
+                    backup_status.touched_backups(change.events),
+                    change.last_position,
                 )
                 continue
             removed = key_view.removed_versions(change.events)
