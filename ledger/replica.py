@@ -64,6 +64,7 @@ from domain.epochs import (
 )
 from domain.keys import ManagedKey
 from domain.principals import Principal
+from domain.usage import KeyUse
 from ledger.entry import canonical_json
 from ledger.material import KeyEncryptionKey, UnwrapError, fingerprint
 from ledger.offline import KeyBook, StoredEntry, verify_entries
@@ -71,7 +72,7 @@ from ledger.service import KeyService
 from ledger.signing import key_id, load_public_key
 from ledger.signing import public_key_pem as pem_of
 from ledger.store import Actor, Head, LedgerWrite, SealedEntry, Statement
-from projections import access_view, backup_status, key_view
+from projections import access_view, backup_status, key_view, usage_counts
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +100,8 @@ def _topics(aggregate: type) -> frozenset[str]:
 
 # Streams with a read side: keys, principals with their tokens, key backups.
 _PROJECTED_TOPICS = _topics(ManagedKey) | _topics(Principal) | _topics(KeyBackups)
+# Usage records feed only the usage counts, written as on the primary.
+_USAGE_TOPIC = KeyUse.KeyUsed.TOPIC
 MATERIAL_PAGE = 200
 _AGGREGATE_CACHE = 1000
 
@@ -829,9 +832,14 @@ class Follower:
         events = [
             (entry, self._event(entry))
             for entry in entries
-            # usage records, clock moves, access facts, backup settings: no read side
+            # clock moves, access facts, backup settings: no read side
             if entry.topic in _PROJECTED_TOPICS
         ]
+        for entry in entries:
+            if entry.topic == _USAGE_TOPIC:
+                statements += usage_counts.count_statements(
+                    self._event(entry).mutate(None)
+                )
         fetched = self._fetch_material(events)
         for entry, event in events:
             stream = entry.originator_id
