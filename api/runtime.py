@@ -132,6 +132,18 @@ class Runtime:
         self.scheduler = threading.Thread(target=loop, name="scheduler", daemon=True)
         self.scheduler.start()
 
+    def record_start(self) -> None:
+        """Record that the service starts, and from now on every access fact."""
+        self.record_access = True
+        if self.run is None:
+            self.run = ServiceRun.start(
+                version=_version(),
+                kid=self.service.signer.kid,
+                pid=os.getpid(),
+                now=self.clock.now(),
+            )
+            self.coalescer.record(self.run, SYSTEM_ACTOR, "service-start")
+
     def record_stop(self) -> None:
         """Record the open access counts and, for the service, that it stops.
 
@@ -155,8 +167,13 @@ class Runtime:
         self.service.close()
 
 
-def build_runtime(settings: Settings) -> Runtime:
-    """Load or create local secrets and open the ledger."""
+def build_runtime(settings: Settings, *, appends: bool = True) -> Runtime:
+    """Load or create local secrets and open the ledger.
+
+    A replica starts with ``appends`` false: its ledger is the primary's, byte
+    for byte, so it records neither its start nor any access fact until it is
+    promoted (see ``Runtime.record_start``).
+    """
     data_dir = settings.data_dir
     signer, kek, _ = load_local_secrets(data_dir)
     clock: Clock = AdjustableClock() if settings.dev_clock else SystemClock()
@@ -186,18 +203,17 @@ def build_runtime(settings: Settings) -> Runtime:
         },
     )
     runtime = Runtime(settings, service, clock, digest, new_token)
+    runtime.record_access = appends
     try:
         # The backup key is made on the first start, so it can be kept safe at once.
         backups = runtime.backups
-        if settings.backup_settings_file is not None:
+        if appends and settings.backup_settings_file is not None:
             backups.apply_settings_file(settings.backup_settings_file)
     except BaseException:
         runtime.close()
         raise
-    runtime.run = ServiceRun.start(
-        version=_version(), kid=signer.kid, pid=os.getpid(), now=clock.now()
-    )
-    runtime.coalescer.record(runtime.run, SYSTEM_ACTOR, "service-start")
+    if appends:
+        runtime.record_start()
     return runtime
 
 

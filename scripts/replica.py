@@ -176,13 +176,12 @@ def main(args: argparse.Namespace) -> int:
         print(f"keyledger replica: cannot reach the primary: {error}", file=sys.stderr)
         return 1
     try:
-        runtime = build_runtime(settings)
+        # A replica appends nothing: not its start, not its bootstrap token's use.
+        runtime = build_runtime(settings, appends=False)
     except (KeyledgerError, ValueError, OSError) as error:
         print(f"keyledger replica: cannot start: {error}", file=sys.stderr)
         return 1
     runtime.service.trusted_keys.update(keys)
-    # A replica appends nothing: uses of its bootstrap token are not recorded.
-    runtime.record_access = False
     for public_key in keys.values():
         save_trusted_key(settings.data_dir, public_key)
     _announce(source, runtime.service.signer)

@@ -147,7 +147,7 @@ def post_promote(
         epoch = follower.promote(actor, request_id, force=command.force)
     except PromotionRefusedError as refusal:
         raise ApiError(409, refusal.code, refusal.message, **refusal.details) from None
-    runtime.record_access = True
+    runtime.record_start()
     runtime.start_scheduler()
     head = runtime.service.ledger.head()
     response.headers["Ledger-Position"] = str(head.position)
