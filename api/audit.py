@@ -115,7 +115,7 @@ def record_export(
         last_position=covered.get("last_position"),
     )
     request_id = getattr(request.state, "request_id", None) or "unattributed"
-    runtime.coalescer.record(fact, actor, request_id)
+    runtime.record_fact(lambda: runtime.coalescer.record(fact, actor, request_id))
 
 
 def record_audit_read(request: Request, actor: Actor) -> None:
@@ -129,11 +129,13 @@ def record_audit_read(request: Request, actor: Actor) -> None:
         "principal": actor.principal,
         "token_id": actor.token_id,
     }
-    runtime.coalescer.occurred(
-        ("read", *fields.values()),
-        lambda now, seconds: AuditTrailRead.record(
-            fields=fields, window_seconds=seconds, now=now
-        ),
-        actor,
-        getattr(request.state, "request_id", None) or "unattributed",
+    runtime.record_fact(
+        lambda: runtime.coalescer.occurred(
+            ("read", *fields.values()),
+            lambda now, seconds: AuditTrailRead.record(
+                fields=fields, window_seconds=seconds, now=now
+            ),
+            actor,
+            getattr(request.state, "request_id", None) or "unattributed",
+        )
     )

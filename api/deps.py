@@ -21,6 +21,7 @@ from domain.principals import KEY_SCOPED
 from ledger.service import CommandContext, CommandResult, IdempotencyRecord
 from ledger.store import Actor
 
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
@@ -88,6 +89,10 @@ class Requirement:
                     permission=names[0] if len(names) == 1 else names,
                     key=key,
                 )
+        if request.method not in _READS:
+            fenced = runtime.fenced_error()
+            if fenced is not None:
+                raise fenced
         if self.audited:
             audit.record_audit_read(request, actor)
         return actor

@@ -27,6 +27,7 @@ from domain.errors import (
     LedgerBrokenError,
     LedgerUnavailableError,
     MaterialUnreadableError,
+    PrimaryFencedError,
     PrincipalNotFoundError,
     VersionNotFoundError,
 )
@@ -78,6 +79,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(KeyledgerError)
     async def keyledger_error(request: Request, error: KeyledgerError) -> JSONResponse:
         status = status_for(error)
+        if isinstance(error, PrimaryFencedError):
+            # A newer epoch arrived while running: from now on record nothing.
+            await run_in_threadpool(request.app.state.runtime.notice_fence)
         await run_in_threadpool(
             audit.record_refusal, request, status, error.code, error.details
         )

@@ -2,7 +2,8 @@
 
 Built once at start-up. On first start it generates the signing key, the KEK and
 the bootstrap admin token in the data folder (mode 0600); the token itself is
-printed once and only its hash is kept.
+printed once and only its hash is kept. An old primary whose ledger holds a newer
+epoch signed by another key starts fenced: it serves reads and records nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import secrets
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -24,14 +26,14 @@ from backup.service import BackupService
 from domain.access import ALL_ROLES
 from domain.access_audit import BootstrapTokenUse, ServiceRun
 from domain.clock import AdjustableClock, Clock, SystemClock
-from domain.errors import KeyledgerError
+from domain.errors import KeyledgerError, PrimaryFencedError
 from ledger.access import AccessService, Coalescer
 from ledger.application import redact_url
 from ledger.dual_control import DualControl
 from ledger.service import DestructionBounds, KeyService, load_local_secrets
 from ledger.settings import Settings
 from ledger.signing import load_trusted_keys
-from ledger.store import SYSTEM_ACTOR, Actor
+from ledger.store import SYSTEM_ACTOR, Actor, CurrentEpoch, fenced_error
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +68,8 @@ class Runtime:
     access: AccessService = field(init=False)
     coalescer: Coalescer = field(init=False)
     dual_control: DualControl = field(init=False)
+    # The newer epoch of another key that fences this old primary, once seen.
+    fenced: CurrentEpoch | None = None
 
     run: ServiceRun | None = None
 
@@ -97,19 +101,65 @@ class Runtime:
         if hmac.compare_digest(token_digest(token), self.admin_token_digest):
             actor = Actor(BOOTSTRAP_PRINCIPAL, token_id(token), roles=ALL_ROLES)
             if self.record_access:
-                self.coalescer.occurred(
-                    ("bootstrap-token", actor.token_id),
-                    lambda now, seconds: BootstrapTokenUse.record(
-                        token_id=actor.token_id, window_seconds=seconds, now=now
-                    ),
-                    actor,
-                    f"auth_{uuid.uuid4().hex}",
+                self.record_fact(
+                    lambda: self.coalescer.occurred(
+                        ("bootstrap-token", actor.token_id),
+                        lambda now, seconds: BootstrapTokenUse.record(
+                            token_id=actor.token_id, window_seconds=seconds, now=now
+                        ),
+                        actor,
+                        f"auth_{uuid.uuid4().hex}",
+                    )
                 )
             return actor
         return self.access.authenticate(token)
 
+    def record_fact(self, record: Callable[[], object]) -> None:
+        """Record an access fact; if a newer epoch fences this primary, record none.
+
+        A fenced primary can record nothing more, as a replica: the read that
+        came with the fact goes on unrecorded, and so does every later one.
+
+        Raises:
+            LedgerUnavailableError: the fact could not be recorded otherwise.
+        """
+        try:
+            record()
+        except PrimaryFencedError:
+            self.notice_fence()
+
+    def notice_fence(self) -> None:
+        """Re-read the ledger's epoch after an append was refused as fenced."""
+        epoch = self.service.fenced_by()
+        if epoch is not None:
+            self.fence(epoch)
+
+    def fence(self, epoch: CurrentEpoch) -> None:
+        """Stop recording anything: a newer epoch of another key was seen."""
+        if self.fenced is None:
+            logger.warning(
+                "primary_fenced",
+                extra={
+                    "epoch": epoch.epoch,
+                    "kid": epoch.kid,
+                    "position": epoch.position,
+                    "own_kid": self.service.signer.kid,
+                },
+            )
+        self.fenced = epoch
+        self.record_access = False
+        self.run = None
+
+    def fenced_error(self) -> PrimaryFencedError | None:
+        """The refusal every command gets while fenced, else None."""
+        if self.fenced is None:
+            return None
+        return fenced_error(self.fenced, self.service.signer.kid)
+
     def start_scheduler(self) -> None:
         """Destroy due versions in the background, every scheduler interval."""
+        if self.fenced is not None:
+            return  # it would only record refusals: a fenced primary writes nothing
 
         def loop() -> None:
             while not self.stopping.wait(self.settings.scheduler_interval_seconds):
@@ -204,6 +254,10 @@ def build_runtime(settings: Settings, *, appends: bool = True) -> Runtime:
     )
     runtime = Runtime(settings, service, clock, digest, new_token)
     runtime.record_access = appends
+    fenced = service.fenced_by() if appends else None
+    if fenced is not None:
+        runtime.fence(fenced)
+        appends = False
     try:
         # The backup key is made on the first start, so it can be kept safe at once.
         backups = runtime.backups

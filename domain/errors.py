@@ -119,3 +119,14 @@ class AuthenticationError(KeyledgerError):
     """
 
     code = "INVALID_TOKEN"
+
+
+class PrimaryFencedError(KeyLifecycleError):
+    """A newer epoch names another signing key: this instance is fenced (HTTP 409).
+
+    An old primary that has seen the promotion of another ledger must not write
+    again, or history would fork; it may only follow the new primary. ``details``
+    name the epoch, the key id that signs it and the epoch's position.
+    """
+
+    code = "PRIMARY_FENCED"

@@ -41,6 +41,7 @@ from ledger.store import (
     SYSTEM_ACTOR,
     Actor,
     Checkpoint,
+    CurrentEpoch,
     LedgerWrite,
     Receipt,
     Sequencer,
@@ -540,6 +541,18 @@ class KeyService:
 
     def head_position(self) -> int:
         return self.ledger.head().position
+
+    def fenced_by(self) -> CurrentEpoch | None:
+        """The newer epoch that fences this instance, or None if it may write.
+
+        An instance is fenced once its ledger's latest epoch is signed by a key
+        other than its own: it was the primary before a promotion elsewhere.
+        Every append then fails with ``PrimaryFencedError``; reads still work.
+        """
+        epoch = self.ledger.current_epoch()
+        if epoch is None or epoch.kid == self.signer.kid:
+            return None
+        return epoch
 
     # Internals -------------------------------------------------------------
 

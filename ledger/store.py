@@ -11,6 +11,11 @@ On PostgreSQL the library's table lock serialises writers so that positions
 commit in order; the entry is sealed (hashed and signed) before the lock is taken,
 against the head this process last wrote, and the insert only succeeds if that is
 still the head. On SQLite, sealing happens under the write lock.
+
+Every append is fenced (in its transaction, under the same lock): once the
+ledger's latest epoch (``Promoted`` entry) is signed by another key, this
+instance is an old primary and its appends are refused with
+``PrimaryFencedError``; only an append that itself starts a new epoch passes.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ from psycopg.sql import SQL, Identifier
 
 from domain.access import Role
 from domain.clock import Clock, format_time
+from domain.epochs import PROMOTED_TOPIC
+from domain.errors import PrimaryFencedError
 from ledger.entry import (
     GENESIS_HASH,
     canonical_json,
@@ -131,6 +138,36 @@ class Head:
 
 
 EMPTY_HEAD = Head(0, GENESIS_HASH, "")
+
+
+@dataclass(frozen=True)
+class CurrentEpoch:
+    """The ledger's latest promotion: its number, the key that signs it, where."""
+
+    epoch: int
+    kid: str
+    position: int
+
+    @classmethod
+    def from_row(cls, position: int, kid: str, state: bytes) -> CurrentEpoch:
+        return cls(int(json.loads(state)["payload"]["epoch"]), kid, position)
+
+
+def fenced_error(epoch: CurrentEpoch, own_kid: str) -> PrimaryFencedError:
+    """The refusal of an append by ``own_kid`` after ``epoch`` of another key."""
+    return PrimaryFencedError(
+        f"This ledger is fenced: epoch {epoch.epoch} (position {epoch.position}) "
+        f"is signed by key {epoch.kid}, not by this instance's key {own_kid}; "
+        "it may only follow the new primary as a replica.",
+        epoch=epoch.epoch,
+        kid=epoch.kid,
+        position=epoch.position,
+        own_kid=own_kid,
+    )
+
+
+def _starts_epoch(stored_events: Iterable[StoredEvent]) -> bool:
+    return any(stored.topic == PROMOTED_TOPIC for stored in stored_events)
 
 
 @dataclass(frozen=True)
@@ -271,6 +308,7 @@ class _PendingAppend:
 
 
 _HEAD_MOVED = "KL001"
+_FENCED = "KL002"
 _BEGIN = SQL("BEGIN")
 _COMMIT = SQL("COMMIT")
 _CONTENDED_SECONDS = 1.0
@@ -278,6 +316,10 @@ _CONTENDED_SECONDS = 1.0
 
 class _HeadMovedError(Exception):
     """Another process appended since this one last saw the head."""
+
+
+class _FencedError(Exception):
+    """The ledger's latest epoch is signed by another key than this append's."""
 
 
 class AppendSignal:
@@ -331,6 +373,7 @@ class LedgerRecorder(Protocol):
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None: ...
     def head(self) -> Head: ...
+    def current_epoch(self) -> CurrentEpoch | None: ...
     def wait_for_position(self, position: int, timeout: float) -> Head: ...
     def insert_replicated(
         self,
@@ -423,6 +466,7 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
             "checkpoints": Identifier(checkpoints),
             "refuse": Identifier(f"{table}_refuse_change"),
             "expect": Identifier(f"{table}_expect_head"),
+            "fence": Identifier(f"{table}_expect_signer"),
         }
         self.sql_create_statements = [
             SQL("SELECT pg_advisory_xact_lock(7236410591)").format(),
@@ -466,6 +510,20 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
                 "<> expected THEN RAISE EXCEPTION 'the ledger head moved' "
                 "USING ERRCODE = '" + _HEAD_MOVED + "'; END IF; END $$"
             ).format(**ident),
+            SQL(
+                "CREATE INDEX IF NOT EXISTS {index} ON {schema}.{table} "
+                "(notification_id) WHERE topic = '" + PROMOTED_TOPIC + "'"
+            ).format(index=Identifier(f"{table}_epoch_idx"), **ident),
+            SQL(
+                "CREATE OR REPLACE FUNCTION {schema}.{fence}(signer text) "
+                "RETURNS void LANGUAGE plpgsql AS $$ DECLARE latest text; BEGIN "
+                "SELECT kid INTO latest FROM {schema}.{table} "
+                "WHERE topic = '" + PROMOTED_TOPIC + "' "
+                "ORDER BY notification_id DESC LIMIT 1; "
+                "IF latest IS NOT NULL AND latest <> signer THEN RAISE EXCEPTION "
+                "'the ledger is fenced by a newer epoch' "
+                "USING ERRCODE = '" + _FENCED + "'; END IF; END $$"
+            ).format(**ident),
         ]
         for target in (table, checkpoints):
             names = {"target": Identifier(target), **ident}
@@ -486,6 +544,11 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
             "state, notification_id, entry_hash, signature, kid, recorded_at) VALUES "
         ).format(**ident)
         self._expect_head = SQL("SELECT {schema}.{expect}(%s)").format(**ident)
+        self._expect_signer = SQL("SELECT {schema}.{fence}(%s)").format(**ident)
+        self._select_epoch = SQL(
+            "SELECT notification_id, kid, state FROM {schema}.{table} "
+            "WHERE topic = %s ORDER BY notification_id DESC LIMIT 1"
+        ).format(**ident)
         self._insert_checkpoint = SQL(
             "INSERT INTO {schema}.{checkpoints} "
             "(position, hash, recorded_at, kid, signature) VALUES (%s, %s, %s, %s, %s) "
@@ -535,6 +598,10 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
                 with self._queue_lock:
                     group, self._queue = self._queue, []
                 self._commit_group(group)
+        if isinstance(pending.error, _FencedError):
+            epoch = self.current_epoch()
+            assert epoch is not None and self.sequencer is not None
+            raise fenced_error(epoch, self.sequencer.signer.kid) from None
         if pending.error is not None:
             raise pending.error
         if not pending.positions:
@@ -585,6 +652,7 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
                         (_BEGIN, ()),
                         *self._lock_script(),
                         (self._expect_head, (head.position,)),
+                        *self._fence_script(group),
                         *self._write_script(sealed),
                         (_COMMIT, ()),
                     ],
@@ -614,8 +682,24 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-            self._run_script(conn, [*self._write_script(sealed), (_COMMIT, ())])
+            self._run_script(
+                conn,
+                [
+                    *self._fence_script(group),
+                    *self._write_script(sealed),
+                    (_COMMIT, ()),
+                ],
+            )
         return sealed
+
+    def _fence_script(
+        self, group: list[_PendingAppend]
+    ) -> list[tuple[Any, Sequence[Any]]]:
+        """The fence check, unless the group starts an epoch signed by this key."""
+        assert self.sequencer is not None
+        if any(_starts_epoch(pending.stored_events) for pending in group):
+            return []
+        return [(self._expect_signer, (self.sequencer.signer.kid,))]
 
     def _seal_group(self, group: list[_PendingAppend], head: Head) -> _SealedGroup:
         assert self.sequencer is not None
@@ -742,6 +826,8 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
                 conn.execute("ROLLBACK")
             if error.sqlstate == _HEAD_MOVED:
                 raise _HeadMovedError from None
+            if error.sqlstate == _FENCED:
+                raise _FencedError from None
             raise
 
     @_reconnecting
@@ -757,6 +843,18 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
         if row is None:
             return EMPTY_HEAD
         return Head(row["notification_id"], row["entry_hash"], row["recorded_at"])
+
+    @_reconnecting
+    def current_epoch(self) -> CurrentEpoch | None:
+        """The latest ``Promoted`` entry, or None if the ledger has no epoch yet."""
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self._select_epoch, (PROMOTED_TOPIC,))
+            row = curs.fetchone()
+        if row is None:
+            return None
+        return CurrentEpoch.from_row(
+            int(row["notification_id"]), row["kid"], bytes(row["state"])
+        )
 
     @_reconnecting
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
@@ -848,6 +946,8 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
             "UNIQUE (originator_id, originator_version))",
             f"CREATE INDEX IF NOT EXISTS {table}_stream_time_idx "
             f"ON {table} (originator_id, recorded_at)",
+            f"CREATE INDEX IF NOT EXISTS {table}_epoch_idx "
+            f"ON {table} (notification_id) WHERE topic = '{PROMOTED_TOPIC}'",
             f"CREATE TABLE IF NOT EXISTS {checkpoints} ("
             "position INTEGER PRIMARY KEY, hash TEXT NOT NULL, "
             "recorded_at TEXT NOT NULL, kid TEXT NOT NULL, signature BLOB NOT NULL)",
@@ -880,6 +980,14 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
             raw = conn._sqlite_conn
             try:
                 raw.execute("BEGIN IMMEDIATE")
+                own_kid = self.sequencer.signer.kid
+                epoch = self._current_epoch(raw)
+                if (
+                    epoch is not None
+                    and epoch.kid != own_kid
+                    and not _starts_epoch(stored_events)
+                ):
+                    raise fenced_error(epoch, own_kid)
                 head = self._head(raw)
                 sealed = self.sequencer.seal(head, stored_events, write)
                 receipts = [entry.receipt() for entry in sealed]
@@ -981,6 +1089,19 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
     def head(self) -> Head:
         with _sqlite_errors(), self.datastore.get_connection(commit=False) as conn:
             return self._head(conn._sqlite_conn)
+
+    def _current_epoch(self, raw: sqlite3.Connection) -> CurrentEpoch | None:
+        row = raw.execute(
+            f"SELECT notification_id, kid, state FROM {self.events_table_name} "
+            "WHERE topic = ? ORDER BY notification_id DESC LIMIT 1",
+            (PROMOTED_TOPIC,),
+        ).fetchone()
+        return None if row is None else CurrentEpoch.from_row(row[0], row[1], row[2])
+
+    def current_epoch(self) -> CurrentEpoch | None:
+        """The latest ``Promoted`` entry, or None if the ledger has no epoch yet."""
+        with _sqlite_errors(), self.datastore.get_connection(commit=False) as conn:
+            return self._current_epoch(conn._sqlite_conn)
 
     def select_notifications(
         self,

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
 from domain.clock import AdjustableClock
 from ledger.key_use import KeyUser, UseItem
-from ledger.replica import FeedPage, Follower, decode_page
+from ledger.replica import FeedPage, Follower, announce_signer, decode_page, pin_keys
 from ledger.service import CommandContext, KeyService
 from ledger.signing import public_key_pem
+from ledger.store import Actor
 from ledger.verify import verify_ledger
 from projections import key_view
 from projections.rebuild import rebuild
@@ -77,6 +78,47 @@ def workload(service: KeyService, ctx: CommandContext, clock: AdjustableClock) -
 def follow_all(follower: Follower) -> None:
     while follower.step():
         pass
+
+
+OPERATOR = Actor("operator", "tok_op")
+
+
+def announced_replica(
+    primary: KeyService, open_replica: Callable[..., Follower], ctx: CommandContext
+) -> Follower:
+    """A replica whose key the primary announced, caught up."""
+    follower = open_replica(ServiceSource(primary))
+    own = follower.service.signer
+    announce_signer(primary, ctx.actor, "announce", public_key_pem(own.public_key))
+    follow_all(follower)
+    return follower
+
+
+def rejoined_old_primary(
+    service: KeyService,
+    ctx: CommandContext,
+    clock: AdjustableClock,
+    open_replica: Callable[..., Follower],
+    kek: Any,
+) -> KeyService:
+    """The new primary, once the old one (``service``) followed it into epoch 2."""
+    workload(service, ctx, clock)
+    follower = announced_replica(service, open_replica, ctx)
+    follower.promote(OPERATOR, "promote", force=False)
+    new_primary = follower.service
+    new_primary.rotate(ctx, "beta")
+    both = pin_keys(
+        public_key_pem(new_primary.signer.public_key),
+        key_files=[
+            public_key_pem(service.signer.public_key).encode(),
+            public_key_pem(new_primary.signer.public_key).encode(),
+        ],
+    )
+    rejoined = Follower(service, ServiceSource(new_primary), both, kek=kek)
+    rejoined.prepare()
+    follow_all(rejoined)
+    assert service.ledger.head() == new_primary.ledger.head()
+    return new_primary
 
 
 def assert_same_ledger(primary: KeyService, replica: KeyService) -> None:

@@ -3,41 +3,41 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import threading
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from eventsourcing.persistence import StoredEvent
 
 from domain.clock import AdjustableClock
+from domain.errors import PrimaryFencedError
+from ledger.key_use import KeyUser, UseItem
 from ledger.offline import compare_hashes
 from ledger.replica import (
     Follower,
     PromotionRefusedError,
     ReplicaHalted,
     announce_signer,
-    pin_keys,
     promote,
 )
 from ledger.service import CommandContext, KeyService
-from ledger.signing import public_key_pem
-from ledger.store import Actor
+from ledger.signing import LedgerSigner, public_key_pem
+from ledger.store import LedgerWrite, Sequencer
 from ledger.verify import verify_ledger
+from projections import key_view
 from scripts import compare_ledgers
-from tests.ledger._replica_support import ServiceSource, follow_all, workload
-
-OPERATOR = Actor("operator", "tok_op")
-
-
-def announced_replica(
-    primary: KeyService, open_replica: Callable[..., Follower], ctx: CommandContext
-) -> Follower:
-    """A replica whose key the primary announced, caught up."""
-    follower = open_replica(ServiceSource(primary))
-    own = follower.service.signer
-    announce_signer(primary, ctx.actor, "announce", public_key_pem(own.public_key))
-    follow_all(follower)
-    return follower
+from tests.ledger._replica_support import (
+    OPERATOR,
+    ServiceSource,
+    announced_replica,
+    follow_all,
+    rejoined_old_primary,
+    workload,
+)
 
 
 def promoted_entries(service: KeyService) -> list[dict[str, Any]]:
@@ -81,13 +81,19 @@ def test_promotion_starts_an_epoch_the_old_key_alone_can_verify(
         "UNKNOWN_SIGNING_KEY",
     )
 
-    # an entry signed by the retired key after the epoch is KEY_RETIRED
-    replica.app.sequencer.signer = service.signer
-    replica.rotate(ctx, "alpha")
+    # the retired key cannot append here (fenced); an entry it signed anyway,
+    # written past the service, is KEY_RETIRED
+    head = replica.ledger.head()
+    rogue = Sequencer(service.signer, clock, 100).seal(
+        head,
+        [StoredEvent(uuid.uuid4(), 1, "keyledger.test.Rogue", b"{}")],
+        LedgerWrite(actor=OPERATOR, request_id="rogue"),
+    )
+    replica.ledger.insert_replicated(rogue, [], expected_head=head.position)
     retired = verify_ledger(replica.ledger, primary_key)
     assert retired.first_failure is not None
     assert retired.first_failure.reason == "KEY_RETIRED"
-    assert retired.first_failure.position == replica.ledger.head().position
+    assert retired.first_failure.position == head.position + 1
 
 
 def test_promotion_behind_the_head_is_refused_unless_forced(
@@ -190,24 +196,65 @@ def test_an_old_primary_rejoins_as_a_replica_only_if_its_history_is_a_prefix(
     open_replica: Callable[..., Follower],
     kek: Any,
 ) -> None:
-    workload(service, ctx, clock)
-    follower = announced_replica(service, open_replica, ctx)
-    follower.promote(OPERATOR, "promote", force=False)
-    new_primary = follower.service
-    new_primary.rotate(ctx, "beta")
-
-    # the old primary wrote nothing since: it follows the new one
-    both = pin_keys(
-        public_key_pem(new_primary.signer.public_key),
-        key_files=[
-            public_key_pem(service.signer.public_key).encode(),
-            public_key_pem(new_primary.signer.public_key).encode(),
-        ],
-    )
-    rejoined = Follower(service, ServiceSource(new_primary), both, kek=kek)
-    rejoined.prepare()
-    follow_all(rejoined)
+    """The old primary wrote nothing since the promotion: it follows the new one."""
+    new_primary = rejoined_old_primary(service, ctx, clock, open_replica, kek)
     assert service.ledger.head() == new_primary.ledger.head()
+
+
+def test_an_old_primary_that_saw_the_new_epoch_is_fenced(
+    service: KeyService,
+    ctx: CommandContext,
+    clock: AdjustableClock,
+    open_replica: Callable[..., Follower],
+    open_service: Callable[..., KeyService],
+    kek: Any,
+    store_url: str,
+) -> None:
+    """Once its ledger holds epoch 2 of another key, no append of the old key lands."""
+    # given a fresh primary, which has no epoch and writes
+    assert service.fenced_by() is None
+    # and the old primary reopened by another process, its head read before
+    old = open_service(database_url=store_url, signer=service.signer)
+    old.create_key(ctx, name="before")
+    new_primary = rejoined_old_primary(service, ctx, clock, open_replica, kek)
+    before = old.ledger.head()
+    tables = key_view.snapshot_tables(old.ledger)
+
+    # when the old primary runs commands, then each is refused, nothing recorded
+    epoch = old.fenced_by()
+    assert epoch is not None
+    assert (epoch.epoch, epoch.kid) == (2, new_primary.signer.kid)
+    item = UseItem(plaintext=base64.b64encode(b"x").decode())
+    commands = {
+        "rotate": lambda: old.rotate(ctx, "alpha"),
+        "create": lambda: old.create_key(ctx, name="after"),
+        "encrypt": lambda: KeyUser(old).use(
+            ctx, "alpha", "encrypt", [item], single=True
+        ),
+        "announce": lambda: announce_signer(
+            old,
+            OPERATOR,
+            "a",
+            public_key_pem(LedgerSigner(Ed25519PrivateKey.generate()).public_key),
+        ),
+    }
+    for name, command in commands.items():
+        with pytest.raises(PrimaryFencedError) as fenced:
+            command()
+        assert fenced.value.code == "PRIMARY_FENCED", name
+        assert fenced.value.details == {
+            "epoch": 2,
+            "kid": new_primary.signer.kid,
+            "position": epoch.position,
+            "own_kid": service.signer.kid,
+        }
+    assert old.ledger.head() == before
+    assert key_view.snapshot_tables(old.ledger) == tables
+    # reads still work
+    assert old.get_key("alpha")["name"] == "alpha"
+    # the promoted replica, whose own key signs epoch 2, keeps writing
+    assert new_primary.fenced_by() is None
+    new_primary.rotate(ctx, "alpha")
 
 
 def test_an_old_primary_that_wrote_after_the_promotion_reports_the_fork(
