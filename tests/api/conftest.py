@@ -13,6 +13,10 @@ from api.runtime import Runtime, token_digest
 from domain.clock import AdjustableClock
 from ledger.service import KeyService
 from ledger.settings import Settings
+from tests.ledger.conftest import open_replica, replica_url
+
+# The replica fixtures, shared with the ledger tests.
+__all__ = ["open_replica", "replica_url"]
 
 TOKEN = "kl_test-admin-token-not-a-secret"
 

@@ -1,0 +1,280 @@
+"""A replica's routes in process: Min-Position, status, promotion; a fenced primary."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.main import create_app
+from api.routes.replication import install_replica
+from api.runtime import Runtime, token_digest
+from domain.clock import AdjustableClock
+from ledger.replica import Follower
+from ledger.service import CommandContext, KeyService
+from ledger.settings import Settings
+from tests.api._support import assert_error, assert_refused, head_position, snapshot
+from tests.api.conftest import TOKEN
+from tests.ledger._replica_support import (
+    ServiceSource,
+    announced_replica,
+    follow_all,
+    rejoined_old_primary,
+)
+
+ReplicaClient = Callable[..., TestClient]
+
+
+@pytest.fixture
+def replica_client(
+    clock: AdjustableClock, tmp_path: Path
+) -> Iterator[Callable[..., TestClient]]:
+    """Serve a follower's ledger as ``keyledger replica`` does, with the admin token."""
+    opened: list[tuple[TestClient, Runtime]] = []
+
+    def open_(follower: Follower, *, min_position_wait: float = 30) -> TestClient:
+        settings = Settings(data_dir=tmp_path / "replica", max_body_bytes=64 * 1024)
+        runtime = Runtime(
+            settings, follower.service, clock, token_digest(TOKEN), record_access=False
+        )
+        app = create_app(settings, runtime=runtime)
+        install_replica(app, follower, min_position_wait=min_position_wait)
+        client = TestClient(app, raise_server_exceptions=False)
+        client.headers["Authorization"] = f"Bearer {TOKEN}"
+        client.__enter__()
+        opened.append((client, runtime))
+        return client
+
+    yield open_
+    for client, runtime in opened:
+        client.__exit__(None, None, None)
+        runtime.stopping.set()
+
+
+def caught_up(
+    service: KeyService, ctx: CommandContext, open_replica: Callable[..., Follower]
+) -> Follower:
+    """A replica of a primary holding key ``k``, caught up."""
+    service.create_key(ctx, name="k")
+    follower = open_replica(ServiceSource(service))
+    follow_all(follower)
+    return follower
+
+
+def test_min_position_waits_for_the_position_then_answers_it(
+    service: KeyService,
+    ctx: CommandContext,
+    open_replica: Callable[..., Follower],
+    replica_client: ReplicaClient,
+) -> None:
+    """A read asking for a position the replica lacks waits, then shows that state."""
+    follower = caught_up(service, ctx, open_replica)
+    client = replica_client(follower)
+    rotated = service.rotate(ctx, "k")
+    waiting = threading.Event()
+    wait_for_position = follower.ledger.wait_for_position
+
+    def observed(position: int, timeout: float) -> Any:
+        waiting.set()
+        return wait_for_position(position, timeout)
+
+    follower.ledger.wait_for_position = observed  # type: ignore[method-assign]
+    answers: list[Any] = []
+    reader = threading.Thread(
+        target=lambda: answers.append(
+            client.get("/v1/keys/k", headers={"Min-Position": str(rotated.position)})
+        )
+    )
+    reader.start()
+    # the read is waiting before the position arrives; then the replica applies it
+    assert waiting.wait(timeout=30)
+    assert not answers
+    follow_all(follower)
+    reader.join(timeout=60)
+
+    [answer] = answers
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["stream_version"] == rotated.key["stream_version"]
+    assert int(answer.headers["Ledger-Position"]) >= rotated.position
+
+
+def test_min_position_not_reached_in_time_is_412_with_the_current_position(
+    service: KeyService,
+    ctx: CommandContext,
+    open_replica: Callable[..., Follower],
+    replica_client: ReplicaClient,
+) -> None:
+    """Past the wait, 412 names the position held; the header says it too."""
+    follower = caught_up(service, ctx, open_replica)
+    client = replica_client(follower, min_position_wait=0)
+    held = follower.status.position
+    late = client.get("/v1/keys/k", headers={"Min-Position": str(held + 5)})
+    details = assert_error(late, 412, "POSITION_NOT_REACHED")
+    assert details == {"current": held, "required": held + 5}
+    assert late.headers["Ledger-Position"] == str(held)
+
+
+@pytest.mark.parametrize(
+    "wanted",
+    [
+        pytest.param("abc", id="error: not a number"),
+        pytest.param("-1", id="error: negative"),
+        pytest.param("1.5", id="error: not an integer"),
+        pytest.param("9" * 19, id="error: too long"),
+        pytest.param("", id="error: empty"),
+    ],
+)
+def test_min_position_that_is_not_a_position_is_422(
+    service: KeyService,
+    ctx: CommandContext,
+    open_replica: Callable[..., Follower],
+    replica_client: ReplicaClient,
+    wanted: str,
+) -> None:
+    """Min-Position is a non-negative integer, else 422 before any wait."""
+    follower = caught_up(service, ctx, open_replica)
+    client = replica_client(follower)
+    answer = client.get("/v1/keys/k", headers={"Min-Position": wanted})
+    assert_error(answer, 422, "INVALID_MIN_POSITION")
+
+
+def test_status_shows_the_primary_head_the_lag_and_the_promotion(
+    service: KeyService,
+    ctx: CommandContext,
+    clock: AdjustableClock,
+    open_replica: Callable[..., Follower],
+    replica_client: ReplicaClient,
+) -> None:
+    """Status: following, one applied of three seen; then promoted, as a primary."""
+    follower = announced_replica(service, open_replica, ctx)
+    for name in ("a", "b"):
+        service.create_key(ctx, name=name)
+    held = follower.status.position
+    follower.batch = 1
+    follower.step()
+    client = replica_client(follower)
+
+    following = client.get("/v1/replication/status").json()
+    assert following["state"] == "following"
+    assert following["role"] == "replica"
+    assert following["applied"]["position"] == held + 1
+    assert following["primary_head"]["position"] == service.head_position()
+    assert following["primary_head"]["seen_at"] is not None
+    assert following["lag"]["events"] == 1
+
+    follow_all(follower)
+    promoted = client.post("/v1/replication/promote", json={})
+    assert promoted.status_code == 200, promoted.text
+    assert promoted.json()["epoch"]["epoch"] == 2
+    status = client.get("/v1/replication/status").json()
+    assert status["state"] == "promoted"
+    assert status["role"] == "primary"
+    assert status["lag"]["events"] == 0
+
+
+def test_promote_route_refuses_with_409_and_records_nothing(
+    service: KeyService,
+    ctx: CommandContext,
+    client: TestClient,
+    open_replica: Callable[..., Follower],
+    replica_client: ReplicaClient,
+) -> None:
+    """Behind, unannounced, already promoted, or not a replica: 409, head unchanged."""
+    service.create_key(ctx, name="k")
+    service.rotate(ctx, "k")
+    follower = open_replica(ServiceSource(service))
+    follower.batch = 1
+    follower.step()
+    replica = replica_client(follower)
+
+    details = assert_refused(
+        replica,
+        "k",
+        lambda: replica.post("/v1/replication/promote", json={}),
+        409,
+        "REPLICA_BEHIND",
+    )
+    assert details == {"applied": 1, "primary_head": 2}
+    follow_all(follower)
+    details = assert_refused(
+        replica,
+        "k",
+        lambda: replica.post("/v1/replication/promote", json={"force": True}),
+        409,
+        "SIGNER_NOT_ANNOUNCED",
+    )
+    assert details == {"kid": follower.service.signer.kid}
+    assert_refused(
+        client,
+        "k",
+        lambda: client.post("/v1/replication/promote", json={}),
+        409,
+        "NOT_A_REPLICA",
+    )
+
+
+def test_a_second_promotion_over_http_is_refused(
+    service: KeyService,
+    ctx: CommandContext,
+    open_replica: Callable[..., Follower],
+    replica_client: ReplicaClient,
+) -> None:
+    """One epoch: promoting a promoted replica is 409 ALREADY_PROMOTED."""
+    service.create_key(ctx, name="k")
+    follower = announced_replica(service, open_replica, ctx)
+    replica = replica_client(follower)
+    assert replica.post("/v1/replication/promote", json={}).status_code == 200
+    epoch = follower.service.ledger.current_epoch()
+    # once promoted, its reads record the bootstrap token's use: compare epochs
+    again = replica.post("/v1/replication/promote", json={"force": True})
+    assert_error(again, 409, "ALREADY_PROMOTED")
+    assert follower.service.ledger.current_epoch() == epoch
+    promoted = [
+        event
+        for event in follower.service.events(limit=1000)
+        if event["type"] == "keyledger.ledger.Promoted"
+    ]
+    assert len(promoted) == 1
+
+
+# A fenced old primary ------------------------------------------------------------
+
+
+def test_an_old_primary_that_saw_the_new_epoch_refuses_commands_over_http(
+    service: KeyService,
+    ctx: CommandContext,
+    clock: AdjustableClock,
+    open_replica: Callable[..., Follower],
+    recording_runtime: Runtime,
+    kek: Any,
+) -> None:
+    """Refused with 409 PRIMARY_FENCED, nothing recorded; reads still answer."""
+    # given the old primary, serving and recording access, rejoined into epoch 2
+    new_primary = rejoined_old_primary(service, ctx, clock, open_replica, kek)
+    app = create_app(recording_runtime.settings, runtime=recording_runtime)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        client.headers["Authorization"] = f"Bearer {TOKEN}"
+        before = service.ledger.head()
+        key = snapshot(client, "alpha")
+        assert (
+            service.ledger.head() == before
+        )  # the fence is seen: reads record nothing
+
+        for send in (
+            lambda: client.post("/v1/keys/alpha/rotate"),
+            lambda: client.post("/v1/keys", json={"name": "new"}),
+            lambda: client.post(
+                "/v1/keys/alpha/encrypt", json={"plaintext": "aGVsbG8="}
+            ),
+        ):
+            details = assert_error(send(), 409, "PRIMARY_FENCED")
+            assert details["epoch"] == 2
+            assert details["kid"] == new_primary.signer.kid
+            assert details["own_kid"] == service.signer.kid
+        assert snapshot(client, "alpha") == key
+        assert head_position(client) == before.position
+    assert service.ledger.head() == before
