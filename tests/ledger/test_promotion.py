@@ -7,6 +7,7 @@ import base64
 import threading
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from eventsourcing.persistence import StoredEvent
 
 from domain.clock import AdjustableClock
 from domain.errors import PrimaryFencedError
+from ledger.export import ExportScope, build_export
 from ledger.key_use import KeyUser, UseItem
 from ledger.offline import compare_hashes
 from ledger.replica import (
@@ -293,6 +295,53 @@ def test_an_old_primary_that_wrote_after_the_promotion_reports_the_fork(
     )
     assert compared == 1
     assert f"FORK at position {fork_at}" in capsys.readouterr().out
+
+
+def test_compare_of_two_exports_reports_a_prefix_and_a_fork(
+    service: KeyService,
+    ctx: CommandContext,
+    clock: AdjustableClock,
+    open_replica: Callable[..., Follower],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """keyledger compare on export archives: exit 0 for a prefix, 1 at the fork."""
+    workload(service, ctx, clock)
+    follower = announced_replica(service, open_replica, ctx)
+    fork_at = service.ledger.head().position + 1
+    early = export_to(tmp_path / "early.zip", service)
+    follower.promote(OPERATOR, "promote", force=False)
+    new_primary = follower.service
+    new_primary.trusted_keys.update(service.public_keys())
+    new_primary.rotate(ctx, "beta")
+    service.rotate(ctx, "alpha")  # the old primary, still alive, takes a write
+    old = export_to(tmp_path / "old.zip", service)
+    new = export_to(tmp_path / "new.zip", new_primary)
+
+    def compare(left: Path, right: Path) -> tuple[int, str]:
+        code = compare_ledgers.main(
+            argparse.Namespace(left=str(left), right=str(right))
+        )
+        return code, capsys.readouterr().out
+
+    prefix = compare(early, new)
+    assert prefix == (
+        0,
+        f"no fork: the left ledger (head {fork_at - 1}) is a prefix of the other "
+        f"(head {new_primary.ledger.head().position})\n",
+    )
+    code, out = compare(old, new)
+    assert code == 1
+    assert out.startswith(
+        f"FORK at position {fork_at}: the ledgers agree through {fork_at - 1} "
+    )
+    assert compare(old, old) == (0, f"identical through position {fork_at}\n")
+
+
+def export_to(path: Path, service: KeyService) -> Path:
+    """The whole ledger of ``service`` as an export archive at ``path``."""
+    path.write_bytes(build_export(service, ExportScope(None, None, ())).data)
+    return path
 
 
 def test_compare_hashes_reports_prefix_identity_and_fork() -> None:
