@@ -176,15 +176,23 @@ def get_status(
         Actor, require(Permission.REPLICATION, Permission.LEDGER_READ, Permission.ADMIN)
     ],
 ) -> dict[str, Any]:
-    """Where this ledger stands: a primary's head, or a replica's lag and state."""
+    """Where this ledger stands: a primary's head (fenced?), or a replica's lag."""
     follower = getattr(request.app.state, "replica", None)
     if follower is None:
         head = runtime.service.ledger.head()
         response.headers["Ledger-Position"] = str(head.position)
+        fenced = runtime.fenced
         return {
             "role": "primary",
-            "state": "primary",
+            "state": "primary" if fenced is None else "fenced",
             "applied": {"position": head.position, "hash": head.hash},
+            "fenced_by": None
+            if fenced is None
+            else {
+                "epoch": fenced.epoch,
+                "kid": fenced.kid,
+                "position": fenced.position,
+            },
         }
     status: dict[str, Any] = follower.status.as_json()
     response.headers["Ledger-Position"] = str(status["applied"]["position"])

@@ -277,4 +277,8 @@ def test_an_old_primary_that_saw_the_new_epoch_refuses_commands_over_http(
             assert details["own_kid"] == service.signer.kid
         assert snapshot(client, "alpha") == key
         assert head_position(client) == before.position
+        status = client.get("/v1/replication/status").json()
+        assert status["state"] == "fenced"
+        assert status["fenced_by"]["epoch"] == 2
+        assert status["fenced_by"]["kid"] == new_primary.signer.kid
     assert service.ledger.head() == before

@@ -102,5 +102,7 @@ def test_status_of_a_primary(client: TestClient) -> None:
     status = client.get("/v1/replication/status")
     assert status.status_code == 200
     assert status.json()["role"] == "primary"
+    assert status.json()["state"] == "primary"
+    assert status.json()["fenced_by"] is None
     assert status.json()["applied"]["position"] == 1
     assert status.headers["Ledger-Position"] == "1"
