@@ -15,7 +15,9 @@ still the head. On SQLite, sealing happens under the write lock.
 Every append is fenced (in its transaction, under the same lock): once the
 ledger's latest epoch (``Promoted`` entry) is signed by another key, this
 instance is an old primary and its appends are refused with
-``PrimaryFencedError``; only an append that itself starts a new epoch passes.
+``PrimaryFencedError``. An append that itself records an epoch passes instead
+only if it is the next epoch (2 + the epochs recorded), else ``IntegrityError``:
+two racing promotions record one epoch.
 """
 
 from __future__ import annotations
@@ -166,8 +168,20 @@ def fenced_error(epoch: CurrentEpoch, own_kid: str) -> PrimaryFencedError:
     )
 
 
-def _starts_epoch(stored_events: Iterable[StoredEvent]) -> bool:
-    return any(stored.topic == PROMOTED_TOPIC for stored in stored_events)
+def _new_epochs(stored_events: Iterable[StoredEvent]) -> list[int]:
+    """The numbers of the epochs an append would record."""
+    return [
+        int(json.loads(stored.state)["epoch"])
+        for stored in stored_events
+        if stored.topic == PROMOTED_TOPIC
+    ]
+
+
+def _not_next_epoch(number: int, recorded: int) -> IntegrityError:
+    return IntegrityError(
+        f"Epoch {number} is not the next epoch ({recorded + 2}): another promotion "
+        "was recorded first."
+    )
 
 
 @dataclass(frozen=True)
@@ -309,6 +323,7 @@ class _PendingAppend:
 
 _HEAD_MOVED = "KL001"
 _FENCED = "KL002"
+_NOT_NEXT_EPOCH = "KL003"
 _BEGIN = SQL("BEGIN")
 _COMMIT = SQL("COMMIT")
 _CONTENDED_SECONDS = 1.0
@@ -467,6 +482,7 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
             "refuse": Identifier(f"{table}_refuse_change"),
             "expect": Identifier(f"{table}_expect_head"),
             "fence": Identifier(f"{table}_expect_signer"),
+            "next_epoch": Identifier(f"{table}_expect_epoch"),
         }
         self.sql_create_statements = [
             SQL("SELECT pg_advisory_xact_lock(7236410591)").format(),
@@ -524,6 +540,14 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
                 "'the ledger is fenced by a newer epoch' "
                 "USING ERRCODE = '" + _FENCED + "'; END IF; END $$"
             ).format(**ident),
+            SQL(
+                "CREATE OR REPLACE FUNCTION {schema}.{next_epoch}(epoch bigint) "
+                "RETURNS void LANGUAGE plpgsql AS $$ BEGIN "
+                "IF (SELECT count(*) FROM {schema}.{table} "
+                "WHERE topic = '" + PROMOTED_TOPIC + "') <> epoch - 2 THEN "
+                "RAISE EXCEPTION 'epoch % is not the next epoch', epoch "
+                "USING ERRCODE = '" + _NOT_NEXT_EPOCH + "'; END IF; END $$"
+            ).format(**ident),
         ]
         for target in (table, checkpoints):
             names = {"target": Identifier(target), **ident}
@@ -545,6 +569,7 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
         ).format(**ident)
         self._expect_head = SQL("SELECT {schema}.{expect}(%s)").format(**ident)
         self._expect_signer = SQL("SELECT {schema}.{fence}(%s)").format(**ident)
+        self._expect_epoch = SQL("SELECT {schema}.{next_epoch}(%s)").format(**ident)
         self._select_epoch = SQL(
             "SELECT notification_id, kid, state FROM {schema}.{table} "
             "WHERE topic = %s ORDER BY notification_id DESC LIMIT 1"
@@ -695,10 +720,17 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
     def _fence_script(
         self, group: list[_PendingAppend]
     ) -> list[tuple[Any, Sequence[Any]]]:
-        """The fence check, unless the group starts an epoch signed by this key."""
+        """The fence check; for an append that starts an epoch, that it is the next.
+
+        Epochs are numbered from 2 in the order they are recorded, so a promotion
+        that counted the epochs before another committed is refused here.
+        """
         assert self.sequencer is not None
-        if any(_starts_epoch(pending.stored_events) for pending in group):
-            return []
+        epochs = [
+            number for pending in group for number in _new_epochs(pending.stored_events)
+        ]
+        if epochs:
+            return [(self._expect_epoch, (number,)) for number in epochs]
         return [(self._expect_signer, (self.sequencer.signer.kid,))]
 
     def _seal_group(self, group: list[_PendingAppend], head: Head) -> _SealedGroup:
@@ -828,6 +860,8 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
                 raise _HeadMovedError from None
             if error.sqlstate == _FENCED:
                 raise _FencedError from None
+            if error.sqlstate == _NOT_NEXT_EPOCH:
+                raise IntegrityError(str(error)) from None
             raise
 
     @_reconnecting
@@ -980,14 +1014,7 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
             raw = conn._sqlite_conn
             try:
                 raw.execute("BEGIN IMMEDIATE")
-                own_kid = self.sequencer.signer.kid
-                epoch = self._current_epoch(raw)
-                if (
-                    epoch is not None
-                    and epoch.kid != own_kid
-                    and not _starts_epoch(stored_events)
-                ):
-                    raise fenced_error(epoch, own_kid)
+                self._check_epoch(raw, stored_events)
                 head = self._head(raw)
                 sealed = self.sequencer.seal(head, stored_events, write)
                 receipts = [entry.receipt() for entry in sealed]
@@ -1089,6 +1116,26 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
     def head(self) -> Head:
         with _sqlite_errors(), self.datastore.get_connection(commit=False) as conn:
             return self._head(conn._sqlite_conn)
+
+    def _check_epoch(
+        self, raw: sqlite3.Connection, stored_events: Sequence[StoredEvent]
+    ) -> None:
+        """The fence; for an append that starts an epoch, that it is the next."""
+        assert self.sequencer is not None
+        epochs = _new_epochs(stored_events)
+        if epochs:
+            (recorded,) = raw.execute(
+                f"SELECT count(*) FROM {self.events_table_name} WHERE topic = ?",
+                (PROMOTED_TOPIC,),
+            ).fetchone()
+            for number in epochs:
+                if number != recorded + 2:
+                    raise _not_next_epoch(number, recorded)
+            return
+        epoch = self._current_epoch(raw)
+        own_kid = self.sequencer.signer.kid
+        if epoch is not None and epoch.kid != own_kid:
+            raise fenced_error(epoch, own_kid)
 
     def _current_epoch(self, raw: sqlite3.Connection) -> CurrentEpoch | None:
         row = raw.execute(

@@ -94,6 +94,19 @@ def announced_replica(
     return follower
 
 
+def promoted_replica(
+    service: KeyService,
+    ctx: CommandContext,
+    clock: AdjustableClock,
+    open_replica: Callable[..., Follower],
+) -> KeyService:
+    """After the workload, a caught-up replica of ``service`` promoted to epoch 2."""
+    workload(service, ctx, clock)
+    follower = announced_replica(service, open_replica, ctx)
+    follower.promote(OPERATOR, "promote", force=False)
+    return follower.service
+
+
 def rejoined_old_primary(
     service: KeyService,
     ctx: CommandContext,
@@ -102,10 +115,7 @@ def rejoined_old_primary(
     kek: Any,
 ) -> KeyService:
     """The new primary, once the old one (``service``) followed it into epoch 2."""
-    workload(service, ctx, clock)
-    follower = announced_replica(service, open_replica, ctx)
-    follower.promote(OPERATOR, "promote", force=False)
-    new_primary = follower.service
+    new_primary = promoted_replica(service, ctx, clock, open_replica)
     new_primary.rotate(ctx, "beta")
     both = pin_keys(
         public_key_pem(new_primary.signer.public_key),

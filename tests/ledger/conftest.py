@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +18,33 @@ from ledger.service import KeyService
 from ledger.signing import LedgerSigner, load_public_key
 
 
-@pytest.fixture
-def replica_url(store_url: str, tmp_path: Path) -> Iterator[str]:
-    """A second store of the same kind: the replica's own "region"."""
+@contextmanager
+def _another_store(store_url: str, tmp_path: Path, name: str) -> Iterator[str]:
+    """One more store of the same kind as ``store_url``, removed afterwards."""
     if store_url.startswith("sqlite"):
-        yield f"sqlite:///{tmp_path / 'replica.sqlite3'}"
+        yield f"sqlite:///{tmp_path / f'{name}.sqlite3'}"
         return
     database = store_url.partition("?")[0]
-    schema = f"r_{uuid.uuid4().hex[:12]}"
+    schema = f"{name[0]}_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(database, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
     yield f"{database}?schema={schema}"
     with psycopg.connect(database, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture
+def replica_url(store_url: str, tmp_path: Path) -> Iterator[str]:
+    """A second store of the same kind: the replica's own "region"."""
+    with _another_store(store_url, tmp_path, "replica") as url:
+        yield url
+
+
+@pytest.fixture
+def third_url(store_url: str, tmp_path: Path) -> Iterator[str]:
+    """A third store of the same kind: a replica of the replica."""
+    with _another_store(store_url, tmp_path, "third") as url:
+        yield url
 
 
 @pytest.fixture

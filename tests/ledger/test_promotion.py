@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from eventsourcing.persistence import StoredEvent
+from eventsourcing.persistence import IntegrityError, StoredEvent
 
 from domain.clock import AdjustableClock
+from domain.epochs import Epoch
 from domain.errors import PrimaryFencedError
 from ledger.export import ExportScope, build_export
 from ledger.key_use import KeyUser, UseItem
@@ -28,7 +29,7 @@ from ledger.replica import (
 )
 from ledger.service import CommandContext, KeyService
 from ledger.signing import LedgerSigner, public_key_pem
-from ledger.store import LedgerWrite, Sequencer
+from ledger.store import CurrentEpoch, LedgerWrite, Sequencer
 from ledger.verify import verify_ledger
 from projections import key_view
 from scripts import compare_ledgers
@@ -37,6 +38,7 @@ from tests.ledger._replica_support import (
     ServiceSource,
     announced_replica,
     follow_all,
+    promoted_replica,
     rejoined_old_primary,
     workload,
 )
@@ -189,6 +191,64 @@ def test_two_concurrent_promotions_create_one_epoch(
     assert sorted(outcomes) == ["ALREADY_PROMOTED", "promoted"]
     assert len(promoted_entries(follower.service)) == 1
     assert verify_ledger(follower.service.ledger, service.public_keys()).ok
+
+
+def test_a_replica_of_a_promoted_primary_can_be_promoted_in_turn(
+    service: KeyService,
+    ctx: CommandContext,
+    clock: AdjustableClock,
+    open_replica: Callable[..., Follower],
+    open_service: Callable[..., KeyService],
+    third_url: str,
+    kek: Any,
+) -> None:
+    """Epoch 3 passes the fence of epoch 2's key: its own entry starts the epoch."""
+    second = promoted_replica(service, ctx, clock, open_replica)
+    second.trusted_keys.update(service.public_keys())
+    third = open_service(
+        database_url=third_url, signer=LedgerSigner(Ed25519PrivateKey.generate())
+    )
+    third.trusted_keys.update(second.public_keys())
+    announce_signer(second, ctx.actor, "a", public_key_pem(third.signer.public_key))
+    chained = Follower(third, ServiceSource(second), second.public_keys(), kek=kek)
+    chained.prepare()
+    follow_all(chained)
+
+    epoch = chained.promote(OPERATOR, "promote-again", force=False)
+    assert epoch.epoch == 3
+    third.rotate(ctx, "alpha")
+    assert third.fenced_by() is None
+    assert verify_ledger(third.ledger, service.public_keys()).ok
+
+
+def test_the_store_records_only_the_next_epoch(
+    service: KeyService, ctx: CommandContext, clock: AdjustableClock
+) -> None:
+    """A promotion that counted the epochs before another committed is refused."""
+    service.create_key(ctx, name="k")
+
+    def save(number: int) -> None:
+        epoch = Epoch.promote(
+            epoch=number,
+            kid=service.signer.kid,
+            previous_source="test",
+            applied_position=1,
+            primary_head_seen=1,
+            forced=False,
+            now=clock.now(),
+        )
+        service.app.save(epoch, ledger=LedgerWrite(OPERATOR, f"epoch-{number}"))
+
+    before = service.ledger.head()
+    with pytest.raises(IntegrityError):
+        save(3)  # epoch 2 was never recorded
+    assert service.ledger.head() == before
+    save(2)
+    with pytest.raises(IntegrityError):
+        save(4)
+    assert service.ledger.current_epoch() == CurrentEpoch(
+        2, service.signer.kid, before.position + 1
+    )
 
 
 def test_an_old_primary_rejoins_as_a_replica_only_if_its_history_is_a_prefix(
