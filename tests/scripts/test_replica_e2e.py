@@ -1,7 +1,8 @@
 """End to end: real primary and replica processes over HTTP, on separate stores.
 
 Each replica has its own data folder (holding a copy of the primary's KEK) and
-its own store: another SQLite file, or another PostgreSQL schema.
+its own store: another SQLite file, or another PostgreSQL database (created for
+the test, dropped after), as a replica in another region would have.
 """
 
 from __future__ import annotations
@@ -17,14 +18,16 @@ import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from ledger.signing import public_key_pem
 from tests.conftest import wait_until
 from tests.scripts.test_end_to_end import BIN, Server, _cli, _free_port
 
@@ -36,35 +39,47 @@ HEADERS = {"Authorization": f"Bearer {TOKEN}"}
 
 @dataclass
 class Stores:
-    """Where the primary and the replicas keep their ledgers."""
+    """Where the primary and the replicas keep their ledgers.
+
+    On PostgreSQL each store is a database of its own, made through
+    ``admin`` (a connection URL to the server) and dropped at the end.
+    """
 
     kind: str
-    primary: str | None
-    schemas: list[str]
-    database: str | None
+    admin: str | None
+    databases: list[str] = field(default_factory=list)
+    primary: str | None = None
+
+    def __post_init__(self) -> None:
+        self.primary = self.replica()
 
     def replica(self) -> str | None:
         """A fresh store for one more replica (None: SQLite in its data folder)."""
-        if self.database is None:
+        if self.admin is None:
             return None
-        schema = f"r_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(self.database, autocommit=True) as conn:
-            conn.execute(f'CREATE SCHEMA "{schema}"')
-        self.schemas.append(schema)
-        return f"{self.database}?schema={schema}"
+        name = f"kl_e2e_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.admin, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        self.databases.append(name)
+        return f"{self.admin.rpartition('/')[0]}/{name}"
+
+    def drop(self) -> None:
+        assert self.admin is not None
+        with psycopg.connect(self.admin, autocommit=True) as conn:
+            for name in self.databases:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def stores(request: pytest.FixtureRequest) -> Iterator[Stores]:
     if request.param == "sqlite":
-        yield Stores("sqlite", None, [], None)
+        yield Stores("sqlite", None)
         return
-    primary = str(request.getfixturevalue("pg_url"))
-    found = Stores("postgres", primary, [], primary.partition("?")[0])
-    yield found
-    with psycopg.connect(str(found.database), autocommit=True) as conn:
-        for schema in found.schemas:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    found = Stores("postgres", str(request.getfixturevalue("pg_database")))
+    try:
+        yield found
+    finally:
+        found.drop()
 
 
 def _base_env(data_dir: Path, database_url: str | None) -> dict[str, str]:
@@ -80,8 +95,11 @@ def _base_env(data_dir: Path, database_url: str | None) -> dict[str, str]:
     return env
 
 
-def start_primary(tmp_path: Path, stores: Stores) -> Server:
-    return Server(_base_env(tmp_path / "primary", stores.primary), tmp_path / "p.log")
+def start_primary(tmp_path: Path, stores: Stores, *, dev_clock: bool = False) -> Server:
+    env = _base_env(tmp_path / "primary", stores.primary)
+    if dev_clock:
+        env["KEYLEDGER_DEV_CLOCK"] = "true"  # the demo completes destructions
+    return Server(env, tmp_path / "p.log")
 
 
 def replica_env(
@@ -154,11 +172,12 @@ def verify_replica(env: dict[str, str], pin: str) -> str:
 def test_replica_follows_the_demo_serves_reads_and_refuses_commands(
     stores: Stores, tmp_path: Path
 ) -> None:
-    primary = start_primary(tmp_path, stores)
+    """Done-when: primary and replica on their own databases (or files), the demo."""
+    primary = start_primary(tmp_path, stores, dev_clock=True)
     replicas: list[Replica] = []
     try:
         demo = _cli(
-            {**primary.env, "KEYLEDGER_DEV_CLOCK": "true"},
+            primary.env,
             "demo",
             "--url",
             primary.url,
@@ -172,17 +191,17 @@ def test_replica_follows_the_demo_serves_reads_and_refuses_commands(
             "2",
             "--quiet",
         )
-        # the demo needs the development clock; without it it stops early, which
-        # still leaves a ledger of real lifecycle events to replicate
+        assert demo.returncode == 0, demo.stdout + demo.stderr
+        assert "verification: OK" in demo.stdout
         env = replica_env(tmp_path, "replica", primary, stores)
         replica = start_replica(env, tmp_path / "r.log")
         replicas.append(replica)
-        second = start_replica(
-            replica_env(tmp_path, "replica2", primary, stores), tmp_path / "r2.log"
-        )
+        # the second follows with a token of its own, of a principal with the
+        # replica role only
+        second_env = replica_env(tmp_path, "replica2", primary, stores)
+        second_env["KEYLEDGER_REPLICA_TOKEN"] = replica_token(primary)
+        second = start_replica(second_env, tmp_path / "r2.log")
         replicas.append(second)
-        if not httpx.get(f"{primary.url}/v1/keys", headers=HEADERS).json()["keys"]:
-            raise AssertionError(demo.stdout + demo.stderr)
 
         # both replicas reach the primary's head hash
         wait_until(lambda: caught_up(replica, primary))
@@ -270,16 +289,134 @@ def test_replica_follows_the_demo_serves_reads_and_refuses_commands(
     assert TOKEN not in (tmp_path / "r.log").read_text()
 
 
+def replica_token(primary: Server) -> str:
+    """A token of a new principal that holds the ``replica`` role alone."""
+    created = httpx.post(
+        f"{primary.url}/v1/principals",
+        json={"name": "region-b", "roles": ["replica"]},
+        headers=HEADERS,
+    )
+    assert created.status_code == 201, created.text
+    issued = httpx.post(
+        f"{primary.url}/v1/principals/region-b/tokens", json={}, headers=HEADERS
+    )
+    assert issued.status_code == 201, issued.text
+    return str(issued.json()["token"])
+
+
 def _drop_store(env: dict[str, str], stores: Stores) -> None:
     url = env.get("KEYLEDGER_DATABASE_URL")
     if url is None:
         for path in Path(env["KEYLEDGER_DATA_DIR"]).glob("ledger.sqlite3*"):
             path.unlink()
         return
-    database, _, query = url.partition("?schema=")
-    with psycopg.connect(database, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA "{query}" CASCADE')
-        conn.execute(f'CREATE SCHEMA "{query}"')
+    assert stores.admin is not None
+    name = url.rpartition("/")[2]
+    with psycopg.connect(stores.admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+
+# Fencing ------------------------------------------------------------------------
+
+
+def test_an_old_primary_that_rejoined_refuses_commands_when_served_again(
+    stores: Stores, tmp_path: Path
+) -> None:
+    """The old primary follows the promoted replica into epoch 2, then is fenced."""
+    primary = start_primary(tmp_path, stores)
+    replica = None
+    old = None
+    try:
+        httpx.post(f"{primary.url}/v1/keys", json={"name": "f"}, headers=HEADERS)
+        env = replica_env(tmp_path, "replica", primary, stores)
+        replica = start_replica(env, tmp_path / "r.log")
+        wait_until(lambda: caught_up(replica, primary))
+        old_key = signing_key(primary)
+        # the region is lost: killed, so it records nothing the replica lacks (its
+        # access windows are 5 minutes; a graceful stop would record them)
+        primary.process.send_signal(signal.SIGKILL)
+        primary.process.wait()
+
+        # the replica is promoted and writes in epoch 2
+        promoted = httpx.post(
+            f"{replica.url}/v1/replication/promote", json={}, headers=HEADERS
+        )
+        assert promoted.status_code == 200, promoted.text
+        new_kid = promoted.json()["epoch"]["kid"]
+        rotated = httpx.post(f"{replica.url}/v1/keys/f/rotate", headers=HEADERS)
+        assert rotated.status_code == 200, rotated.text
+
+        # the old primary rejoins as a replica of the new one and catches up
+        own_pem = tmp_path / "old-primary.pem"
+        own_pem.write_text(old_key["public_key_pem"])
+        new_pem = tmp_path / "new-primary.pem"
+        new_pem.write_text(signing_key(replica)["public_key_pem"])
+        rejoin = {
+            **primary.env,
+            "KEYLEDGER_REPLICA_SOURCE": replica.url,
+            "KEYLEDGER_REPLICA_TOKEN": TOKEN,
+            "KEYLEDGER_REPLICA_PIN_KEY": f"{own_pem},{new_pem}",
+        }
+        followed = _cli(rejoin, "replica", "--once")
+        assert followed.returncode == 0, followed.stdout + followed.stderr
+        new_head = head(replica)
+        assert f"replica at position {new_head['position']} " in followed.stdout
+
+        # served again as a primary, it answers reads and refuses every command
+        old = Server(primary.env, tmp_path / "old.log")
+        assert head(old) == new_head  # not even its start was recorded
+        for path, body in (
+            ("/v1/keys/f/rotate", None),
+            ("/v1/keys", {"name": "after"}),
+            ("/v1/keys/f/encrypt", {"plaintext": "aGVsbG8="}),
+        ):
+            refused = httpx.post(f"{old.url}{path}", json=body, headers=HEADERS)
+            assert refused.status_code == 409, refused.text
+            error = refused.json()["error"]
+            assert error["code"] == "PRIMARY_FENCED"
+            assert (error["details"]["epoch"], error["details"]["kid"]) == (2, new_kid)
+        read = httpx.get(f"{old.url}/v1/keys/f", headers=HEADERS)
+        assert read.status_code == 200
+        assert (
+            read.json() == httpx.get(f"{replica.url}/v1/keys/f", headers=HEADERS).json()
+        )
+        assert head(old) == new_head
+        assert "primary_fenced" in (tmp_path / "old.log").read_text()
+    finally:
+        for each in (old, replica):
+            if each is not None:
+                each.stop()
+        primary.stop()
+
+
+def test_a_replica_against_a_primary_whose_key_is_not_pinned_exits_2(
+    tmp_path: Path,
+) -> None:
+    """A wrong pin: exit 2 with one line naming the primary's key; no ledger made."""
+    stores = Stores("sqlite", None)
+    primary = start_primary(tmp_path, stores)
+    try:
+        env = replica_env(tmp_path, "replica", primary, stores)
+        other = tmp_path / "other.pem"
+        other.write_text(public_key_pem(Ed25519PrivateKey.generate().public_key()))
+        env["KEYLEDGER_REPLICA_PIN_KEY"] = str(other)
+        result = _cli(env, "replica", "--once")
+        assert result.returncode == 2, result.stdout + result.stderr
+        kid = signing_key(primary)["kid"]
+        [line] = result.stderr.strip().splitlines()
+        assert line.startswith("keyledger replica: refusing to start:")
+        assert f"the primary signs with {kid}" in line
+        assert "not pinned" in line
+        assert not (Path(env["KEYLEDGER_DATA_DIR"]) / "ledger.sqlite3").exists()
+    finally:
+        primary.stop()
+
+
+def signing_key(server: Server) -> dict[str, str]:
+    """The key id and public PEM the server signs with, as its head route shows."""
+    answer = httpx.get(f"{server.url}/v1/ledger/head", headers=HEADERS).json()
+    return dict(answer["signing_key"])
 
 
 # Faults -------------------------------------------------------------------------
@@ -394,7 +531,7 @@ def test_a_primary_restored_from_an_older_backup_halts_the_replica(
     tmp_path: Path,
 ) -> None:
     """C28 on SQLite files: the primary comes back behind what the replica holds."""
-    stores = Stores("sqlite", None, [], None)
+    stores = Stores("sqlite", None)
     primary = start_primary(tmp_path, stores)
     ledger_file = Path(primary.env["KEYLEDGER_DATA_DIR"]) / "ledger.sqlite3"
     backup = tmp_path / "backup.sqlite3"
@@ -468,9 +605,7 @@ def _applied(env: dict[str, str]) -> int:
             with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
                 row = db.execute(query).fetchone()
         else:
-            database, _, schema = url.partition("?schema=")
-            with psycopg.connect(database) as conn:
-                conn.execute(f'SET search_path TO "{schema}"')
+            with psycopg.connect(url) as conn:
                 row = conn.execute(query).fetchone()
     except (sqlite3.Error, psycopg.Error):
         return 0  # not created yet
