@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-use clean
+.PHONY: run test lint bench bench-use bench-replica clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ bench: $(STAMP)
 
 bench-use: $(STAMP)
 	$(BIN)/python -m scripts.bench_key_use $(ARGS)
+
+bench-replica: $(STAMP)
+	$(BIN)/python -m scripts.bench_replica $(ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
