@@ -82,6 +82,11 @@ STATE_DDL = [
     "position BIGINT NOT NULL, primary_head BIGINT NOT NULL, "
     "state TEXT NOT NULL, reason TEXT, detail TEXT, halted_position BIGINT, "
     "updated_at TEXT NOT NULL)",
+    # One row, written with the promotion's entry: a second promotion of this
+    # store, racing the first past its checks, fails on the key (one epoch).
+    "CREATE TABLE IF NOT EXISTS replica_promotion ("
+    "id INTEGER PRIMARY KEY CHECK (id = 1), epoch BIGINT NOT NULL, "
+    "promoted_at TEXT NOT NULL)",
 ]
 
 FOLLOWING = "following"
@@ -1110,7 +1115,8 @@ def promote(
     follow the change). The epoch entry is the first signed with the replica's
     key; a forced promotion behind the head records the window of positions
     that may be lost. Two promotions racing on one store record one epoch: the
-    epoch's id is derived from its number.
+    store's one ``replica_promotion`` row is written with the epoch's entry (and
+    the store records only the next epoch, whose id is derived from its number).
 
     Raises:
         PromotionRefusedError: with a code saying why.
@@ -1164,9 +1170,14 @@ def promote(
         subjects={str(epoch.id): f"epoch:{epoch.epoch}"},
         statements=[
             (
+                "INSERT INTO replica_promotion (id, epoch, promoted_at) "
+                "VALUES (1, %s, %s)",
+                (epoch.epoch, _now()),
+            ),
+            (
                 "UPDATE replica_state SET state = %s, updated_at = %s WHERE id = 1",
                 (PROMOTED, _now()),
-            )
+            ),
         ],
     )
     try:

@@ -17,6 +17,7 @@ from eventsourcing.persistence import IntegrityError, StoredEvent
 from domain.clock import AdjustableClock
 from domain.epochs import Epoch
 from domain.errors import PrimaryFencedError
+from ledger import replica as replica_module
 from ledger.export import ExportScope, build_export
 from ledger.key_use import KeyUser, UseItem
 from ledger.offline import compare_hashes
@@ -219,6 +220,30 @@ def test_a_replica_of_a_promoted_primary_can_be_promoted_in_turn(
     third.rotate(ctx, "alpha")
     assert third.fenced_by() is None
     assert verify_ledger(third.ledger, service.public_keys()).ok
+
+
+def test_a_promotion_that_read_the_state_before_another_committed_is_refused(
+    service: KeyService,
+    ctx: CommandContext,
+    clock: AdjustableClock,
+    open_replica: Callable[..., Follower],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The race of two promotions, made certain: the late one records nothing."""
+    workload(service, ctx, clock)
+    follower = announced_replica(service, open_replica, ctx)
+    replica = follower.service
+    stale = replica_module._replica_state(replica)
+    promote(replica, OPERATOR, "first", force=False)
+    before = replica.ledger.head()
+
+    # the second read the replica's state before the first committed
+    monkeypatch.setattr(replica_module, "_replica_state", lambda _: stale)
+    with pytest.raises(PromotionRefusedError) as refused:
+        promote(replica, OPERATOR, "second", force=False)
+    assert refused.value.code == "ALREADY_PROMOTED"
+    assert replica.ledger.head() == before
+    assert len(promoted_entries(replica)) == 1
 
 
 def test_the_store_records_only_the_next_epoch(
