@@ -6,8 +6,9 @@ folder holds the primary's KEK (``kek.bin``, copied by the operator: material
 arrives still wrapped and is checked against the ledger's fingerprints).
 
 Exit status: 0 stopped (or caught up, with ``--once``), 1 the primary could not
-be reached at start, 2 bad settings or an unpinned or mismatched key, 3 halted
-on a mismatch (the status endpoint and the log say where and why).
+be reached at start, 2 bad settings, an unpinned or mismatched key, or a store
+that was promoted (serve it with ``keyledger serve``), 3 halted on a mismatch
+(the status endpoint and the log say where and why).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from api.routes.replication import install_replica
 from api.runtime import build_runtime
 from domain.errors import KeyledgerError
 from ledger.replica import (
+    PROMOTED,
     Follower,
     HttpSource,
     PinningError,
@@ -199,6 +201,13 @@ def main(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return HALTED_EXIT
+        if follower.status.state == PROMOTED:
+            print(
+                "keyledger replica: this store was promoted: it is a primary and "
+                "follows no more; run it with keyledger serve",
+                file=sys.stderr,
+            )
+            return 2
         if args.once or args.no_serve:
             return _follow_in_foreground(follower, args)
         return _serve(follower, runtime, settings, args)

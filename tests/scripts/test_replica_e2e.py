@@ -279,6 +279,10 @@ def test_replica_follows_the_demo_serves_reads_and_refuses_commands(
         assert promoted.returncode == 0, promoted.stdout + promoted.stderr
         assert "promoted: epoch 2" in promoted.stdout
         assert _cli(env, "promote").returncode == 1  # one epoch, not two
+        # a promoted store follows no more, and says how to run it
+        again_replica = _cli(env, "replica", "--once")
+        assert again_replica.returncode == 2
+        assert "run it with keyledger serve" in again_replica.stderr
         report = verify_replica(env, pin)
         assert "2 checkpoints" in report or "ledger intact" in report
         assert _cli(env, "verify").returncode == 0
