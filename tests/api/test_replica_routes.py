@@ -14,9 +14,10 @@ from api.main import create_app
 from api.routes.replication import install_replica
 from api.runtime import Runtime, token_digest
 from domain.clock import AdjustableClock
-from ledger.replica import Follower
+from ledger.replica import Follower, ReplicaHalted, announce_signer
 from ledger.service import CommandContext, KeyService
 from ledger.settings import Settings
+from ledger.signing import public_key_pem
 from tests.api._support import assert_error, assert_refused, head_position, snapshot
 from tests.api.conftest import TOKEN
 from tests.ledger._replica_support import (
@@ -215,6 +216,41 @@ def test_promote_route_refuses_with_409_and_records_nothing(
         409,
         "NOT_A_REPLICA",
     )
+
+
+def test_promote_route_refuses_a_halted_replica_unless_forced(
+    service: KeyService,
+    ctx: CommandContext,
+    open_replica: Callable[..., Follower],
+    replica_client: ReplicaClient,
+) -> None:
+    """A replica halted on a gap: 409 REPLICA_HALTED with the halt; force promotes."""
+
+    class Skipping(ServiceSource):
+        def body(self, body: dict[str, Any]) -> dict[str, Any]:
+            body["events"] = [e for e in body["events"] if e["position"] != 3]
+            return body
+
+    follower = open_replica(Skipping(service))
+    own = public_key_pem(follower.service.signer.public_key)
+    announce_signer(service, ctx.actor, "announce", own)
+    for name in ("a", "b", "c"):
+        service.create_key(ctx, name=name)
+    with pytest.raises(ReplicaHalted):
+        follow_all(follower)
+    replica = replica_client(follower)
+    details = assert_refused(
+        replica,
+        "a",
+        lambda: replica.post("/v1/replication/promote", json={}),
+        409,
+        "REPLICA_HALTED",
+    )
+    assert details == {"reason": "GAP", "halted_position": 3}
+    forced = replica.post("/v1/replication/promote", json={"force": True})
+    assert forced.status_code == 200, forced.text
+    assert forced.json()["epoch"]["forced"] is True
+    assert forced.json()["epoch"]["possibly_lost"] == {"from": 3, "to": 4}
 
 
 def test_a_second_promotion_over_http_is_refused(
