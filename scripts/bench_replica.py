@@ -4,8 +4,8 @@ Run it by hand, never from the tests::
 
     python -m scripts.bench_replica --database-url postgresql://postgres@127.0.0.1:5432/postgres
 
-It creates two scratch schemas in that database (the primary's and the
-replica's), drops them at the end, and in one run measures:
+It creates three scratch databases on that server (the primary's, the catch-up
+replica's, the lag replica's), drops them at the end, and in one run measures:
 
 1. catch-up: a primary holding ``--events`` entries (usage records with a key
    rotation every 500) is served by a real ``keyledger serve``; a follower
@@ -39,7 +39,7 @@ from ledger.replica import Follower, HttpSource, pin_keys
 from ledger.service import CommandContext, KeyService, load_local_secrets
 from ledger.signing import public_key_pem
 from ledger.store import Actor, LedgerWrite
-from scripts.dr_drill import Process, _env, _replica_env, _stores
+from scripts.dr_drill import Process, _env, _replica_env, scratch_databases
 
 ACTOR = Actor("bench", "tok_bench")
 BATCH = 500
@@ -124,9 +124,7 @@ def bench_raw_verify(samples: list[tuple[bytes, bytes, str]], public_pem: str) -
 def bench_raw_insert(
     database_url: str, samples: list[tuple[bytes, bytes, str]]
 ) -> float:
-    base, _, schema = database_url.partition("?schema=")
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(f'SET search_path TO "{schema}"')
+    with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(
             "CREATE TABLE raw_insert (position bigint PRIMARY KEY, entry bytea, "
             "signature bytea, hash text)"
@@ -147,7 +145,7 @@ def bench_raw_insert(
 
 def bench_lag(
     work: Path,
-    stores: tuple[str | None, str | None],
+    store: str,
     primary: Process,
     token: str,
     seconds: float,
@@ -157,9 +155,7 @@ def bench_lag(
     headers = {"Authorization": f"Bearer {token}"}
     lag_dir = work / "lag"
     lag_dir.mkdir()
-    env = _replica_env(
-        lag_dir, primary, stores[0] and _second_schema(stores), token, headers
-    )
+    env = _replica_env(lag_dir, primary, store, token, headers)
     replica = Process("replica", env, ["replica"], lag_dir / "replica.log")
     delays: list[float] = []
     lock = threading.Lock()
@@ -215,17 +211,6 @@ def _head(primary: Process, headers: dict[str, str]) -> int:
     return int(answer.json()["head"]["position"])
 
 
-def _second_schema(stores: tuple[str | None, str | None]) -> str | None:
-    """A third schema for the lag replica (the catch-up replica used the second)."""
-    if stores[1] is None:
-        return None
-    base, _, schema = stores[1].partition("?schema=")
-    name = schema + "_lag"
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{name}"')
-    return f"{base}?schema={name}"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench_replica", description=__doc__)
     parser.add_argument(
@@ -236,8 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--writers", type=int, default=4)
     args = parser.parse_args(argv)
     token = "kl_bench_replica_token_not_secret"
-    with tempfile.TemporaryDirectory() as folder, _stores(args.database_url) as stores:
+    with (
+        tempfile.TemporaryDirectory() as folder,
+        scratch_databases(args.database_url, ("p", "r", "lag")) as databases,
+    ):
         work = Path(folder)
+        stores: tuple[str | None, str | None] = (databases[0], databases[1])
         primary_store = open_store(work / "primary", stores[0])
         fill_ledger(primary_store, args.events)
         public = public_key_pem(primary_store.signer.public_key)
@@ -251,14 +240,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             rate, count, samples = bench_catch_up(work, stores, primary, token)
             raw_verify = bench_raw_verify(samples, public)
-            raw_insert = bench_raw_insert(str(stores[1]), samples)
+            raw_insert = bench_raw_insert(databases[1], samples)
             lag = bench_lag(
-                work, stores, primary, token, args.lag_seconds, args.writers
+                work, databases[2], primary, token, args.lag_seconds, args.writers
             )
         finally:
             primary.stop()
-        if stores[1] is not None:
-            _drop_lag_schema(stores)
     print(f"cpu: {os.cpu_count()} cores; python {sys.version.split()[0]}")
     print(f"catch-up: {count} events in {count / rate:.1f} s = {rate:,.0f} events/s")
     print(f"raw Ed25519 verify, one core: {raw_verify:,.0f}/s")
@@ -274,12 +261,6 @@ def main(argv: list[str] | None = None) -> int:
         f"({lag['writes']} writes)"
     )
     return 0
-
-
-def _drop_lag_schema(stores: tuple[str | None, str | None]) -> None:
-    base, _, schema = str(stores[1]).partition("?schema=")
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}_lag" CASCADE')
 
 
 if __name__ == "__main__":

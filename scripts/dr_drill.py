@@ -1,7 +1,7 @@
 """``keyledger dr-drill``: lose the primary mid-write, promote the replica, measure.
 
 On one machine: start a primary and a replica (separate data folders and
-stores: SQLite files, or two schemas of the PostgreSQL database given), run a
+stores: SQLite files, or two new databases on the PostgreSQL server given), run a
 writing workload, kill the primary (SIGKILL) while writes are in flight, promote
 the replica, and carry on writing to it. Reports, measured:
 
@@ -28,7 +28,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,8 +43,9 @@ BIN = Path(sys.executable).parent
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--database-url",
-        help="A PostgreSQL database to hold the drill's two stores (as schemas); "
-        "default: SQLite files.",
+        help="A PostgreSQL database to connect through: the drill creates two "
+        "databases on its server for the primary and the replica, and drops them "
+        "after; default: SQLite files.",
     )
     parser.add_argument(
         "--seconds", type=float, default=5.0, help="Writing before the cut."
@@ -337,18 +338,26 @@ def _work_dir(given: str | None) -> Iterator[Path]:
 
 @contextmanager
 def _stores(database_url: str | None) -> Iterator[tuple[str | None, str | None]]:
-    """Two stores: None (SQLite in each data folder) or two fresh schemas."""
+    """Two stores: None (SQLite in each data folder) or two new databases."""
     if database_url is None:
         yield None, None
         return
-    base = database_url.partition("?")[0]
-    names = [f"drill_{role}_{uuid.uuid4().hex[:8]}" for role in ("p", "r")]
-    with psycopg.connect(base, autocommit=True) as conn:
-        for name in names:
-            conn.execute(f'CREATE SCHEMA "{name}"')
+    with scratch_databases(database_url, ("p", "r")) as (primary, replica):
+        yield primary, replica
+
+
+@contextmanager
+def scratch_databases(database_url: str, roles: Sequence[str]) -> Iterator[list[str]]:
+    """A new database per role on the server of ``database_url``, dropped after."""
+    admin = database_url.partition("?")[0]
+    server = admin.rpartition("/")[0]
+    names = [f"drill_{role}_{uuid.uuid4().hex[:8]}" for role in roles]
     try:
-        yield f"{base}?schema={names[0]}", f"{base}?schema={names[1]}"
-    finally:
-        with psycopg.connect(base, autocommit=True) as conn:
+        with psycopg.connect(admin, autocommit=True) as conn:
             for name in names:
-                conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+                conn.execute(f'CREATE DATABASE "{name}"')
+        yield [f"{server}/{name}" for name in names]
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            for name in names:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
