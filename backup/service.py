@@ -14,7 +14,7 @@ import contextlib
 import json
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -208,6 +208,13 @@ class BackupService:
     def change_default_policy(
         self, context: CommandContext, policy: BackupPolicy
     ) -> list[Receipt]:
+        """Record a new default policy.
+
+        Raises:
+            InvalidArgumentError: the policy names a target not configured
+                (``UNKNOWN_TARGET``); nothing is recorded.
+        """
+        self._require_targets_known(policy.targets)
         settings = self.settings()
         settings.change_default_policy(policy, now=self.keys.clock.now())
         return self._record(settings, context, "backup-settings", [])
@@ -215,8 +222,16 @@ class BackupService:
     def change_key_policy(
         self, context: CommandContext, key_name: str, policy: BackupPolicy | None
     ) -> list[Receipt]:
-        """Give a key its own policy, or (None) return it to the default."""
+        """Give a key its own policy, or (None) return it to the default.
+
+        Raises:
+            KeyNotFoundError: no key has that name.
+            InvalidArgumentError: the policy names a target not configured
+                (``UNKNOWN_TARGET``); nothing is recorded.
+        """
         self.keys._load(key_name)
+        if policy is not None:
+            self._require_targets_known(policy.targets)
         backups = self._key_backups(key_name)
         backups.change_policy(policy, now=self.keys.clock.now())
         return self._save_backups(backups, context)
@@ -758,12 +773,8 @@ class BackupService:
                     return "FINGERPRINT_MISMATCH"
         return None
 
-    def _chosen_targets(self, names: list[str]) -> list[dict[str, Any]]:
+    def _require_targets_known(self, names: Iterable[str]) -> None:
         configured = self.targets()
-        if not configured:
-            raise BackupRefusedError(
-                "No backup target is configured.", code="NO_BACKUP_TARGETS"
-            )
         for name in names:
             if name not in configured:
                 raise InvalidArgumentError(
@@ -771,6 +782,14 @@ class BackupService:
                     code="UNKNOWN_TARGET",
                     target=name,
                 )
+
+    def _chosen_targets(self, names: list[str]) -> list[dict[str, Any]]:
+        configured = self.targets()
+        if not configured:
+            raise BackupRefusedError(
+                "No backup target is configured.", code="NO_BACKUP_TARGETS"
+            )
+        self._require_targets_known(names)
         chosen = names or sorted(configured)
         return [configured[name] for name in chosen]
 
