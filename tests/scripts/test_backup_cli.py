@@ -1,4 +1,5 @@
-"""The backup commands of ``keyledger``: backup, verify-backup, restore, scheduler.
+"""The backup commands of ``keyledger``: backup, verify-backup, restore, scheduler,
+backup-status, backups, backup-policy, backup-ledger and restore-ledger.
 
 They run against a real data folder and store, as an operator would run them
 next to the service, and each exit code says whether the step held.
@@ -174,3 +175,126 @@ def test_a_ledger_archive_restores_into_a_fresh_instance_and_verifies(
         == 1
     )
     assert "LEDGER_NOT_EMPTY" in capsys.readouterr().err
+
+
+def head(options: list[str]) -> int:
+    """The ledger's head position, read straight from the store."""
+    signer, kek, _ = load_local_secrets(Path(options[1]), create=False)
+    service = KeyService.open(
+        database_url=options[3], signer=signer, kek=kek, clock=SystemClock()
+    )
+    try:
+        table = service.ledger.events_table_name
+        rows = service.ledger.query(f"SELECT max(notification_id) AS n FROM {table}")
+        return int(rows[0]["n"])
+    finally:
+        service.close()
+
+
+def test_backup_status_backups_and_policies_from_the_command_line(
+    ledger: tuple[Path, list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """backup-status, backups and backup-policy read and change what the API does."""
+    _, options = ledger
+    code, status = run(capsys, "backup-status", *options)
+    assert code == 0 and status is not None
+    assert [(i["key"], i["status"]) for i in status["keys"]] == [("k1", "due")]
+    assert run(capsys, "backup-status", "--status", "ok", *options)[1] == {
+        "keys": [],
+        "next_cursor": None,
+    }
+
+    code, default = run(
+        capsys,
+        "backup-policy",
+        "--copies",
+        "1",
+        "--locations",
+        "1",
+        "--interval-hours",
+        "6",
+        "--target",
+        "dc1",
+        *options,
+    )
+    assert code == 0 and default is not None
+    assert default["policy"] == {
+        "copies": 1,
+        "locations": 1,
+        "interval_hours": 6,
+        "retention_days": 30,
+        "targets": ["dc1"],
+    }
+    assert [r["type"] for r in default["receipts"]] == [
+        "keyledger.backup.DefaultPolicyChanged"
+    ]
+    code, own = run(capsys, "backup-policy", "--key", "k1", "--copies", "3", *options)
+    assert code == 0 and own is not None
+    assert own["policy"]["copies"] == 3 and own["policy"]["targets"] == []
+    assert run(capsys, "backup", "k1", *options)[0] == 0
+
+    code, listed = run(capsys, "backups", "k1", *options)
+    assert code == 0 and listed is not None
+    assert (listed["status"], listed["policy_source"]) == ("at_risk", "key")
+    assert [len(b["copies"]) for b in listed["backups"]] == [2]
+    at_risk = run(capsys, "backup-status", "--status", "at_risk", *options)[1]
+    assert at_risk is not None and [i["key"] for i in at_risk["keys"]] == ["k1"]
+    code, back = run(capsys, "backup-policy", "--key", "k1", "--use-default", *options)
+    assert code == 0 and back is not None
+    assert back["policy"] == default["policy"]
+    assert [r["type"] for r in back["receipts"]] == ["keyledger.backup.PolicyChanged"]
+    listed = run(capsys, "backups", "k1", *options)[1]
+    assert listed is not None
+    assert (listed["status"], listed["policy_source"]) == ("unverified", "default")
+
+
+@pytest.mark.parametrize(
+    ("argv", "code"),
+    [
+        pytest.param(
+            ["backup-policy", "--copies", "0"], "INVALID_BACKUP_POLICY", id="0 copies"
+        ),
+        pytest.param(
+            ["backup-policy", "--copies", "1", "--locations", "2"],
+            "INVALID_BACKUP_POLICY",
+            id="more locations than copies",
+        ),
+        pytest.param(
+            ["backup-policy", "--retention-days", "-1"],
+            "INVALID_BACKUP_POLICY",
+            id="negative retention",
+        ),
+        pytest.param(
+            ["backup-policy", "--use-default"],
+            "INVALID_BACKUP_POLICY",
+            id="use-default without key",
+        ),
+        pytest.param(
+            ["backup-policy", "--key", "k1", "--use-default", "--copies", "1"],
+            "INVALID_BACKUP_POLICY",
+            id="use-default with fields",
+        ),
+        pytest.param(
+            ["backup-policy", "--target", "nope"], "UNKNOWN_TARGET", id="unknown target"
+        ),
+        pytest.param(
+            ["backup-policy", "--key", "nope"], "KEY_NOT_FOUND", id="unknown key"
+        ),
+        pytest.param(["backups", "nope"], "KEY_NOT_FOUND", id="backups of no key"),
+        pytest.param(["backup-status", "--limit", "0"], "INVALID_FIELD", id="limit"),
+    ],
+)
+def test_bad_policy_and_status_commands_exit_1_and_record_nothing(
+    ledger: tuple[Path, list[str]],
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    code: str,
+) -> None:
+    """Each refusal exits 1 naming its code; the head and the statuses stay."""
+    _, options = ledger
+    before = (head(options), run(capsys, "backup-status", *options)[1])
+
+    assert main([*argv, *options]) == 1
+
+    assert code in capsys.readouterr().err
+    assert (head(options), run(capsys, "backup-status", *options)[1]) == before
