@@ -8,6 +8,8 @@ next to the service, and each exit code says whether the step held.
 from __future__ import annotations
 
 import json
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -186,7 +188,7 @@ def head(options: list[str]) -> int:
     try:
         table = service.ledger.events_table_name
         rows = service.ledger.query(f"SELECT max(notification_id) AS n FROM {table}")
-        return int(rows[0]["n"])
+        return int(rows[0]["n"] or 0)
     finally:
         service.close()
 
@@ -298,3 +300,165 @@ def test_bad_policy_and_status_commands_exit_1_and_record_nothing(
 
     assert code in capsys.readouterr().err
     assert (head(options), run(capsys, "backup-status", *options)[1]) == before
+
+
+def open_instance(data_dir: Path, url: str, *, create: bool = False) -> KeyService:
+    """The key service of an instance's data folder and store."""
+    signer, kek, _ = load_local_secrets(data_dir, create=create)
+    return KeyService.open(
+        database_url=url, signer=signer, kek=kek, clock=SystemClock(), create=create
+    )
+
+
+def entries(service: KeyService, up_to: int) -> list[dict[str, Any]]:
+    """Every entry up to ``up_to`` as stored: position, stream, bytes, signature."""
+    table = service.ledger.events_table_name
+    rows = service.ledger.query(
+        "SELECT notification_id, originator_id, originator_version, topic, state, "
+        f"entry_hash, signature FROM {table} WHERE notification_id <= %s "
+        "ORDER BY notification_id",
+        (up_to,),
+    )
+    return [
+        {
+            **row,
+            "originator_id": uuid.UUID(str(row["originator_id"])),
+            "state": bytes(row["state"]),
+            "signature": bytes(row["signature"]),
+        }
+        for row in rows
+    ]
+
+
+def source_public_key(options: list[str], folder: Path) -> Path:
+    """The source ledger's public key as a PEM file, as its operator keeps it."""
+    from ledger.signing import public_key_pem
+
+    signer, _, _ = load_local_secrets(Path(options[1]), create=False)
+    path = folder / "source.pem"
+    path.write_text(public_key_pem(signer.public_key))
+    return path
+
+
+def fresh_folder(options: list[str], folder: Path) -> Path:
+    """A new data folder holding only a copy of the source's backup key."""
+    import shutil
+
+    from backup.key import BACKUP_KEY_FILE
+
+    folder.mkdir(mode=0o700)
+    shutil.copy2(Path(options[1]) / BACKUP_KEY_FILE, folder / BACKUP_KEY_FILE)
+    return folder
+
+
+@pytest.fixture
+def fresh_pg_url() -> Iterator[str]:
+    """A database made with CREATE DATABASE for this test alone, dropped after."""
+    import psycopg
+
+    from tests.conftest import _server_url, _with_dbname
+
+    name = f"keyledger_restore_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(_server_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield _with_dbname(_server_url, name)
+    finally:
+        with psycopg.connect(_server_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.mark.postgres
+def test_restore_ledger_into_a_new_postgresql_database_keeps_every_entry(
+    ledger: tuple[Path, list[str]],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    fresh_pg_url: str,
+) -> None:
+    """restore-ledger into a fresh PostgreSQL database: every entry is the source's,
+    byte for byte, and verifies against the source's public key."""
+    _, options = ledger
+    assert run(capsys, "backup", "k1", *options)[0] == 0
+    archive = tmp_path / "ledger.klarchive"
+    code, report = run(capsys, "backup-ledger", "--out", str(archive), *options)
+    assert code == 0 and report is not None
+    public = source_public_key(options, tmp_path)
+    fresh = fresh_folder(options, tmp_path / "fresh")
+    fresh_options = ["--data-dir", str(fresh), "--database-url", fresh_pg_url]
+
+    code, restored = run(
+        capsys,
+        "restore-ledger",
+        str(archive),
+        "--source-public-key",
+        str(public),
+        *fresh_options,
+    )
+
+    assert code == 0 and restored is not None
+    assert main(["verify", "--public-key", str(public), *fresh_options]) == 0
+    source = open_instance(Path(options[1]), options[3])
+    copy = open_instance(fresh, fresh_pg_url)
+    try:
+        up_to = report["head_position"]
+        assert entries(copy, up_to) == entries(source, up_to)
+        assert copy.get_key("k1")["versions"] == source.get_key("k1")["versions"]
+        assert copy.ledger.query("SELECT count(*) AS n FROM key_material")[0]["n"] == 1
+    finally:
+        source.close()
+        copy.close()
+
+
+def test_restore_a_bundle_into_a_fresh_instance_with_the_source_public_key(
+    ledger: tuple[Path, list[str]],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """Disaster recovery: restore --bundle into a new instance needs the source's
+    public key; without it, or with a wrong one, it exits 1 and records nothing."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from ledger.signing import public_key_pem
+
+    root, options = ledger
+    code, taken = run(capsys, "backup", "k1", *options)
+    assert code == 0 and taken is not None
+    bundle = root / "dc2" / taken["backup"]["copies"][1]["object"]
+    public = source_public_key(options, tmp_path)
+    wrong = tmp_path / "wrong.pem"
+    wrong.write_text(public_key_pem(Ed25519PrivateKey.generate().public_key()))
+    fresh = fresh_folder(options, tmp_path / "fresh")
+    fresh_url = f"sqlite:///{fresh / 'ledger.sqlite3'}"
+    open_instance(fresh, fresh_url, create=True).close()
+    fresh_options = ["--data-dir", str(fresh), "--database-url", fresh_url]
+    before = head(fresh_options)
+
+    for extra in ([], ["--source-public-key", str(wrong)]):
+        argv = ["restore", "k1", "--bundle", str(bundle), *extra, *fresh_options]
+        assert main(argv) == 1
+        assert "BUNDLE_FROM_OTHER_LEDGER" in capsys.readouterr().err
+        assert head(fresh_options) == before
+    code, restored = run(
+        capsys,
+        "restore",
+        "k1",
+        "--bundle",
+        str(bundle),
+        "--source-public-key",
+        str(public),
+        *fresh_options,
+    )
+
+    assert code == 0 and restored is not None
+    assert restored["restored_from"]["backup_id"] == taken["backup_id"]
+    assert main(["verify", *fresh_options]) == 0
+    source = open_instance(Path(options[1]), options[3])
+    copy = open_instance(fresh, fresh_url)
+    try:
+        assert [v["fingerprint"] for v in copy.get_key("k1")["versions"]] == [
+            v["fingerprint"] for v in source.get_key("k1")["versions"]
+        ]
+        assert copy.ledger.query("SELECT count(*) AS n FROM key_material")[0]["n"] == 1
+    finally:
+        source.close()
+        copy.close()
