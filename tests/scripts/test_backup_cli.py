@@ -20,7 +20,7 @@ from backup.service import BackupService
 from domain.clock import SystemClock
 from ledger.service import CommandContext, KeyService, load_local_secrets
 from scripts.cli import main
-from tests.conftest import ADMIN
+from tests.conftest import ADMIN, new_database
 
 
 @pytest.fixture
@@ -99,32 +99,85 @@ def test_refusals_exit_1_and_a_missing_ledger_exits_2(
     assert main(["backup", "k1", "--data-dir", str(empty)]) == 2
 
 
+def open_instance(data_dir: Path, url: str, *, create: bool = False) -> KeyService:
+    """The key service of an instance's data folder and store."""
+    signer, kek, _ = load_local_secrets(data_dir, create=create)
+    return KeyService.open(
+        database_url=url, signer=signer, kek=kek, clock=SystemClock(), create=create
+    )
+
+
+def entries(service: KeyService, up_to: int) -> list[dict[str, Any]]:
+    """Every entry up to ``up_to`` as stored: position, stream, bytes, signature."""
+    table = service.ledger.events_table_name
+    rows = service.ledger.query(
+        "SELECT notification_id, originator_id, originator_version, topic, state, "
+        f"entry_hash, signature FROM {table} WHERE notification_id <= %s "
+        "ORDER BY notification_id",
+        (up_to,),
+    )
+    return [
+        {
+            **row,
+            "originator_id": uuid.UUID(str(row["originator_id"])),
+            "state": bytes(row["state"]),
+            "signature": bytes(row["signature"]),
+        }
+        for row in rows
+    ]
+
+
+def source_public_key(options: list[str], folder: Path) -> Path:
+    """The source ledger's public key as a PEM file, as its operator keeps it."""
+    from ledger.signing import public_key_pem
+
+    signer, _, _ = load_local_secrets(Path(options[1]), create=False)
+    path = folder / "source.pem"
+    path.write_text(public_key_pem(signer.public_key))
+    return path
+
+
+def fresh_folder(options: list[str], folder: Path) -> Path:
+    """A new data folder holding only a copy of the source's backup key."""
+    import shutil
+
+    from backup.key import BACKUP_KEY_FILE
+
+    folder.mkdir(mode=0o700)
+    shutil.copy2(Path(options[1]) / BACKUP_KEY_FILE, folder / BACKUP_KEY_FILE)
+    return folder
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The store of a fresh instance: an SQLite file, or a new PostgreSQL database
+    made with CREATE DATABASE for this test alone and dropped after."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'fresh.sqlite3'}"
+        return
+    with new_database("keyledger_restore") as url:
+        yield url
+
+
 def test_a_ledger_archive_restores_into_a_fresh_instance_and_verifies(
     ledger: tuple[Path, list[str]],
     capsys: pytest.CaptureFixture[str],
     tmp_path: Path,
+    fresh_url: str,
 ) -> None:
     """backup-ledger, then restore-ledger into a new instance that signs with its
-    own key: every entry verifies against the source's public key, the keys and
-    their material are back, and a changed or reused archive is refused."""
-    import shutil
-
-    from backup.key import BACKUP_KEY_FILE
-    from ledger.signing import public_key_pem
-
+    own key: every entry is the source's byte for byte and verifies against the
+    source's public key, the keys and their material are back, and a changed or
+    reused archive is refused."""
     _, options = ledger
     assert run(capsys, "backup", "k1", *options)[0] == 0
     archive = tmp_path / "ledger.klarchive"
     code, report = run(capsys, "backup-ledger", "--out", str(archive), *options)
     assert code == 0 and report is not None
     assert len(report["copies"]) == 2
-    source_signer, _, _ = load_local_secrets(Path(options[1]), create=False)
-    public = tmp_path / "source.pem"
-    public.write_text(public_key_pem(source_signer.public_key))
-    fresh = tmp_path / "fresh"
-    fresh.mkdir(mode=0o700)
-    shutil.copy2(Path(options[1]) / BACKUP_KEY_FILE, fresh / BACKUP_KEY_FILE)
-    fresh_options = ["--data-dir", str(fresh)]
+    public = source_public_key(options, tmp_path)
+    fresh = fresh_folder(options, tmp_path / "fresh")
+    fresh_options = ["--data-dir", str(fresh), "--database-url", fresh_url]
 
     tampered = tmp_path / "tampered.klarchive"
     data = bytearray(archive.read_bytes())
@@ -133,49 +186,28 @@ def test_a_ledger_archive_restores_into_a_fresh_instance_and_verifies(
     assert run(capsys, "restore-ledger", str(tampered), *fresh_options)[0] == 1
     assert main(["restore-ledger", str(archive), *fresh_options]) == 1  # foreign
     capsys.readouterr()
-    code, restored = run(
-        capsys,
-        "restore-ledger",
-        str(archive),
-        "--source-public-key",
-        str(public),
-        *fresh_options,
-    )
+    restore = ["restore-ledger", str(archive), "--source-public-key", str(public)]
+    code, restored = run(capsys, *restore, *fresh_options)
 
     assert code == 0 and restored is not None
     assert restored["position"] == report["head_position"] + 2
     assert main(["verify", "--public-key", str(public), *fresh_options]) == 0
-    signer, kek, _ = load_local_secrets(fresh, create=False)
-    service = KeyService.open(
-        database_url=f"sqlite:///{fresh / 'ledger.sqlite3'}",
-        signer=signer,
-        kek=kek,
-        clock=SystemClock(),
-        create=False,
-    )
+    source = open_instance(Path(options[1]), options[3])
+    copy = open_instance(fresh, fresh_url)
     try:
-        assert service.get_key("k1")["versions"][0]["state"] == "enabled"
-        rows = service.ledger.query("SELECT count(*) AS n FROM key_material")
+        up_to = report["head_position"]
+        assert entries(copy, up_to) == entries(source, up_to)
+        assert copy.get_key("k1")["versions"] == source.get_key("k1")["versions"]
+        assert copy.get_key("k1")["versions"][0]["state"] == "enabled"
+        rows = copy.ledger.query("SELECT count(*) AS n FROM key_material")
         assert rows[0]["n"] == 1
-        assert (
-            service.ledger.query("SELECT count(*) AS n FROM backup_records")[0]["n"]
-            == 1
-        )
+        rows = copy.ledger.query("SELECT count(*) AS n FROM backup_records")
+        assert rows[0]["n"] == 1
     finally:
-        service.close()
+        source.close()
+        copy.close()
     capsys.readouterr()
-    assert (
-        main(
-            [
-                "restore-ledger",
-                str(archive),
-                "--source-public-key",
-                str(public),
-                *fresh_options,
-            ]
-        )
-        == 1
-    )
+    assert main([*restore, *fresh_options]) == 1
     assert "LEDGER_NOT_EMPTY" in capsys.readouterr().err
 
 
@@ -300,113 +332,6 @@ def test_bad_policy_and_status_commands_exit_1_and_record_nothing(
 
     assert code in capsys.readouterr().err
     assert (head(options), run(capsys, "backup-status", *options)[1]) == before
-
-
-def open_instance(data_dir: Path, url: str, *, create: bool = False) -> KeyService:
-    """The key service of an instance's data folder and store."""
-    signer, kek, _ = load_local_secrets(data_dir, create=create)
-    return KeyService.open(
-        database_url=url, signer=signer, kek=kek, clock=SystemClock(), create=create
-    )
-
-
-def entries(service: KeyService, up_to: int) -> list[dict[str, Any]]:
-    """Every entry up to ``up_to`` as stored: position, stream, bytes, signature."""
-    table = service.ledger.events_table_name
-    rows = service.ledger.query(
-        "SELECT notification_id, originator_id, originator_version, topic, state, "
-        f"entry_hash, signature FROM {table} WHERE notification_id <= %s "
-        "ORDER BY notification_id",
-        (up_to,),
-    )
-    return [
-        {
-            **row,
-            "originator_id": uuid.UUID(str(row["originator_id"])),
-            "state": bytes(row["state"]),
-            "signature": bytes(row["signature"]),
-        }
-        for row in rows
-    ]
-
-
-def source_public_key(options: list[str], folder: Path) -> Path:
-    """The source ledger's public key as a PEM file, as its operator keeps it."""
-    from ledger.signing import public_key_pem
-
-    signer, _, _ = load_local_secrets(Path(options[1]), create=False)
-    path = folder / "source.pem"
-    path.write_text(public_key_pem(signer.public_key))
-    return path
-
-
-def fresh_folder(options: list[str], folder: Path) -> Path:
-    """A new data folder holding only a copy of the source's backup key."""
-    import shutil
-
-    from backup.key import BACKUP_KEY_FILE
-
-    folder.mkdir(mode=0o700)
-    shutil.copy2(Path(options[1]) / BACKUP_KEY_FILE, folder / BACKUP_KEY_FILE)
-    return folder
-
-
-@pytest.fixture
-def fresh_pg_url() -> Iterator[str]:
-    """A database made with CREATE DATABASE for this test alone, dropped after."""
-    import psycopg
-
-    from tests.conftest import _server_url, _with_dbname
-
-    name = f"keyledger_restore_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(_server_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield _with_dbname(_server_url, name)
-    finally:
-        with psycopg.connect(_server_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.mark.postgres
-def test_restore_ledger_into_a_new_postgresql_database_keeps_every_entry(
-    ledger: tuple[Path, list[str]],
-    capsys: pytest.CaptureFixture[str],
-    tmp_path: Path,
-    fresh_pg_url: str,
-) -> None:
-    """restore-ledger into a fresh PostgreSQL database: every entry is the source's,
-    byte for byte, and verifies against the source's public key."""
-    _, options = ledger
-    assert run(capsys, "backup", "k1", *options)[0] == 0
-    archive = tmp_path / "ledger.klarchive"
-    code, report = run(capsys, "backup-ledger", "--out", str(archive), *options)
-    assert code == 0 and report is not None
-    public = source_public_key(options, tmp_path)
-    fresh = fresh_folder(options, tmp_path / "fresh")
-    fresh_options = ["--data-dir", str(fresh), "--database-url", fresh_pg_url]
-
-    code, restored = run(
-        capsys,
-        "restore-ledger",
-        str(archive),
-        "--source-public-key",
-        str(public),
-        *fresh_options,
-    )
-
-    assert code == 0 and restored is not None
-    assert main(["verify", "--public-key", str(public), *fresh_options]) == 0
-    source = open_instance(Path(options[1]), options[3])
-    copy = open_instance(fresh, fresh_pg_url)
-    try:
-        up_to = report["head_position"]
-        assert entries(copy, up_to) == entries(source, up_to)
-        assert copy.get_key("k1")["versions"] == source.get_key("k1")["versions"]
-        assert copy.ledger.query("SELECT count(*) AS n FROM key_material")[0]["n"] == 1
-    finally:
-        source.close()
-        copy.close()
 
 
 def test_restore_a_bundle_into_a_fresh_instance_with_the_source_public_key(
