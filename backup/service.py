@@ -237,10 +237,27 @@ class BackupService:
         return self._save_backups(backups, context)
 
     def policy_for(self, key_name: str) -> BackupPolicy:
+        return self._backup_policy(key_name)[0]
+
+    def _backup_policy(self, key_name: str) -> tuple[BackupPolicy, str]:
+        """The key's backup policy and whether it is the key's own or the default."""
         found = self._get(backups_id_for(key_name))
         if isinstance(found, KeyBackups) and found.policy is not None:
-            return BackupPolicy.from_json(found.policy)
-        return self.default_policy()
+            return BackupPolicy.from_json(found.policy), "key"
+        return self.default_policy(), "default"
+
+    def _policies(self, key_name: str) -> dict[str, Any]:
+        """The key's policies as a bundle holds them: backup and dual control."""
+        from ledger.dual_control import DualControl
+
+        backup, source = self._backup_policy(key_name)
+        dual = DualControl(self.keys.app, self.keys.clock).policy(key_name)
+        return {
+            "backup": {**backup.as_json(), "source": source},
+            "dual_control": None
+            if dual is None
+            else {"actions": list(dual.actions), "ttl_seconds": dual.ttl_seconds},
+        }
 
     # Backups ---------------------------------------------------------------
 
@@ -291,7 +308,11 @@ class BackupService:
         # 2. Build and write every copy; each is read back before it counts.
         try:
             bundle = build_bundle(
-                self.keys, key_name, backup_key=self.backup_key, backup_id=backup_id
+                self.keys,
+                key_name,
+                backup_key=self.backup_key,
+                backup_id=backup_id,
+                policy=self._policies(key_name),
             )
         except KeyledgerError as error:
             # Release the claim with a recorded failure, then report the cause.

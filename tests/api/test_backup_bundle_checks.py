@@ -8,6 +8,7 @@ backup key is refused by name. Both record nothing on restore.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from fastapi.testclient import TestClient
 
 from api.runtime import Runtime
 from backup import service as backup_service
-from backup.bundle import Bundle, build_bundle
+from backup.bundle import Bundle, build_bundle, seal
 from backup.key import BackupKey
 from ledger.material import KeyEncryptionKey
 from ledger.service import CommandContext, KeyService
@@ -55,7 +56,12 @@ def take_with(
     """Take a backup of k1 whose bundle is ``make(backup_id)`` instead of its own."""
 
     def substitute(
-        service: KeyService, key_name: str, *, backup_key: BackupKey, backup_id: str
+        service: KeyService,
+        key_name: str,
+        *,
+        backup_key: BackupKey,
+        backup_id: str,
+        policy: dict[str, Any],
     ) -> Bundle:
         bundle: Bundle = make(backup_id)
         return bundle
@@ -146,3 +152,77 @@ def test_a_bundle_under_another_backup_key_is_refused_by_name(
     verified = post_ok(client, f"/v1/backups/{taken['backup_id']}/verify")["backup"]
     assert {r["code"] for r in verified["verification"]} == {"BUNDLE_OTHER_BACKUP_KEY"}
     assert verified["verified_ok"] is False
+
+
+def bundle_body(folders: dict[str, Path], taken: dict[str, Any]) -> dict[str, Any]:
+    data = (folders["dc1"] / taken["backup"]["copies"][0]["object"]).read_bytes()
+    body: dict[str, Any] = json.loads(data)["body"]
+    return body
+
+
+def test_a_bundle_holds_the_key_backup_and_dual_control_policies(
+    client: TestClient, folders: dict[str, Path]
+) -> None:
+    """Format 2 bundles carry the key's own policies, or say it has the default."""
+    create(client, "k1")
+    create(client, "k2")
+    post_ok(
+        client,
+        "/v1/keys/k1/backup-policy",
+        {"copies": 1, "locations": 1, "interval_hours": 12, "targets": ["dc2"]},
+    )
+    post_ok(
+        client,
+        "/v1/keys/k1/dual-control",
+        {"actions": ["rollback"], "ttl_seconds": 600},
+    )
+
+    own = bundle_body(folders, take(client, "k2"))
+    with_policies = take(client, "k1")
+
+    assert own["format"] == "keyledger-backup/2"
+    assert own["policy"] == {
+        "backup": {
+            "copies": 2,
+            "locations": 2,
+            "interval_hours": 24,
+            "retention_days": 30,
+            "targets": [],
+            "source": "default",
+        },
+        "dual_control": None,
+    }
+    data = folders["dc2"] / with_policies["backup"]["copies"][0]["object"]
+    assert json.loads(data.read_bytes())["body"]["policy"] == {
+        "backup": {
+            "copies": 1,
+            "locations": 1,
+            "interval_hours": 12,
+            "retention_days": 30,
+            "targets": ["dc2"],
+            "source": "key",
+        },
+        "dual_control": {"actions": ["rollback"], "ttl_seconds": 600},
+    }
+
+
+def test_a_format_1_bundle_restores_and_a_format_2_one_needs_its_policy(
+    client: TestClient, runtime: Runtime, folders: dict[str, Path]
+) -> None:
+    """A format 1 bundle (no policies) still restores; format 2 without is refused."""
+    create(client, "k1")
+    body = bundle_body(folders, take(client, "k1"))
+    signer = runtime.service.signer
+    unpoliced = {name: value for name, value in body.items() if name != "policy"}
+    old = seal({**unpoliced, "format": "keyledger-backup/1"}, signer)
+    broken = seal(unpoliced, signer)
+
+    assert_refused(
+        client,
+        "k1-copy",
+        lambda: restore(client, "k1", bundle=b64(broken), into="k1-copy"),
+        409,
+        "BUNDLE_INVALID",
+    )
+    response = restore(client, "k1", bundle=b64(old), into="k1-copy")
+    assert response.status_code == 200, response.text
