@@ -77,6 +77,7 @@ class Bundle:
     digest: str
     versions: list[dict[str, Any]]
     checkpoint_position: int
+    trimmed: list[int] = field(default_factory=list)
 
     @property
     def size(self) -> int:
@@ -236,6 +237,7 @@ def build_bundle(
             for item in versions
         ],
         checkpoint_position=checkpoint.position,
+        trimmed=list(range(1, key.min_available_version)),
     )
 
 

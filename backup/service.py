@@ -379,6 +379,7 @@ class BackupService:
             failures=failures,
             checkpoint_position=bundle.checkpoint_position,
             now=self.keys.clock.now(),
+            trimmed=bundle.trimmed,
         )
         receipts += self._save_backups(backups, context)
         return BackupOutcome(

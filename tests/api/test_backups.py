@@ -430,3 +430,36 @@ def test_last_successful_verification_outlives_a_newer_unverified_backup(
     assert status["status"] == "unverified"
     assert status["last_successful_verification_at"] == verified["verified_at"]
     assert [b["backup_id"] for b in status["backups"]][1] == first["backup_id"]
+
+
+def test_c04_a_backup_after_a_trim_holds_3_to_5_and_says_1_and_2_were_trimmed(
+    client: TestClient, folders: dict[str, Path]
+) -> None:
+    """C04 step 4: the bundle and the manifest list versions 3 to 5 only, and the
+    manifest names 1 and 2 as trimmed; a copy restored from it has 3 to 5."""
+    import json
+
+    create(client, "k4")
+    for _ in range(4):
+        post_ok(client, "/v1/keys/k4/rotate")
+    post_ok(client, "/v1/keys/k4/config", {"min_decryption_version": 3})
+    post_ok(client, "/v1/keys/k4/trim", {"min_available_version": 3})
+
+    result = take(client, "k4")
+
+    manifest = client.get(f"/v1/backups/{result['backup_id']}").json()
+    for record in (result["backup"], manifest):
+        assert [v["version"] for v in record["versions"]] == [3, 4, 5]
+        assert record["trimmed"] == [1, 2]
+    path = folders["dc1"] / result["backup"]["copies"][0]["object"]
+    body = json.loads(path.read_bytes())["body"]
+    assert [v["version"] for v in body["versions"]] == [3, 4, 5]
+    assert body["key"]["min_available_version"] == 3
+    restored = client.post(
+        "/v1/keys/k4/restore", json={"backup_id": result["backup_id"], "into": "k4b"}
+    )
+    assert restored.status_code == 200, restored.text
+    copy = client.get("/v1/keys/k4b").json()
+    assert [v["version"] for v in copy["versions"]] == [3, 4, 5]
+    untrimmed = take(client, "k4b")["backup"]
+    assert untrimmed["trimmed"] == [1, 2]
