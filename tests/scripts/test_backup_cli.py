@@ -85,6 +85,12 @@ def test_backup_verify_restore_and_scheduler_from_the_command_line(
     assert code == 0 and report is not None
     assert [item["key"] for item in report["taken"]] == ["k2"]
 
+    code, named = run(capsys, "backup", "k1", "--target", "dc2", *options)
+    assert code == 0 and named is not None
+    assert [c["target"] for c in named["backup"]["copies"]] == ["dc2"]
+    assert main(["backup", "k1", "--target", "nope", *options]) == 1
+    assert "UNKNOWN_TARGET" in capsys.readouterr().err
+
 
 def test_refusals_exit_1_and_a_missing_ledger_exits_2(
     ledger: tuple[Path, list[str]],
