@@ -154,7 +154,11 @@ class BackupCreate(BaseModel):
 
 
 class BackupPolicyUpdate(BaseModel):
-    """A backup policy; for a key, ``use_default`` drops its own policy instead."""
+    """A backup policy; for a key, ``use_default`` (given alone) drops its own policy.
+
+    ``locations`` is at most ``copies``; ``targets`` name configured targets
+    (empty: every target). Fields left out take the defaults shown.
+    """
 
     model_config = ConfigDict(extra="forbid")
 

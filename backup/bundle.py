@@ -1,13 +1,14 @@
 """The backup bundle of one key: what it holds, how it is signed, how it is checked.
 
 A bundle is one RFC 8785 canonical JSON document ``{"body", "signature"}``. The
-body holds the key's settings, its versions with states and fingerprints, their
-material wrapped under the backup key (destroyed and trimmed versions have
-none), the key's history exactly as stored on the ledger, and a checkpoint
-signed at the time of the backup. The signature is the ledger's Ed25519 key over
-the SHA-256 of the canonical body. A file whose bytes are not exactly the
-canonical encoding of what they parse to is refused, so every changed byte is
-caught by either that check or the signature.
+body holds the key's settings, its policies (backup and dual control, since
+format 2), its versions with states and fingerprints, their material wrapped
+under the backup key (destroyed and trimmed versions have none), the key's
+history exactly as stored on the ledger, and a checkpoint signed at the time of
+the backup; bundles of format 1 (without policies) still open. The signature is
+the ledger's Ed25519 key over the SHA-256 of the canonical body. A file whose
+bytes are not exactly the canonical encoding of what they parse to is refused,
+so every changed byte is caught by either that check or the signature.
 
 ``build_bundle`` and ``open_bundle`` are the whole interface; other formats
 (Vault's transit backup) can wrap them.
@@ -39,8 +40,11 @@ from ledger.store import checkpoint_table
 
 if TYPE_CHECKING:
     from ledger.service import KeyService
+    from ledger.signing import LedgerSigner
 
-FORMAT = "keyledger-backup/1"
+FORMAT = "keyledger-backup/2"
+# Formats that open; 1 is 2 without ``policy``.
+READABLE_FORMATS = ("keyledger-backup/1", FORMAT)
 SIGNING_CONTEXT = b"keyledger/backup-bundle/v1\n"
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
 _KEY_FIELDS = (
@@ -73,6 +77,7 @@ class Bundle:
     digest: str
     versions: list[dict[str, Any]]
     checkpoint_position: int
+    trimmed: list[int] = field(default_factory=list)
 
     @property
     def size(self) -> int:
@@ -96,19 +101,32 @@ class OpenedBundle:
         versions: list[dict[str, Any]] = self.body["versions"]
         return versions
 
+    @property
+    def policy(self) -> dict[str, Any] | None:
+        """The key's policies when it was backed up (None in a format 1 bundle)."""
+        policy: dict[str, Any] | None = self.body.get("policy")
+        return policy
+
 
 def digest_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def build_bundle(
-    service: KeyService, key_name: str, *, backup_key: BackupKey, backup_id: str
+    service: KeyService,
+    key_name: str,
+    *,
+    backup_key: BackupKey,
+    backup_id: str,
+    policy: dict[str, Any] | None = None,
 ) -> Bundle:
     """Build the signed bundle of ``key_name`` as it stands now.
 
     The key's history, its material and the head are read in one transaction
     holding the ledger's write lock, so they agree with each other and with the
-    checkpoint signed (and stored) for that head.
+    checkpoint signed (and stored) for that head. ``policy`` is the key's
+    policies as the caller reads them: ``{"backup": ..., "dual_control": ...}``,
+    each None when unknown.
 
     Raises:
         KeyNotFoundError: no key has that name.
@@ -189,6 +207,11 @@ def build_bundle(
             "min_available_version": key.min_available_version,
             "stream_version": summary["stream_version"],
         },
+        "policy": {
+            "backup": None,
+            "dual_control": None,
+            **(policy or {}),
+        },
         "versions": versions,
         "history": [
             {
@@ -201,9 +224,7 @@ def build_bundle(
         ],
         "checkpoint": checkpoint.as_json(),
     }
-    body_bytes = canonical_json(body)
-    signature = service.signer.sign(_signing_message(body_bytes))
-    data = _PREFIX + body_bytes + _MIDDLE + signature.hex().encode("ascii") + _SUFFIX
+    data = seal(body, service.signer)
     return Bundle(
         data=data,
         digest=digest_of(data),
@@ -216,7 +237,15 @@ def build_bundle(
             for item in versions
         ],
         checkpoint_position=checkpoint.position,
+        trimmed=list(range(1, key.min_available_version)),
     )
+
+
+def seal(body: dict[str, Any], signer: LedgerSigner) -> bytes:
+    """The bundle file of ``body``: its canonical bytes and ``signer``'s signature."""
+    body_bytes = canonical_json(body)
+    signature = signer.sign(_signing_message(body_bytes))
+    return _PREFIX + body_bytes + _MIDDLE + signature.hex().encode("ascii") + _SUFFIX
 
 
 def _kept_material(
@@ -309,8 +338,10 @@ def _parse(data: bytes) -> tuple[dict[str, Any], bytes, bytes]:
     ):
         raise BundleError("NOT_CANONICAL")
     body = document["body"]
-    if not isinstance(body, dict) or body.get("format") != FORMAT:
+    if not isinstance(body, dict) or body.get("format") not in READABLE_FORMATS:
         raise BundleError("UNKNOWN_FORMAT")
+    if body["format"] == FORMAT and not isinstance(body.get("policy"), dict):
+        raise BundleError("MALFORMED")
     required = {
         "backup_id",
         "ledger_kid",

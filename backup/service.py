@@ -14,7 +14,7 @@ import contextlib
 import json
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -208,6 +208,13 @@ class BackupService:
     def change_default_policy(
         self, context: CommandContext, policy: BackupPolicy
     ) -> list[Receipt]:
+        """Record a new default policy.
+
+        Raises:
+            InvalidArgumentError: the policy names a target not configured
+                (``UNKNOWN_TARGET``); nothing is recorded.
+        """
+        self._require_targets_known(policy.targets)
         settings = self.settings()
         settings.change_default_policy(policy, now=self.keys.clock.now())
         return self._record(settings, context, "backup-settings", [])
@@ -215,17 +222,42 @@ class BackupService:
     def change_key_policy(
         self, context: CommandContext, key_name: str, policy: BackupPolicy | None
     ) -> list[Receipt]:
-        """Give a key its own policy, or (None) return it to the default."""
+        """Give a key its own policy, or (None) return it to the default.
+
+        Raises:
+            KeyNotFoundError: no key has that name.
+            InvalidArgumentError: the policy names a target not configured
+                (``UNKNOWN_TARGET``); nothing is recorded.
+        """
         self.keys._load(key_name)
+        if policy is not None:
+            self._require_targets_known(policy.targets)
         backups = self._key_backups(key_name)
         backups.change_policy(policy, now=self.keys.clock.now())
         return self._save_backups(backups, context)
 
     def policy_for(self, key_name: str) -> BackupPolicy:
+        return self._backup_policy(key_name)[0]
+
+    def _backup_policy(self, key_name: str) -> tuple[BackupPolicy, str]:
+        """The key's backup policy and whether it is the key's own or the default."""
         found = self._get(backups_id_for(key_name))
         if isinstance(found, KeyBackups) and found.policy is not None:
-            return BackupPolicy.from_json(found.policy)
-        return self.default_policy()
+            return BackupPolicy.from_json(found.policy), "key"
+        return self.default_policy(), "default"
+
+    def _policies(self, key_name: str) -> dict[str, Any]:
+        """The key's policies as a bundle holds them: backup and dual control."""
+        from ledger.dual_control import DualControl
+
+        backup, source = self._backup_policy(key_name)
+        dual = DualControl(self.keys.app, self.keys.clock).policy(key_name)
+        return {
+            "backup": {**backup.as_json(), "source": source},
+            "dual_control": None
+            if dual is None
+            else {"actions": list(dual.actions), "ttl_seconds": dual.ttl_seconds},
+        }
 
     # Backups ---------------------------------------------------------------
 
@@ -276,7 +308,11 @@ class BackupService:
         # 2. Build and write every copy; each is read back before it counts.
         try:
             bundle = build_bundle(
-                self.keys, key_name, backup_key=self.backup_key, backup_id=backup_id
+                self.keys,
+                key_name,
+                backup_key=self.backup_key,
+                backup_id=backup_id,
+                policy=self._policies(key_name),
             )
         except KeyledgerError as error:
             # Release the claim with a recorded failure, then report the cause.
@@ -343,6 +379,7 @@ class BackupService:
             failures=failures,
             checkpoint_position=bundle.checkpoint_position,
             now=self.keys.clock.now(),
+            trimmed=bundle.trimmed,
         )
         receipts += self._save_backups(backups, context)
         return BackupOutcome(
@@ -758,12 +795,8 @@ class BackupService:
                     return "FINGERPRINT_MISMATCH"
         return None
 
-    def _chosen_targets(self, names: list[str]) -> list[dict[str, Any]]:
+    def _require_targets_known(self, names: Iterable[str]) -> None:
         configured = self.targets()
-        if not configured:
-            raise BackupRefusedError(
-                "No backup target is configured.", code="NO_BACKUP_TARGETS"
-            )
         for name in names:
             if name not in configured:
                 raise InvalidArgumentError(
@@ -771,6 +804,14 @@ class BackupService:
                     code="UNKNOWN_TARGET",
                     target=name,
                 )
+
+    def _chosen_targets(self, names: list[str]) -> list[dict[str, Any]]:
+        configured = self.targets()
+        if not configured:
+            raise BackupRefusedError(
+                "No backup target is configured.", code="NO_BACKUP_TARGETS"
+            )
+        self._require_targets_known(names)
         chosen = names or sorted(configured)
         return [configured[name] for name in chosen]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -139,6 +140,7 @@ class BackupRecord:
     verified_at: str | None = None
     verification: tuple[dict[str, Any], ...] = ()
     pruned: tuple[str, ...] = ()
+    trimmed: tuple[int, ...] = ()
 
     @property
     def verified_ok(self) -> bool | None:
@@ -175,6 +177,7 @@ class BackupRecord:
             "verification": list(self.verification),
             "verified_ok": self.verified_ok,
             "pruned": list(self.pruned),
+            "trimmed": list(self.trimmed),
         }
 
 
@@ -201,6 +204,8 @@ class KeyBackups(Aggregate):
         """A bundle was written whole to ``copies``; each was read back and checked."""
 
         TOPIC = "keyledger.backup.BackupTaken"
+        # 2 added ``trimmed``: the versions trimmed from the key before the backup.
+        class_version = 2
         backup_id: str
         digest: str
         size: int
@@ -208,6 +213,11 @@ class KeyBackups(Aggregate):
         retain_until: str
         copies: list[dict[str, Any]]
         checkpoint_position: int
+        trimmed: list[int]
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["trimmed"] = []
 
         def apply(self, aggregate: KeyBackups) -> None:
             aggregate.records[self.backup_id] = BackupRecord(
@@ -218,6 +228,7 @@ class KeyBackups(Aggregate):
                 versions=tuple(self.versions),
                 retain_until=self.retain_until,
                 copies=tuple(self.copies),
+                trimmed=tuple(self.trimmed),
             )
             aggregate.last_backup_id = self.backup_id
             aggregate.claim = None
@@ -368,8 +379,13 @@ class KeyBackups(Aggregate):
         failures: list[dict[str, Any]],
         checkpoint_position: int,
         now: datetime,
+        trimmed: Sequence[int] = (),
     ) -> None:
-        """Record the copies that are whole, and a ``CopyFailed`` for each other one."""
+        """Record the copies that are whole, and a ``CopyFailed`` for each other one.
+
+        ``trimmed`` names the versions trimmed from the key before the backup,
+        which the bundle therefore does not hold.
+        """
         if not copies:
             self.trigger_event(
                 self.BackupFailed, backup_id=backup_id, failures=failures, timestamp=now
@@ -384,6 +400,7 @@ class KeyBackups(Aggregate):
             retain_until=retain_until,
             copies=copies,
             checkpoint_position=checkpoint_position,
+            trimmed=list(trimmed),
             timestamp=now,
         )
         for failure in failures:

@@ -377,6 +377,7 @@ def _record(text: str) -> BackupRecord:
         verified_at=data["verified_at"],
         verification=tuple(data["verification"]),
         pruned=tuple(data["pruned"]),
+        trimmed=tuple(data.get("trimmed", ())),
     )
 
 

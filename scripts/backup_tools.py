@@ -2,8 +2,9 @@
 
 Each opens the ledger and the backup key the service uses, runs one backup
 command (recorded on the ledger like its HTTP twin, attributed to the user who ran
-it), prints the result as JSON, and exits 0 on success, 1 on a refusal or a
-failed check, 2 when the ledger cannot be opened.
+it) or one read (``backup-status``, ``backups``), prints the result as JSON, and
+exits 0 on success, 1 on a refusal or a failed check, 2 when the ledger cannot be
+opened.
 """
 
 from __future__ import annotations
@@ -131,6 +132,159 @@ class Restore:
             return 0
 
         return _run(args, "restore", work)
+
+
+class BackupStatus:
+    """``keyledger backup-status``: every key's backup status, in name order."""
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        from domain.backups import STATUSES
+
+        add_ledger_arguments(parser)
+        parser.add_argument(
+            "--status", choices=STATUSES, help="Only the keys with this status."
+        )
+        _add_page_arguments(parser, "Keys", "key name")
+
+    @staticmethod
+    def main(args: argparse.Namespace) -> int:
+        def work(backups: Any) -> int:
+            items, cursor = backups.status(
+                after=args.after, limit=_limit(args.limit), status=args.status
+            )
+            _print({"keys": items, "next_cursor": cursor})
+            return 0
+
+        return _run(args, "backup-status", work)
+
+
+class ListBackups:
+    """``keyledger backups KEY``: a key's backup status and its backups."""
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        add_ledger_arguments(parser)
+        parser.add_argument("key", help="The key whose backups to list.")
+        _add_page_arguments(parser, "Backups", "cursor")
+
+    @staticmethod
+    def main(args: argparse.Namespace) -> int:
+        def work(backups: Any) -> int:
+            from domain.keys import validate_key_name
+
+            validate_key_name(args.key)
+            _print(
+                backups.key_backups(
+                    args.key, after=args.after, limit=_limit(args.limit)
+                )
+            )
+            return 0
+
+        return _run(args, "backups", work)
+
+
+class SetBackupPolicy:
+    """``keyledger backup-policy``: set the default policy, or one key's own."""
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        from domain.backups import BackupPolicy as Policy
+
+        defaults = Policy()
+        add_ledger_arguments(parser)
+        parser.add_argument(
+            "--key", help="Set this key's own policy (default: the default policy)."
+        )
+        parser.add_argument(
+            "--use-default",
+            action="store_true",
+            help="With --key: drop the key's own policy for the default.",
+        )
+        for option, help_text in (
+            ("copies", "Whole copies wanted (1 to 16)"),
+            ("locations", "Distinct locations wanted (1 to --copies)"),
+            ("interval-hours", "Hours between backups"),
+            ("retention-days", "Days each backup is kept"),
+        ):
+            default = getattr(defaults, option.replace("-", "_"))
+            parser.add_argument(
+                f"--{option}",
+                type=int,
+                default=None,
+                help=f"{help_text}; default {default}.",
+            )
+        parser.add_argument(
+            "--target",
+            action="append",
+            default=None,
+            help="A target to write to (repeatable; default: every target).",
+        )
+
+    @staticmethod
+    def main(args: argparse.Namespace) -> int:
+        from domain.backups import BackupPolicy as Policy
+        from domain.errors import InvalidArgumentError
+
+        fields = {
+            "copies": args.copies,
+            "locations": args.locations,
+            "interval_hours": args.interval_hours,
+            "retention_days": args.retention_days,
+        }
+        given = {name: value for name, value in fields.items() if value is not None}
+
+        def work(backups: Any) -> int:
+            context = cli_context("backup-policy")
+            if args.use_default:
+                if args.key is None or given or args.target:
+                    raise InvalidArgumentError(
+                        "--use-default needs --key and no other policy option.",
+                        code="INVALID_BACKUP_POLICY",
+                    )
+                receipts = backups.change_key_policy(context, args.key, None)
+            else:
+                policy = Policy(**given, targets=tuple(args.target or ()))
+                if args.key is None:
+                    receipts = backups.change_default_policy(context, policy)
+                else:
+                    receipts = backups.change_key_policy(context, args.key, policy)
+            current = (
+                backups.default_policy()
+                if args.key is None
+                else backups.policy_for(args.key)
+            )
+            _print(
+                {
+                    "key": args.key,
+                    "policy": current.as_json(),
+                    "receipts": [receipt.as_json() for receipt in receipts],
+                }
+            )
+            return 0
+
+        return _run(args, "backup-policy", work)
+
+
+def _add_page_arguments(
+    parser: argparse.ArgumentParser, items: str, cursor: str
+) -> None:
+    parser.add_argument(
+        "--after", help=f"Start after this {cursor} (a page's next_cursor)."
+    )
+    parser.add_argument(
+        "--limit", type=int, default=100, help=f"{items} per page (1 to 1000)."
+    )
+
+
+def _limit(value: int) -> int:
+    from domain.errors import InvalidArgumentError
+
+    if not 1 <= value <= 1000:
+        raise InvalidArgumentError(
+            "--limit is from 1 to 1000.", code="INVALID_FIELD", field="limit"
+        )
+    return value
 
 
 class Scheduler:

@@ -8,9 +8,9 @@ It builds a scratch ledger (an SQLite file in a temporary folder, or a fresh
 schema on the PostgreSQL server given) with one ``dir`` target in a temporary
 folder, and in one run measures:
 
-1. raw baseline: writing the same bytes as a bundle to the same folder the way
-   the target does (create-only, fsync the file, link, fsync the folder) and
-   reading them back, per second;
+1. raw baseline: writing as many bytes as a bundle into the target's own folder
+   the way the target does (create-only, fsync the file, link, fsync the folder)
+   and reading them back, per second;
 2. backups/s of a key with 1 version and of a key with 100 versions (each is a
    claim, the bundle, the write, the read-back and the record);
 3. verifications/s of those backups (read back, digest, signature, history,
@@ -132,9 +132,8 @@ def _measure(root: Path, url: str, rounds: int) -> int:
             backup_rate = rate(rounds, backup)
             verify_rate = rate(rounds - 1, verify)
             size = backups.get_backup(taken[-1])["size"]
-            data = os.urandom(size)
-            (root / f"raw-{name}").mkdir()
-            raw = raw_rate(root / f"raw-{name}", data, rounds)
+            # The baseline writes into the target's own folder, next to the backups.
+            raw = raw_rate(root / "target", os.urandom(size), rounds)
             results[name] = (size, raw, backup_rate, verify_rate)
     finally:
         service.close()

@@ -54,6 +54,18 @@ COMMANDS: dict[str, tuple[Any, str]] = {
         backup_tools.RestoreLedger,
         "Build a new, empty instance from a ledger archive, verifying every entry.",
     ),
+    "backup-status": (
+        backup_tools.BackupStatus,
+        "Every key's backup status (ok, due, overdue, ...), paged, by status.",
+    ),
+    "backups": (
+        backup_tools.ListBackups,
+        "A key's backup status and its backups, newest first.",
+    ),
+    "backup-policy": (
+        backup_tools.SetBackupPolicy,
+        "Set the default backup policy, or a key's own (--key), as an event.",
+    ),
     "scheduler": (
         backup_tools.Scheduler,
         "Carry out due destructions and take due backups (--once for cron).",

@@ -49,8 +49,16 @@ def pg_database() -> Iterator[str]:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message)
         pytest.skip(message.splitlines()[0])
-    name = f"keyledger_test_{uuid.uuid4().hex[:10]}"
-    with admin:
+    admin.close()
+    with new_database("keyledger_test") as url:
+        yield url
+
+
+@contextmanager
+def new_database(prefix: str) -> Iterator[str]:
+    """A PostgreSQL database made with CREATE DATABASE, dropped when the block ends."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(_server_url, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     try:
         yield _with_dbname(_server_url, name)

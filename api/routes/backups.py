@@ -244,6 +244,12 @@ def set_key_backup_policy(
     """Give the key its own backup policy, or return it to the default."""
     validate_key_name(name)
     command = validate(BackupPolicyUpdate, body)
+    if command.use_default and command.model_fields_set - {"use_default"}:
+        raise ApiError(
+            422,
+            "INVALID_BACKUP_POLICY",
+            "use_default drops the key's policy; give it alone.",
+        )
     policy = None if command.use_default else _policy(command)
     receipts = runtime.backups.change_key_policy(
         _context(actor, request_id), name, policy

@@ -85,16 +85,12 @@ def test_restore_in_place_puts_back_states_and_material(
 ) -> None:
     """Restoring over the same key returns its states and rewrites its material."""
     create(client, "k1")
-    backup = take(client, "k1")
     post_ok(client, "/v1/keys/k1/rotate")
     runtime.service.ledger.execute(
         [("DELETE FROM key_material WHERE version = %s", (1,))]
     )
     post_ok(client, "/v1/keys/k1/versions/1/disable")
 
-    with_newer = restore(client, "k1", backup_id=backup["backup_id"])
-    assert with_newer.status_code == 409
-    assert with_newer.json()["error"]["code"] == "RESTORE_WOULD_ROLL_BACK"
     second = take(client, "k1")
     post_ok(client, "/v1/keys/k1/versions/1/enable")
     post_ok(client, "/v1/keys/k1/versions/1/disable")
@@ -105,6 +101,37 @@ def test_restore_in_place_puts_back_states_and_material(
         "keyledger.key.RestoredInPlace"
     ]
     assert get_key(client, "k1")["versions"][0]["state"] == "disabled"
+
+
+def test_restore_over_newer_versions_is_refused_and_changes_nothing(
+    client: TestClient, runtime: Runtime, folders: dict[str, Path]
+) -> None:
+    """A bundle older than the key's newest version is 409, with nothing moved."""
+    create(client, "k1")
+    backup = take(client, "k1")
+    post_ok(client, "/v1/keys/k1/rotate")
+    post_ok(client, "/v1/keys/k1/versions/1/disable")
+    ciphertext = encrypt(client, "k1", b"newer")
+    material = runtime.service.ledger.query(
+        "SELECT version, wrapped FROM key_material ORDER BY version"
+    )
+
+    details = assert_refused(
+        client,
+        "k1",
+        lambda: restore(client, "k1", backup_id=backup["backup_id"]),
+        409,
+        "RESTORE_WOULD_ROLL_BACK",
+    )
+
+    assert (details["latest"], details["backup_latest"]) == (2, 1)
+    after = runtime.service.ledger.query(
+        "SELECT version, wrapped FROM key_material ORDER BY version"
+    )
+    assert after == material
+    assert [v["version"] for v in material] == [1, 2]
+    assert decrypt(client, "k1", ciphertext) == b"newer"
+    assert get_key(client, "k1")["primary_version"] == 2
 
 
 def test_restore_repairs_lost_material(

@@ -430,3 +430,137 @@ def test_last_successful_verification_outlives_a_newer_unverified_backup(
     assert status["status"] == "unverified"
     assert status["last_successful_verification_at"] == verified["verified_at"]
     assert [b["backup_id"] for b in status["backups"]][1] == first["backup_id"]
+
+
+def test_c04_a_backup_after_a_trim_holds_3_to_5_and_says_1_and_2_were_trimmed(
+    client: TestClient, folders: dict[str, Path]
+) -> None:
+    """C04 step 4: the bundle and the manifest list versions 3 to 5 only, and the
+    manifest names 1 and 2 as trimmed; a copy restored from it has 3 to 5."""
+    import json
+
+    create(client, "k4")
+    for _ in range(4):
+        post_ok(client, "/v1/keys/k4/rotate")
+    post_ok(client, "/v1/keys/k4/config", {"min_decryption_version": 3})
+    post_ok(client, "/v1/keys/k4/trim", {"min_available_version": 3})
+
+    result = take(client, "k4")
+
+    manifest = client.get(f"/v1/backups/{result['backup_id']}").json()
+    for record in (result["backup"], manifest):
+        assert [v["version"] for v in record["versions"]] == [3, 4, 5]
+        assert record["trimmed"] == [1, 2]
+    path = folders["dc1"] / result["backup"]["copies"][0]["object"]
+    body = json.loads(path.read_bytes())["body"]
+    assert [v["version"] for v in body["versions"]] == [3, 4, 5]
+    assert body["key"]["min_available_version"] == 3
+    restored = client.post(
+        "/v1/keys/k4/restore", json={"backup_id": result["backup_id"], "into": "k4b"}
+    )
+    assert restored.status_code == 200, restored.text
+    copy = client.get("/v1/keys/k4b").json()
+    assert [v["version"] for v in copy["versions"]] == [3, 4, 5]
+    untrimmed = take(client, "k4b")["backup"]
+    assert untrimmed["trimmed"] == [1, 2]
+
+
+def test_a_backup_to_named_targets_writes_only_there(
+    client: TestClient, folders: dict[str, Path]
+) -> None:
+    """``targets`` picks the targets; the others get nothing, and the status
+    counts only what was written (one copy where the policy asks for two)."""
+    create(client, "k1")
+
+    result = take(client, "k1", targets=["dc2"])
+
+    assert [c["target"] for c in result["backup"]["copies"]] == ["dc2"]
+    assert result["failures"] == []
+    assert not folders["dc1"].exists() or list(folders["dc1"].iterdir()) == []
+    assert (folders["dc2"] / result["backup"]["copies"][0]["object"]).exists()
+    status = status_of(client, "k1")
+    assert status["copies_by_location"] == {"site-dc2": 1}
+    assert status["status"] == "at_risk"
+
+
+def test_each_object_is_named_by_its_content_digest(
+    client: TestClient, folders: dict[str, Path]
+) -> None:
+    """Every copy's object name is the SHA-256 of its bytes, as recorded."""
+    import hashlib
+
+    create(client, "k1")
+    backup = take(client, "k1")["backup"]
+
+    for copy in backup["copies"]:
+        data = (folders[copy["target"]] / copy["object"]).read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        assert copy["object"] == f"{digest}.klbackup"
+        assert backup["digest"] == f"sha256:{digest}"
+        assert backup["size"] == len(data)
+
+
+def test_copies_in_one_location_leave_the_key_at_risk(
+    client: TestClient, tmp_path: Path
+) -> None:
+    """Two whole copies in one place are at_risk when two places are asked for."""
+    for name in ("a1", "a2"):
+        (tmp_path / name).mkdir()
+        response = client.put(
+            f"/v1/backup-targets/{name}",
+            json={
+                "kind": "dir",
+                "location": "one-site",
+                "options": {"path": str(tmp_path / name)},
+            },
+        )
+        assert response.status_code == 200, response.text
+    create(client, "k1")
+
+    result = take(client, "k1")
+
+    assert len(result["backup"]["copies"]) == 2
+    status = status_of(client, "k1")
+    assert status["copies_by_location"] == {"one-site": 2}
+    assert status["status"] == "at_risk"
+    post_ok(client, "/v1/keys/k1/backup-policy", {"copies": 2, "locations": 1})
+    assert status_of(client, "k1")["status"] == "unverified"
+
+
+def test_a_target_never_replaces_an_object_it_holds(
+    client: TestClient,
+    runtime: Runtime,
+    folders: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Other bytes under the object's name on dc2 fail that copy as OBJECT_EXISTS
+    (recorded); the object there is not altered, and dc1's copy counts."""
+    from backup import service as backup_service
+    from backup.bundle import build_bundle
+    from backup.targets import object_name
+
+    create(client, "k1")
+    bundle = build_bundle(
+        runtime.service,
+        "k1",
+        backup_key=runtime.backups.backup_key,
+        backup_id="bkp_" + "2" * 24,
+    )
+    folders["dc2"].mkdir()
+    planted = folders["dc2"] / object_name(bundle.digest)
+    planted.write_bytes(b"another object")
+    os.chmod(planted, 0o444)
+    before = sorted(p.name for p in folders["dc2"].iterdir())
+    monkeypatch.setattr(backup_service, "build_bundle", lambda *a, **k: bundle)
+
+    result = take(client, "k1")
+
+    assert [(f["target"], f["code"]) for f in result["failures"]] == [
+        ("dc2", "OBJECT_EXISTS")
+    ]
+    assert [c["target"] for c in result["backup"]["copies"]] == ["dc1"]
+    assert "keyledger.backup.CopyFailed" in [r["type"] for r in result["receipts"]]
+    assert planted.read_bytes() == b"another object"
+    assert stat.S_IMODE(planted.stat().st_mode) == 0o444
+    assert sorted(p.name for p in folders["dc2"].iterdir()) == before
+    assert (folders["dc1"] / planted.name).read_bytes() == bundle.data

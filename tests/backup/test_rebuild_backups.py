@@ -36,3 +36,38 @@ def test_backup_tables_rebuild_equal_and_repair(
     assert not report.matched_live
     assert any("backup_records" in line for line in report.differences)
     assert backup_status.snapshot_tables(service.ledger) == live
+
+
+def test_a_backup_taken_before_trimmed_was_recorded_reads_as_none_trimmed(
+    service: KeyService, ctx: CommandContext, tmp_path: Path
+) -> None:
+    """A BackupTaken stored in its first shape (no ``trimmed``) is upcast to []."""
+    import json
+
+    from eventsourcing.persistence import StoredEvent
+
+    from domain.backups import KeyBackups
+
+    backups = BackupService(service, BackupKey.load_or_create(tmp_path / "data"))
+    add_dir_target(backups, ctx, tmp_path, "dc1")
+    service.create_key(ctx, name="a")
+    backups.take_backup(ctx, "a")
+    [row] = service.ledger.query(
+        "SELECT originator_id, originator_version, topic, state FROM "
+        f"{service.ledger.events_table_name} WHERE topic = %s",
+        ("keyledger.backup.BackupTaken",),
+    )
+    entry = json.loads(bytes(row["state"]))
+    assert entry["payload"].pop("class_version") == 2
+    assert entry["payload"].pop("trimmed") == []
+    stored = StoredEvent(
+        row["originator_id"],
+        row["originator_version"],
+        row["topic"],
+        json.dumps(entry).encode(),
+    )
+
+    event = service.app.mapper.to_domain_event(stored)
+
+    assert isinstance(event, KeyBackups.BackupTaken)
+    assert event.trimmed == []

@@ -1,4 +1,5 @@
-"""The backup commands of ``keyledger``: backup, verify-backup, restore, scheduler.
+"""The backup commands of ``keyledger``: backup, verify-backup, restore, scheduler,
+backup-status, backups, backup-policy, backup-ledger and restore-ledger.
 
 They run against a real data folder and store, as an operator would run them
 next to the service, and each exit code says whether the step held.
@@ -7,6 +8,8 @@ next to the service, and each exit code says whether the step held.
 from __future__ import annotations
 
 import json
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +20,7 @@ from backup.service import BackupService
 from domain.clock import SystemClock
 from ledger.service import CommandContext, KeyService, load_local_secrets
 from scripts.cli import main
-from tests.conftest import ADMIN
+from tests.conftest import ADMIN, new_database
 
 
 @pytest.fixture
@@ -82,6 +85,12 @@ def test_backup_verify_restore_and_scheduler_from_the_command_line(
     assert code == 0 and report is not None
     assert [item["key"] for item in report["taken"]] == ["k2"]
 
+    code, named = run(capsys, "backup", "k1", "--target", "dc2", *options)
+    assert code == 0 and named is not None
+    assert [c["target"] for c in named["backup"]["copies"]] == ["dc2"]
+    assert main(["backup", "k1", "--target", "nope", *options]) == 1
+    assert "UNKNOWN_TARGET" in capsys.readouterr().err
+
 
 def test_refusals_exit_1_and_a_missing_ledger_exits_2(
     ledger: tuple[Path, list[str]],
@@ -96,32 +105,85 @@ def test_refusals_exit_1_and_a_missing_ledger_exits_2(
     assert main(["backup", "k1", "--data-dir", str(empty)]) == 2
 
 
+def open_instance(data_dir: Path, url: str, *, create: bool = False) -> KeyService:
+    """The key service of an instance's data folder and store."""
+    signer, kek, _ = load_local_secrets(data_dir, create=create)
+    return KeyService.open(
+        database_url=url, signer=signer, kek=kek, clock=SystemClock(), create=create
+    )
+
+
+def entries(service: KeyService, up_to: int) -> list[dict[str, Any]]:
+    """Every entry up to ``up_to`` as stored: position, stream, bytes, signature."""
+    table = service.ledger.events_table_name
+    rows = service.ledger.query(
+        "SELECT notification_id, originator_id, originator_version, topic, state, "
+        f"entry_hash, signature FROM {table} WHERE notification_id <= %s "
+        "ORDER BY notification_id",
+        (up_to,),
+    )
+    return [
+        {
+            **row,
+            "originator_id": uuid.UUID(str(row["originator_id"])),
+            "state": bytes(row["state"]),
+            "signature": bytes(row["signature"]),
+        }
+        for row in rows
+    ]
+
+
+def source_public_key(options: list[str], folder: Path) -> Path:
+    """The source ledger's public key as a PEM file, as its operator keeps it."""
+    from ledger.signing import public_key_pem
+
+    signer, _, _ = load_local_secrets(Path(options[1]), create=False)
+    path = folder / "source.pem"
+    path.write_text(public_key_pem(signer.public_key))
+    return path
+
+
+def fresh_folder(options: list[str], folder: Path) -> Path:
+    """A new data folder holding only a copy of the source's backup key."""
+    import shutil
+
+    from backup.key import BACKUP_KEY_FILE
+
+    folder.mkdir(mode=0o700)
+    shutil.copy2(Path(options[1]) / BACKUP_KEY_FILE, folder / BACKUP_KEY_FILE)
+    return folder
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The store of a fresh instance: an SQLite file, or a new PostgreSQL database
+    made with CREATE DATABASE for this test alone and dropped after."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'fresh.sqlite3'}"
+        return
+    with new_database("keyledger_restore") as url:
+        yield url
+
+
 def test_a_ledger_archive_restores_into_a_fresh_instance_and_verifies(
     ledger: tuple[Path, list[str]],
     capsys: pytest.CaptureFixture[str],
     tmp_path: Path,
+    fresh_url: str,
 ) -> None:
     """backup-ledger, then restore-ledger into a new instance that signs with its
-    own key: every entry verifies against the source's public key, the keys and
-    their material are back, and a changed or reused archive is refused."""
-    import shutil
-
-    from backup.key import BACKUP_KEY_FILE
-    from ledger.signing import public_key_pem
-
+    own key: every entry is the source's byte for byte and verifies against the
+    source's public key, the keys and their material are back, and a changed or
+    reused archive is refused."""
     _, options = ledger
     assert run(capsys, "backup", "k1", *options)[0] == 0
     archive = tmp_path / "ledger.klarchive"
     code, report = run(capsys, "backup-ledger", "--out", str(archive), *options)
     assert code == 0 and report is not None
     assert len(report["copies"]) == 2
-    source_signer, _, _ = load_local_secrets(Path(options[1]), create=False)
-    public = tmp_path / "source.pem"
-    public.write_text(public_key_pem(source_signer.public_key))
-    fresh = tmp_path / "fresh"
-    fresh.mkdir(mode=0o700)
-    shutil.copy2(Path(options[1]) / BACKUP_KEY_FILE, fresh / BACKUP_KEY_FILE)
-    fresh_options = ["--data-dir", str(fresh)]
+    public = source_public_key(options, tmp_path)
+    fresh = fresh_folder(options, tmp_path / "fresh")
+    fresh_options = ["--data-dir", str(fresh), "--database-url", fresh_url]
 
     tampered = tmp_path / "tampered.klarchive"
     data = bytearray(archive.read_bytes())
@@ -130,47 +192,204 @@ def test_a_ledger_archive_restores_into_a_fresh_instance_and_verifies(
     assert run(capsys, "restore-ledger", str(tampered), *fresh_options)[0] == 1
     assert main(["restore-ledger", str(archive), *fresh_options]) == 1  # foreign
     capsys.readouterr()
+    restore = ["restore-ledger", str(archive), "--source-public-key", str(public)]
+    code, restored = run(capsys, *restore, *fresh_options)
+
+    assert code == 0 and restored is not None
+    assert restored["position"] == report["head_position"] + 2
+    assert main(["verify", "--public-key", str(public), *fresh_options]) == 0
+    source = open_instance(Path(options[1]), options[3])
+    copy = open_instance(fresh, fresh_url)
+    try:
+        up_to = report["head_position"]
+        assert entries(copy, up_to) == entries(source, up_to)
+        assert copy.get_key("k1")["versions"] == source.get_key("k1")["versions"]
+        assert copy.get_key("k1")["versions"][0]["state"] == "enabled"
+        rows = copy.ledger.query("SELECT count(*) AS n FROM key_material")
+        assert rows[0]["n"] == 1
+        rows = copy.ledger.query("SELECT count(*) AS n FROM backup_records")
+        assert rows[0]["n"] == 1
+    finally:
+        source.close()
+        copy.close()
+    capsys.readouterr()
+    assert main([*restore, *fresh_options]) == 1
+    assert "LEDGER_NOT_EMPTY" in capsys.readouterr().err
+
+
+def head(options: list[str]) -> int:
+    """The ledger's head position, read straight from the store."""
+    signer, kek, _ = load_local_secrets(Path(options[1]), create=False)
+    service = KeyService.open(
+        database_url=options[3], signer=signer, kek=kek, clock=SystemClock()
+    )
+    try:
+        table = service.ledger.events_table_name
+        rows = service.ledger.query(f"SELECT max(notification_id) AS n FROM {table}")
+        return int(rows[0]["n"] or 0)
+    finally:
+        service.close()
+
+
+def test_backup_status_backups_and_policies_from_the_command_line(
+    ledger: tuple[Path, list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """backup-status, backups and backup-policy read and change what the API does."""
+    _, options = ledger
+    code, status = run(capsys, "backup-status", *options)
+    assert code == 0 and status is not None
+    assert [(i["key"], i["status"]) for i in status["keys"]] == [("k1", "due")]
+    assert run(capsys, "backup-status", "--status", "ok", *options)[1] == {
+        "keys": [],
+        "next_cursor": None,
+    }
+
+    code, default = run(
+        capsys,
+        "backup-policy",
+        "--copies",
+        "1",
+        "--locations",
+        "1",
+        "--interval-hours",
+        "6",
+        "--target",
+        "dc1",
+        *options,
+    )
+    assert code == 0 and default is not None
+    assert default["policy"] == {
+        "copies": 1,
+        "locations": 1,
+        "interval_hours": 6,
+        "retention_days": 30,
+        "targets": ["dc1"],
+    }
+    assert [r["type"] for r in default["receipts"]] == [
+        "keyledger.backup.DefaultPolicyChanged"
+    ]
+    code, own = run(capsys, "backup-policy", "--key", "k1", "--copies", "3", *options)
+    assert code == 0 and own is not None
+    assert own["policy"]["copies"] == 3 and own["policy"]["targets"] == []
+    assert run(capsys, "backup", "k1", *options)[0] == 0
+
+    code, listed = run(capsys, "backups", "k1", *options)
+    assert code == 0 and listed is not None
+    assert (listed["status"], listed["policy_source"]) == ("at_risk", "key")
+    assert [len(b["copies"]) for b in listed["backups"]] == [2]
+    at_risk = run(capsys, "backup-status", "--status", "at_risk", *options)[1]
+    assert at_risk is not None and [i["key"] for i in at_risk["keys"]] == ["k1"]
+    code, back = run(capsys, "backup-policy", "--key", "k1", "--use-default", *options)
+    assert code == 0 and back is not None
+    assert back["policy"] == default["policy"]
+    assert [r["type"] for r in back["receipts"]] == ["keyledger.backup.PolicyChanged"]
+    listed = run(capsys, "backups", "k1", *options)[1]
+    assert listed is not None
+    assert (listed["status"], listed["policy_source"]) == ("unverified", "default")
+
+
+@pytest.mark.parametrize(
+    ("argv", "code"),
+    [
+        pytest.param(
+            ["backup-policy", "--copies", "0"], "INVALID_BACKUP_POLICY", id="0 copies"
+        ),
+        pytest.param(
+            ["backup-policy", "--copies", "1", "--locations", "2"],
+            "INVALID_BACKUP_POLICY",
+            id="more locations than copies",
+        ),
+        pytest.param(
+            ["backup-policy", "--retention-days", "-1"],
+            "INVALID_BACKUP_POLICY",
+            id="negative retention",
+        ),
+        pytest.param(
+            ["backup-policy", "--use-default"],
+            "INVALID_BACKUP_POLICY",
+            id="use-default without key",
+        ),
+        pytest.param(
+            ["backup-policy", "--key", "k1", "--use-default", "--copies", "1"],
+            "INVALID_BACKUP_POLICY",
+            id="use-default with fields",
+        ),
+        pytest.param(
+            ["backup-policy", "--target", "nope"], "UNKNOWN_TARGET", id="unknown target"
+        ),
+        pytest.param(
+            ["backup-policy", "--key", "nope"], "KEY_NOT_FOUND", id="unknown key"
+        ),
+        pytest.param(["backups", "nope"], "KEY_NOT_FOUND", id="backups of no key"),
+        pytest.param(["backup-status", "--limit", "0"], "INVALID_FIELD", id="limit"),
+    ],
+)
+def test_bad_policy_and_status_commands_exit_1_and_record_nothing(
+    ledger: tuple[Path, list[str]],
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    code: str,
+) -> None:
+    """Each refusal exits 1 naming its code; the head and the statuses stay."""
+    _, options = ledger
+    before = (head(options), run(capsys, "backup-status", *options)[1])
+
+    assert main([*argv, *options]) == 1
+
+    assert code in capsys.readouterr().err
+    assert (head(options), run(capsys, "backup-status", *options)[1]) == before
+
+
+def test_restore_a_bundle_into_a_fresh_instance_with_the_source_public_key(
+    ledger: tuple[Path, list[str]],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """Disaster recovery: restore --bundle into a new instance needs the source's
+    public key; without it, or with a wrong one, it exits 1 and records nothing."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from ledger.signing import public_key_pem
+
+    root, options = ledger
+    code, taken = run(capsys, "backup", "k1", *options)
+    assert code == 0 and taken is not None
+    bundle = root / "dc2" / taken["backup"]["copies"][1]["object"]
+    public = source_public_key(options, tmp_path)
+    wrong = tmp_path / "wrong.pem"
+    wrong.write_text(public_key_pem(Ed25519PrivateKey.generate().public_key()))
+    fresh = fresh_folder(options, tmp_path / "fresh")
+    fresh_url = f"sqlite:///{fresh / 'ledger.sqlite3'}"
+    open_instance(fresh, fresh_url, create=True).close()
+    fresh_options = ["--data-dir", str(fresh), "--database-url", fresh_url]
+    before = head(fresh_options)
+
+    for extra in ([], ["--source-public-key", str(wrong)]):
+        argv = ["restore", "k1", "--bundle", str(bundle), *extra, *fresh_options]
+        assert main(argv) == 1
+        assert "BUNDLE_FROM_OTHER_LEDGER" in capsys.readouterr().err
+        assert head(fresh_options) == before
     code, restored = run(
         capsys,
-        "restore-ledger",
-        str(archive),
+        "restore",
+        "k1",
+        "--bundle",
+        str(bundle),
         "--source-public-key",
         str(public),
         *fresh_options,
     )
 
     assert code == 0 and restored is not None
-    assert restored["position"] == report["head_position"] + 2
-    assert main(["verify", "--public-key", str(public), *fresh_options]) == 0
-    signer, kek, _ = load_local_secrets(fresh, create=False)
-    service = KeyService.open(
-        database_url=f"sqlite:///{fresh / 'ledger.sqlite3'}",
-        signer=signer,
-        kek=kek,
-        clock=SystemClock(),
-        create=False,
-    )
+    assert restored["restored_from"]["backup_id"] == taken["backup_id"]
+    assert main(["verify", *fresh_options]) == 0
+    source = open_instance(Path(options[1]), options[3])
+    copy = open_instance(fresh, fresh_url)
     try:
-        assert service.get_key("k1")["versions"][0]["state"] == "enabled"
-        rows = service.ledger.query("SELECT count(*) AS n FROM key_material")
-        assert rows[0]["n"] == 1
-        assert (
-            service.ledger.query("SELECT count(*) AS n FROM backup_records")[0]["n"]
-            == 1
-        )
+        assert [v["fingerprint"] for v in copy.get_key("k1")["versions"]] == [
+            v["fingerprint"] for v in source.get_key("k1")["versions"]
+        ]
+        assert copy.ledger.query("SELECT count(*) AS n FROM key_material")[0]["n"] == 1
     finally:
-        service.close()
-    capsys.readouterr()
-    assert (
-        main(
-            [
-                "restore-ledger",
-                str(archive),
-                "--source-public-key",
-                str(public),
-                *fresh_options,
-            ]
-        )
-        == 1
-    )
-    assert "LEDGER_NOT_EMPTY" in capsys.readouterr().err
+        source.close()
+        copy.close()
