@@ -27,6 +27,8 @@ REFUSED_ON_ANY_ROUTE = frozenset({401, 403})
 REFUSED_COMMANDS = frozenset({400, 409, 413, 415, 422})
 COMMAND_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 MAX_USER_AGENT = 200
+# Every route under these with a ``{name}`` path parameter names a key by it.
+KEY_PATHS = ("/v1/keys/", "/v1/transit/")
 
 
 def client_of(request: Request) -> str | None:
@@ -46,8 +48,9 @@ def route_of(request: Request) -> str:
 
 
 def key_of(request: Request) -> str | None:
+    """The key a route's path names: ``{name}`` on the native and the Vault routes."""
     name = request.path_params.get("name")
-    if isinstance(name, str) and request.url.path.startswith("/v1/keys/"):
+    if isinstance(name, str) and request.url.path.startswith(KEY_PATHS):
         return name
     return None
 

@@ -142,6 +142,22 @@ def granted_on_key(
     return frozenset(allowed)
 
 
+def permissions_on_key(
+    held: frozenset[Permission], grants: dict[str, frozenset[Permission]], key: str
+) -> frozenset[Permission]:
+    """What a principal holding ``held`` (through its roles) may do on ``key``.
+
+    Grants narrow the per-key permissions to those the grants matching ``key``
+    allow; the others (``admin``, ``ledger:read``, ...) are never narrowed.
+    Key use is default-deny: ``key:use`` reaches a key only through a grant
+    that covers it, so a ``service`` without grants may use no key at all.
+    """
+    granted = granted_on_key(grants, key)
+    if granted is None:
+        return held - {Permission.KEY_USE}
+    return (held - KEY_SCOPED) | (held & granted)
+
+
 def principal_id_for(name: str) -> uuid.UUID:
     """The stream id of the principal called ``name``."""
     return uuid.uuid5(_PRINCIPAL_NAMESPACE, name)
