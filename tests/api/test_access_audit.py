@@ -21,6 +21,13 @@ def _after(runtime: Runtime, position: int) -> list[dict]:
     return ledger_entries(runtime, after=position)
 
 
+def _key_and_auditor(client: TestClient, runtime: Runtime) -> tuple[dict, int]:
+    """Key k and an auditor eve; eve's token issue response and the head after."""
+    client.post("/v1/keys", json={"name": "k"}, headers=BOOTSTRAP)
+    issued = add_principal(client, "eve", ["auditor"])
+    return issued, runtime.service.head_position()
+
+
 def test_a_401_is_recorded_without_the_token(
     recording_client: TestClient, recording_runtime: Runtime
 ) -> None:
@@ -130,9 +137,8 @@ def test_history_reads_and_exports_are_recorded(
 ) -> None:
     """A history read is recorded; an export is EvidenceExported with its digest."""
     client = recording_client
-    client.post("/v1/keys", json={"name": "k"}, headers=BOOTSTRAP)
-    auditor = bearer(add_principal(client, "eve", ["auditor"])["token"])
-    head = recording_runtime.service.head_position()
+    issued, head = _key_and_auditor(client, recording_runtime)
+    auditor = bearer(issued["token"])
 
     assert client.get("/v1/keys/k/history", headers=auditor).status_code == 200
     exported = client.get("/v1/exports", params={"keys": "k"}, headers=auditor)
@@ -173,10 +179,8 @@ def test_an_audit_read_records_what_was_looked_at(
     """A key's state at a position, a principal's activity and filtered events:
     each read records its path and query parameters, never the token."""
     client = recording_client
-    client.post("/v1/keys", json={"name": "k"}, headers=BOOTSTRAP)
-    issued = add_principal(client, "eve", ["auditor"])
+    issued, head = _key_and_auditor(client, recording_runtime)
     auditor = bearer(issued["token"])
-    head = recording_runtime.service.head_position()
 
     asks = [
         ("/v1/audit/keys/k/state", {"position": str(head)}),
@@ -203,9 +207,8 @@ def test_different_lookups_are_separate_reads_and_repeats_are_counted(
 ) -> None:
     """Another position is another read; the same read again is only counted."""
     client = recording_client
-    client.post("/v1/keys", json={"name": "k"}, headers=BOOTSTRAP)
-    auditor = bearer(add_principal(client, "eve", ["auditor"])["token"])
-    head = recording_runtime.service.head_position()
+    issued, head = _key_and_auditor(client, recording_runtime)
+    auditor = bearer(issued["token"])
 
     first, second = str(head - 1), str(head)
     for position in (first, second, first):
@@ -233,9 +236,7 @@ def test_a_query_parameter_named_like_a_secret_is_recorded_without_its_value(
 ) -> None:
     """A token passed in the query by mistake is not copied into the ledger."""
     client = recording_client
-    client.post("/v1/keys", json={"name": "k"}, headers=BOOTSTRAP)
-    issued = add_principal(client, "eve", ["auditor"])
-    head = recording_runtime.service.head_position()
+    issued, head = _key_and_auditor(client, recording_runtime)
 
     response = client.get(
         "/v1/audit/events",
