@@ -129,9 +129,10 @@ def granted_on_key(
 ) -> frozenset[Permission] | None:
     """What per-key grants allow on ``key``; None when there are no grants at all.
 
-    No grants means the roles apply to every key. Once a principal has a grant,
-    it may act on a key only as far as the grants matching that key allow (and
-    never beyond its roles: the caller checks both).
+    No grants means the roles apply to every key (but key use: see
+    ``permissions_on_key``). Once a principal has a grant, it may act on a key
+    only as far as the grants matching that key allow (and never beyond its
+    roles: the caller checks both).
     """
     if not grants:
         return None
