@@ -45,7 +45,7 @@ def test_concurrent_uses_share_a_commit_and_each_gets_its_own_receipt(
     if not store_url.startswith("postgresql"):
         pytest.skip("SQLite has no group commit: each append is its own transaction")
     create(client, "k")
-    recorder = runtime.service.ledger
+    recorder: Any = runtime.service.ledger  # its append lock and queue
     head = recorder.head().position
     responses: dict[str, httpx.Response] = {}
 
