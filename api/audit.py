@@ -3,7 +3,8 @@
 A refused request (401 and 403 on any route; 400, 409, 413, 415 and 422 on a
 command) is recorded as ``keyledger.access.RequestRefused`` with its status,
 reason code, route, key, who and from where, never the token or the body.
-Reads of the audit trail are recorded as ``keyledger.access.AuditTrailRead``.
+Reads of the audit trail are recorded as ``keyledger.access.AuditTrailRead``,
+with the path and query parameters that say what was looked at.
 Both are coalesced (see ``ledger.access.Coalescer``), so a flood of identical
 requests costs two events per window, not one per request.
 """
@@ -27,6 +28,11 @@ REFUSED_ON_ANY_ROUTE = frozenset({401, 403})
 REFUSED_COMMANDS = frozenset({400, 409, 413, 415, 422})
 COMMAND_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 MAX_USER_AGENT = 200
+MAX_QUERY_VALUE = 200
+# A query parameter whose name holds one of these is recorded without its value.
+SECRET_WORDS = ("token", "secret", "password", "authorization", "credential")
+# Every route under these with a ``{name}`` path parameter names a key by it.
+KEY_PATHS = ("/v1/keys/", "/v1/transit/", "/v1/audit/keys/")
 
 
 def client_of(request: Request) -> str | None:
@@ -46,8 +52,9 @@ def route_of(request: Request) -> str:
 
 
 def key_of(request: Request) -> str | None:
+    """The key a route's path names: ``{name}`` on the native and the Vault routes."""
     name = request.path_params.get("name")
-    if isinstance(name, str) and request.url.path.startswith("/v1/keys/"):
+    if isinstance(name, str) and request.url.path.startswith(KEY_PATHS):
         return name
     return None
 
@@ -118,20 +125,50 @@ def record_export(
     runtime.record_fact(lambda: runtime.coalescer.record(fact, actor, request_id))
 
 
+def query_of(request: Request) -> list[list[str]]:
+    """The query's [name, value] pairs in order, for the record of a read.
+
+    A parameter whose name suggests a secret is recorded with its value
+    withheld, and values are cut to ``MAX_QUERY_VALUE`` characters.
+    """
+    return [
+        [name[:MAX_QUERY_VALUE], _withheld(name, value)]
+        for name, value in request.query_params.multi_items()
+    ]
+
+
+def _withheld(name: str, value: str) -> str:
+    if any(word in name.lower() for word in SECRET_WORDS):
+        return "(withheld)"
+    return value[:MAX_QUERY_VALUE]
+
+
 def record_audit_read(request: Request, actor: Actor) -> None:
-    """Record a read of the audit trail before answering it (fail closed)."""
+    """Record a read of the audit trail before answering it (fail closed).
+
+    The record says who looked at what: the route, the key, the path asked for
+    and the query parameters (never a token, a header or a body).
+    """
     runtime = request.app.state.runtime
     if not runtime.record_access:
         return
+    query = query_of(request)
     fields = {
         "route": route_of(request),
         "key": key_of(request),
         "principal": actor.principal,
         "token_id": actor.token_id,
+        "path": request.url.path,
+        "query": query,
     }
+    signature = (
+        "read",
+        *(value for name, value in fields.items() if name != "query"),
+        *(tuple(pair) for pair in query),
+    )
     runtime.record_fact(
         lambda: runtime.coalescer.occurred(
-            ("read", *fields.values()),
+            signature,
             lambda now, seconds: AuditTrailRead.record(
                 fields=fields, window_seconds=seconds, now=now
             ),

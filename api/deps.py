@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Annotated, Any
 
@@ -14,10 +15,11 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from api import audit
 from api.body import parse_json, read_body
 from api.errors import ApiError
-from api.runtime import Runtime
+from api.runtime import BOOTSTRAP_PRINCIPAL, Runtime
 from domain.access import Permission, permissions_of
 from domain.keys import MAX_VERSION
 from domain.principals import KEY_SCOPED
+from domain.principals import permissions_on_key as on_key
 from ledger.service import CommandContext, CommandResult, IdempotencyRecord
 from ledger.store import Actor
 
@@ -79,16 +81,7 @@ class Requirement:
             )
         key = audit.key_of(request)
         if key is not None and allowed & KEY_SCOPED:
-            granted = runtime.access.granted_on_key(actor.principal, key)
-            if granted is not None and not allowed & granted:
-                raise ApiError(
-                    403,
-                    "KEY_NOT_GRANTED",
-                    f"This principal's grants do not allow {' or '.join(names)} "
-                    f"on key {key!r}.",
-                    permission=names[0] if len(names) == 1 else names,
-                    key=key,
-                )
+            require_on_key(runtime, actor, key, *self.permissions)
         if request.method not in _READS:
             fenced = runtime.fenced_error()
             if fenced is not None:
@@ -96,6 +89,57 @@ class Requirement:
         if self.audited:
             audit.record_audit_read(request, actor)
         return actor
+
+
+def permissions_on_key(
+    runtime: Runtime, actor: Actor, key: str
+) -> frozenset[Permission]:
+    """What the actor may do on ``key``: its roles, narrowed by its grants.
+
+    See ``domain.principals.permissions_on_key`` (key use needs a grant). The
+    bootstrap token is not narrowed: it holds every role, to set things up.
+    """
+    held = permissions_of(actor.roles)
+    if actor.principal == BOOTSTRAP_PRINCIPAL:
+        return held
+    return on_key(held, runtime.access.grants(actor.principal), key)
+
+
+def require_on_key(
+    runtime: Runtime, actor: Actor, key: str, *permissions: Permission
+) -> None:
+    """Go on if the actor may do one of ``permissions`` on ``key``, else 403.
+
+    Call it where a route acts on a key its path does not name (a restore into
+    another name, a bundle's own key, an approval's key); ``require`` already
+    checks the key a ``/v1/keys/{name}`` or ``/v1/transit/.../{name}`` path names.
+    """
+    if permissions_on_key(runtime, actor, key) & frozenset(permissions):
+        return
+    names = sorted(permission.value for permission in permissions)
+    raise ApiError(
+        403,
+        "KEY_NOT_GRANTED",
+        f"This principal's grants do not allow {' or '.join(names)} on key {key!r}.",
+        permission=names[0] if len(names) == 1 else names,
+        key=key,
+    )
+
+
+def key_filter(
+    runtime: Runtime, actor: Actor, permission: Permission
+) -> Callable[[str], bool] | None:
+    """Which keys a listing shows the actor: None for all of them.
+
+    A principal with grants sees only the keys its grants let it ``permission``.
+    """
+    if actor.principal == BOOTSTRAP_PRINCIPAL:
+        return None
+    grants = runtime.access.grants(actor.principal)
+    if not grants:
+        return None
+    held = permissions_of(actor.roles)
+    return lambda key: permission in on_key(held, grants, key)
 
 
 def require(*permissions: Permission, audited: bool = False) -> Any:

@@ -201,6 +201,16 @@ class KeyRestore(Command):
     )
 
 
+class ApprovalDecision(BaseModel):
+    """An approval; a restore of a bundle this ledger holds no copy of needs it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bundle: StrictStr | None = Field(
+        None, description="The bundle file the restore request names, base64."
+    )
+
+
 # Access control (admin) ------------------------------------------------------
 
 RoleName = Literal[

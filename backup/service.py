@@ -457,6 +457,31 @@ class BackupService:
             backup_id=backup_id,
         )
 
+    def describe_bundle(
+        self,
+        data: bytes,
+        *,
+        source_public_keys: dict[str, Ed25519PublicKey] | None = None,
+        expected_key: str | None = None,
+    ) -> dict[str, str]:
+        """What a bundle holds, once it verifies: its key, backup id and digest.
+
+        Records nothing. A restore that must wait for approval names the bundle
+        by these, never by its bytes (they hold wrapped material).
+
+        Raises:
+            BackupRefusedError: the bundle failed verification.
+            InvalidArgumentError: it is not a backup of ``expected_key``.
+        """
+        opened = self._open(data, source_public_keys)
+        source_name = opened.key["name"]
+        _require_bundle_of(source_name, expected_key)
+        return {
+            "key": source_name,
+            "backup_id": opened.body["backup_id"],
+            "digest": digest_of(data),
+        }
+
     def restore(
         self,
         context: CommandContext,
@@ -476,12 +501,7 @@ class BackupService:
             validate_key_name(into)
         opened = self._open(data, source_public_keys)
         source_name = opened.key["name"]
-        if expected_key is not None and expected_key != source_name:
-            raise InvalidArgumentError(
-                f"The bundle is a backup of {source_name!r}, not {expected_key!r}.",
-                code="BUNDLE_KEY_MISMATCH",
-                key=expected_key,
-            )
+        _require_bundle_of(source_name, expected_key)
         name = into or source_name
         source = {
             "backup_id": opened.body["backup_id"],
@@ -920,6 +940,15 @@ class BackupService:
             except BackupRefusedError:
                 continue  # another scheduler recorded its run first: reload
         logger.warning("scheduler_run_unrecorded")
+
+
+def _require_bundle_of(source_name: str, expected_key: str | None) -> None:
+    if expected_key is not None and expected_key != source_name:
+        raise InvalidArgumentError(
+            f"The bundle is a backup of {source_name!r}, not {expected_key!r}.",
+            code="BUNDLE_KEY_MISMATCH",
+            key=expected_key,
+        )
 
 
 def decode_bundle_upload(text: str) -> bytes:

@@ -143,6 +143,11 @@ class AuditTrailRead(_Window):
         principal: str
         token_id: str
         window_seconds: int
+        # What was looked at: the path asked for (a principal's name, a key's)
+        # and the query (filters, at, position) as [name, value] pairs. Reads
+        # recorded before these existed have neither.
+        path: str | None = None
+        query: list[list[str]] | None = None
 
     class ReadsCounted(Aggregate.Event):
         """The same read happened ``repeats`` more times in the window."""

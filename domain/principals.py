@@ -129,9 +129,10 @@ def granted_on_key(
 ) -> frozenset[Permission] | None:
     """What per-key grants allow on ``key``; None when there are no grants at all.
 
-    No grants means the roles apply to every key. Once a principal has a grant,
-    it may act on a key only as far as the grants matching that key allow (and
-    never beyond its roles: the caller checks both).
+    No grants means the roles apply to every key (but key use: see
+    ``permissions_on_key``). Once a principal has a grant, it may act on a key
+    only as far as the grants matching that key allow (and never beyond its
+    roles: the caller checks both).
     """
     if not grants:
         return None
@@ -140,6 +141,22 @@ def granted_on_key(
         if key_matches(pattern, key):
             allowed |= permissions
     return frozenset(allowed)
+
+
+def permissions_on_key(
+    held: frozenset[Permission], grants: dict[str, frozenset[Permission]], key: str
+) -> frozenset[Permission]:
+    """What a principal holding ``held`` (through its roles) may do on ``key``.
+
+    Grants narrow the per-key permissions to those the grants matching ``key``
+    allow; the others (``admin``, ``ledger:read``, ...) are never narrowed.
+    Key use is default-deny: ``key:use`` reaches a key only through a grant
+    that covers it, so a ``service`` without grants may use no key at all.
+    """
+    granted = granted_on_key(grants, key)
+    if granted is None:
+        return held - {Permission.KEY_USE}
+    return (held - KEY_SCOPED) | (held & granted)
 
 
 def principal_id_for(name: str) -> uuid.UUID:

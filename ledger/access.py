@@ -182,14 +182,14 @@ class AccessService:
 
     def granted_on_key(self, principal: str, key: str) -> frozenset[Permission] | None:
         """What the principal's grants allow on ``key``; None if it has no grants."""
-        grants = access_view.grants_of(self.ledger, principal)
-        return granted_on_key(
-            {
-                pattern: frozenset(Permission(name) for name in names)
-                for pattern, names in grants.items()
-            },
-            key,
-        )
+        return granted_on_key(self.grants(principal), key)
+
+    def grants(self, principal: str) -> dict[str, frozenset[Permission]]:
+        """The principal's per-key grants: key pattern -> permissions."""
+        return {
+            pattern: frozenset(Permission(name) for name in names)
+            for pattern, names in access_view.grants_of(self.ledger, principal).items()
+        }
 
     def get_principal(self, name: str) -> dict[str, Any]:
         return self._load(name).summary()

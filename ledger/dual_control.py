@@ -37,6 +37,9 @@ from ledger.store import LedgerWrite, Receipt
 
 Execute = Callable[[CommandContext, ApprovalRequest], CommandResult]
 
+# How long a restore waits for a custodian when no key policy sets a limit.
+DEFAULT_RESTORE_TTL_SECONDS = 24 * 3600
+
 
 class DualControl:
     """Policies and approval requests, recorded on the ledger."""
@@ -57,6 +60,35 @@ class DualControl:
         if policy is None or action not in policy.actions:
             return None
         return self.request(context, key, action, arguments, policy.ttl_seconds)
+
+    def guard_restore(
+        self,
+        context: CommandContext,
+        *,
+        target: str,
+        source: str,
+        arguments: dict[str, Any],
+        always: bool,
+    ) -> ApprovalRequest | None:
+        """None if a restore into ``target`` may go ahead; else the request now pending.
+
+        A restore waits when the policy of the key restored into, or of the key
+        the backup was taken of, names ``restore`` (a copy under a new name has
+        no policy yet, so the source's stands in for it), and whenever
+        ``always`` (the caller may not manage keys itself: a backup-operator).
+        The request is on ``target``, with the shortest time limit of those
+        policies, or ``DEFAULT_RESTORE_TTL_SECONDS`` when no policy asks.
+        """
+        policies = [self.policy(name) for name in sorted({target, source})]
+        limits = [
+            policy.ttl_seconds
+            for policy in policies
+            if policy is not None and "restore" in policy.actions
+        ]
+        if not limits and not always:
+            return None
+        ttl_seconds = min(limits, default=DEFAULT_RESTORE_TTL_SECONDS)
+        return self.request(context, target, "restore", arguments, ttl_seconds)
 
     def request(
         self,

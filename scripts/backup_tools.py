@@ -91,8 +91,17 @@ class VerifyBackup:
         return _run(args, "verify-backup", work)
 
 
+# The exit status of a restore that waits for approval under the key's policy.
+RESTORE_PENDING = 3
+
+
 class Restore:
-    """``keyledger restore KEY``: restore a key from a backup id or a bundle file."""
+    """``keyledger restore KEY``: restore a key from a backup id or a bundle file.
+
+    When the key's dual-control policy (or, for ``--into``, the source key's)
+    names ``restore``, the restore is recorded as a pending request, printed,
+    and the command exits 3: a custodian approves it through the API.
+    """
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -111,6 +120,7 @@ class Restore:
     @staticmethod
     def main(args: argparse.Namespace) -> int:
         def work(backups: Any) -> int:
+            from ledger.dual_control import DualControl
             from ledger.signing import key_id, load_public_key
 
             if args.backup_id is not None:
@@ -118,11 +128,32 @@ class Restore:
             else:
                 data = Path(args.bundle).read_bytes()
             source_keys = None
+            source_pem = None
             if args.source_public_key is not None:
-                public_key = load_public_key(Path(args.source_public_key).read_bytes())
+                source_pem = Path(args.source_public_key).read_text("ascii")
+                public_key = load_public_key(source_pem)
                 source_keys = {key_id(public_key): public_key}
+            context = cli_context("restore")
+            bundle = backups.describe_bundle(
+                data, source_public_keys=source_keys, expected_key=args.key
+            )
+            pending = DualControl(backups.keys.app, backups.keys.clock).guard_restore(
+                context,
+                target=args.into or bundle["key"],
+                source=bundle["key"],
+                arguments={
+                    **bundle,
+                    "into": args.into,
+                    "source_public_key": source_pem,
+                    "expected_version": None,
+                },
+                always=False,
+            )
+            if pending is not None:
+                _print({"approval": pending.view()})
+                return RESTORE_PENDING
             result = backups.restore(
-                cli_context("restore"),
+                context,
                 data,
                 into=args.into,
                 source_public_keys=source_keys,

@@ -44,7 +44,8 @@ COMMANDS: dict[str, tuple[Any, str]] = {
     ),
     "restore": (
         backup_tools.Restore,
-        "Restore a key from a backup id or a bundle file, in place or as a new key.",
+        "Restore a key from a backup id or a bundle file, in place or as a new key; "
+        "exit 3 when the key's dual-control policy makes it wait for approval.",
     ),
     "backup-ledger": (
         backup_tools.BackupLedger,

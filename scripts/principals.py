@@ -66,7 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     create.add_argument("--role", action="append", required=True, help=ROLE_HELP)
     create.add_argument("--description", default="")
     grant = actions.add_parser(
-        "grant", help="Narrow a principal, on matching keys, to some permissions."
+        "grant",
+        help="Narrow a principal, on matching keys, to some permissions (key:use "
+        "needs a grant: a service without one uses no key).",
     )
     grant.add_argument("name")
     grant.add_argument(

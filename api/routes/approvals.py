@@ -1,8 +1,9 @@
 """Dual control routes: a key's policy, and approving the requests it makes wait.
 
 An action under dual control answers 202 with the pending request; another
-principal with ``key:manage`` approves it with ``POST /v1/approvals/{id}/approve``
-before it expires, and only then does the action run, as the approver.
+principal with ``key:manage`` on the key (and ``backup:restore`` for a restore)
+approves it with ``POST /v1/approvals/{id}/approve`` before it expires, and only
+then does the action run, as the approver.
 """
 
 from __future__ import annotations
@@ -13,9 +14,17 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Response
 
 from api.body import validate
-from api.deps import BodyDep, RequestIdDep, RuntimeDep, render_command, require
+from api.deps import (
+    BodyDep,
+    RequestIdDep,
+    RuntimeDep,
+    render_command,
+    require,
+    require_on_key,
+)
+from api.restore import approved_restore, bundle_for
 from api.routes.keys import _rollback
-from api.schemas import DualControlUpdate, KeyRollback
+from api.schemas import ApprovalDecision, DualControlUpdate, KeyRollback
 from domain.access import Permission
 from domain.dual_control import ApprovalRequest
 from ledger.dual_control import PolicyChangePending
@@ -27,8 +36,8 @@ router = APIRouter(tags=["dual control"])
 ManagerDep = Annotated[Actor, require(Permission.KEY_MANAGE)]
 ReaderDep = Annotated[Actor, require(Permission.KEY_READ)]
 
-# What runs when a request is approved, by action. Another command put under
-# dual control (the backup restore) adds its own entry here.
+# What runs when a request is approved, by action. A restore's entry is made
+# per approval, once its bundle is found (see ``approve``).
 EXECUTORS: dict[
     str, Callable[[Any, CommandContext, ApprovalRequest], CommandResult]
 ] = {
@@ -43,6 +52,13 @@ EXECUTORS: dict[
             days=pending.arguments.get("days"),
         )
     ),
+}
+
+
+# What an approver needs on the request's key, by action (else key:manage): a
+# custodian, with its grants, approves a restore (a backup-operator's included).
+APPROVER_PERMISSIONS: dict[str, tuple[Permission, ...]] = {
+    "restore": (Permission.KEY_MANAGE, Permission.BACKUP_RESTORE),
 }
 
 
@@ -88,27 +104,55 @@ def get_approval(
     return view
 
 
-@router.post("/v1/approvals/{request_id}/approve", operation_id="approve")
+@router.post(
+    "/v1/approvals/{request_id}/approve",
+    operation_id="approve",
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "application/json": {"schema": ApprovalDecision.model_json_schema()}
+            },
+            "required": False,
+        }
+    },
+)
 def approve(
     request_id: str,
     response: Response,
     runtime: RuntimeDep,
     actor: ManagerDep,
     request_id_header: RequestIdDep,
+    body: BodyDep,
 ) -> dict[str, Any]:
-    """Approve another principal's request; its action runs now, as the approver."""
+    """Approve another principal's request; its action runs now, as the approver.
+
+    The approver needs the action's permissions on the request's key
+    (``APPROVER_PERMISSIONS``; 403 otherwise, nothing recorded but the refusal).
+    A restore of a bundle this ledger holds no copy of needs that ``bundle``.
+    """
+    decision = validate(ApprovalDecision, body)
     context = CommandContext(actor, request_id_header)
+    waiting = runtime.dual_control.get(request_id)
+    needed = APPROVER_PERMISSIONS.get(waiting.action, (Permission.KEY_MANAGE,))
+    for permission in needed:
+        require_on_key(runtime, actor, waiting.key, permission)
+    executors = dict(EXECUTORS)
+    if waiting.action == "restore" and waiting.status == "pending":
+        data = bundle_for(runtime, waiting, decision.bundle)
+        executors["restore"] = lambda runtime, context, pending: approved_restore(
+            runtime, context, pending, data
+        )
 
     def execute(context: CommandContext, pending: ApprovalRequest) -> Any:
         if pending.action == "weaken-policy":
             return runtime.dual_control.apply_policy(context, pending)
-        return EXECUTORS[pending.action](runtime, context, pending)
+        return executors[pending.action](runtime, context, pending)
 
     pending, result = runtime.dual_control.approve(context, request_id, execute)
-    body: dict[str, Any] = {"approval": pending.view()}
+    answer: dict[str, Any] = {"approval": pending.view()}
     if isinstance(result, CommandResult):
         response.headers["Ledger-Position"] = str(result.position)
-        body["result"] = render_command(result)
+        answer["result"] = render_command(result)
     elif result is not None:
-        body["result"] = result[0]
-    return body
+        answer["result"] = result[0]
+    return answer

@@ -19,6 +19,7 @@ from api.deps import (
     require,
 )
 from api.errors import ApiError
+from api.restore import restore_or_request
 from api.schemas import (
     BackupCreate,
     BackupPolicyUpdate,
@@ -29,9 +30,9 @@ from api.schemas import (
 from backup.service import decode_bundle_upload, parse_retain_until
 from domain.access import Permission
 from domain.backups import STATUSES, BackupPolicy
+from domain.dual_control import ApprovalRequest
 from domain.keys import validate_key_name
 from ledger.service import CommandContext
-from ledger.signing import key_id, load_public_key
 from ledger.store import Actor, Receipt
 
 router = APIRouter(tags=["backups"])
@@ -186,7 +187,11 @@ def restore_key(
     body: BodyDep,
     idempotency_key: IdempotencyKeyDep = None,
 ) -> dict[str, Any]:
-    """Restore the key from a backup id or a bundle, in place or as a new key."""
+    """Restore the key from a backup id or a bundle, in place or as a new key.
+
+    Answers 202 with the pending approval when the restore needs a custodian's
+    approval (see ``api.restore``): nothing is restored until then.
+    """
     validate_key_name(name)
     command = validate(KeyRestore, body)
     if (command.backup_id is None) == (command.bundle is None):
@@ -197,17 +202,6 @@ def restore_key(
         data = runtime.backups.read_bundle(command.backup_id)
     else:
         data = decode_bundle_upload(command.bundle or "")
-    source_keys = None
-    if command.source_public_key is not None:
-        try:
-            public_key = load_public_key(command.source_public_key)
-        except ValueError:
-            raise ApiError(
-                422,
-                "INVALID_PUBLIC_KEY",
-                "source_public_key must be an Ed25519 public key in PEM.",
-            ) from None
-        source_keys = {key_id(public_key): public_key}
     context = command_context(
         request,
         actor,
@@ -217,13 +211,17 @@ def restore_key(
         200,
         render_command,
     )
-    result = runtime.backups.restore(
+    result = restore_or_request(
+        runtime,
         context,
         data,
         into=command.into,
-        source_public_keys=source_keys,
+        source_public_key=command.source_public_key,
         expected_key=name,
     )
+    if isinstance(result, ApprovalRequest):
+        response.status_code = 202
+        return {"approval": result.view()}
     response.headers["Ledger-Position"] = str(result.position)
     return render_command(result)
 

@@ -16,6 +16,7 @@ from api.deps import (
     RequestIdDep,
     RuntimeDep,
     command_context,
+    key_filter,
     parse_version,
     render_command,
     require,
@@ -115,17 +116,29 @@ def list_keys(
     prefix: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9._-]{1,64}$")] = None,
     algorithm: Annotated[str | None, Query(pattern=r"^[a-z0-9-]{1,32}$")] = None,
 ) -> dict[str, Any]:
-    """List keys in name order, filtered and paged by name cursor."""
+    """List keys in name order, filtered and paged by name cursor.
+
+    A principal with grants sees only the keys its grants let it read.
+    """
     from projections import key_view
 
-    items, cursor = key_view.list_keys(
-        runtime.service.ledger,
-        after=after,
-        limit=limit,
-        state=state,
-        prefix=prefix,
-        algorithm=algorithm,
-    )
+    shown = key_filter(runtime, actor, Permission.KEY_READ)
+    items: list[dict[str, Any]] = []
+    cursor = after
+    while True:
+        page, cursor = key_view.list_keys(
+            runtime.service.ledger,
+            after=cursor,
+            limit=limit,
+            state=state,
+            prefix=prefix,
+            algorithm=algorithm,
+        )
+        items += [item for item in page if shown is None or shown(item["name"])]
+        if len(items) >= limit or cursor is None:
+            break
+    if len(items) > limit:
+        items, cursor = items[:limit], items[limit - 1]["name"]
     response.headers["Ledger-Position"] = str(runtime.service.head_position())
     return {"keys": items, "next_cursor": cursor}
 

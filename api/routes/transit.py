@@ -21,14 +21,23 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from api.body import validate
-from api.deps import BodyDep, RequestIdDep, RuntimeDep, require
+from api.deps import (
+    BodyDep,
+    RequestIdDep,
+    RuntimeDep,
+    key_filter,
+    require,
+    require_on_key,
+)
 from api.errors import ApiError, status_for
+from api.restore import restore_or_request
 from api.runtime import Runtime
 from api.schemas import MAX_BATCH_ITEMS
 from api.vault import VaultNotFoundError, VaultRoute, envelope
 from backup.service import decode_bundle_upload
 from domain.access import Permission
 from domain.clock import parse_time
+from domain.dual_control import ApprovalRequest
 from domain.errors import (
     InvalidArgumentError,
     KeyExistsError,
@@ -272,14 +281,18 @@ def read_key(
     return _read_key(runtime, name, request_id)
 
 
-def _list_keys(runtime: Runtime, request_id: str) -> dict[str, Any]:
+def _list_keys(runtime: Runtime, actor: Actor, request_id: str) -> dict[str, Any]:
+    """Every key's name, or for a principal with grants those it may read."""
+    shown = key_filter(runtime, actor, Permission.KEY_READ)
     names: list[str] = []
     after: str | None = None
     while True:
         items, after = key_view.list_keys(
             runtime.service.ledger, after=after, limit=1000
         )
-        names += [item["name"] for item in items]
+        names += [
+            item["name"] for item in items if shown is None or shown(item["name"])
+        ]
         if after is None:
             break
     if not names:
@@ -297,14 +310,14 @@ def list_keys_get(
     """With ``?list=true``, the names of all keys (Vault's LIST); 404 if none."""
     if list_ != "true":
         raise ApiError(405, "METHOD_NOT_ALLOWED", "Use LIST or GET with ?list=true.")
-    return _list_keys(runtime, request_id)
+    return _list_keys(runtime, actor, request_id)
 
 
 def list_keys(
     runtime: RuntimeDep, actor: Read, request_id: RequestIdDep
 ) -> dict[str, Any]:
     """Vault's LIST method on the keys."""
-    return _list_keys(runtime, request_id)
+    return _list_keys(runtime, actor, request_id)
 
 
 # OpenAPI has no LIST method: GET ?list=true documents the same listing.
@@ -691,10 +704,17 @@ def _restore(
     body: dict[str, Any],
     into: str | None,
 ) -> Response:
-    """Restore a bundle; over an existing key only with ``force``, as in Vault."""
+    """Restore a bundle; over an existing key only with ``force``, as in Vault.
+
+    A restore that needs a custodian's approval answers 202 with the pending
+    approval in ``data`` (see ``api.restore``); nothing is restored until then.
+    """
     command = validate(TransitRestore, body)
     data = decode_bundle_upload(command.backup)
     target = into or _bundle_key_name(data)
+    if target is not None:
+        # Grants first, so a key the caller may not restore is not shown to exist.
+        require_on_key(runtime, actor, target, Permission.BACKUP_RESTORE)
     if target is not None and not command.force:
         try:
             runtime.service.get_key(target, versions_limit=1)
@@ -705,7 +725,18 @@ def _restore(
                 f"Key {target!r} exists; restore over it with force=true.",
                 key=target,
             )
-    result = runtime.backups.restore(CommandContext(actor, request_id), data, into=into)
+    result = restore_or_request(
+        runtime,
+        CommandContext(actor, request_id),
+        data,
+        into=into,
+        source_public_key=None,
+        expected_key=None,
+    )
+    if isinstance(result, ApprovalRequest):
+        return JSONResponse(
+            envelope({"approval": result.view()}, request_id), status_code=202
+        )
     return Response(status_code=204, headers={"Ledger-Position": str(result.position)})
 
 

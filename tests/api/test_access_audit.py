@@ -21,6 +21,13 @@ def _after(runtime: Runtime, position: int) -> list[dict]:
     return ledger_entries(runtime, after=position)
 
 
+def _key_and_auditor(client: TestClient, runtime: Runtime) -> tuple[dict, int]:
+    """Key k and an auditor eve; eve's token issue response and the head after."""
+    client.post("/v1/keys", json={"name": "k"}, headers=BOOTSTRAP)
+    issued = add_principal(client, "eve", ["auditor"])
+    return issued, runtime.service.head_position()
+
+
 def test_a_401_is_recorded_without_the_token(
     recording_client: TestClient, recording_runtime: Runtime
 ) -> None:
@@ -130,9 +137,8 @@ def test_history_reads_and_exports_are_recorded(
 ) -> None:
     """A history read is recorded; an export is EvidenceExported with its digest."""
     client = recording_client
-    client.post("/v1/keys", json={"name": "k"}, headers=BOOTSTRAP)
-    auditor = bearer(add_principal(client, "eve", ["auditor"])["token"])
-    head = recording_runtime.service.head_position()
+    issued, head = _key_and_auditor(client, recording_runtime)
+    auditor = bearer(issued["token"])
 
     assert client.get("/v1/keys/k/history", headers=auditor).status_code == 200
     exported = client.get("/v1/exports", params={"keys": "k"}, headers=auditor)
@@ -158,3 +164,87 @@ def test_refusals_on_different_routes_are_recorded_separately(
     recording_client.get("/v1/events", headers=bearer("kl_x"))
     routes = [e["payload"]["route"] for e in ledger_entries(recording_runtime)]
     assert routes == ["/v1/keys", "/v1/events"]
+
+
+READ = "keyledger.access.AuditTrailRead"
+
+
+def _reads(runtime: Runtime, position: int) -> list[dict]:
+    return [e["payload"] for e in _after(runtime, position) if e["type"] == READ]
+
+
+def test_an_audit_read_records_what_was_looked_at(
+    recording_client: TestClient, recording_runtime: Runtime
+) -> None:
+    """A key's state at a position, a principal's activity and filtered events:
+    each read records its path and query parameters, never the token."""
+    client = recording_client
+    issued, head = _key_and_auditor(client, recording_runtime)
+    auditor = bearer(issued["token"])
+
+    asks = [
+        ("/v1/audit/keys/k/state", {"position": str(head)}),
+        ("/v1/audit/principals/carl/activity", {"limit": "5"}),
+        ("/v1/audit/events", {"key": "k", "type": "keyledger.key.Generated"}),
+    ]
+    for path, params in asks:
+        response = client.get(path, params=params, headers=auditor)
+        assert response.status_code == 200, response.text
+
+    reads = _reads(recording_runtime, head)
+    assert [(r["path"], r["query"]) for r in reads] == [
+        ("/v1/audit/keys/k/state", [["position", str(head)]]),
+        ("/v1/audit/principals/carl/activity", [["limit", "5"]]),
+        ("/v1/audit/events", [["key", "k"], ["type", "keyledger.key.Generated"]]),
+    ]
+    assert reads[0]["key"] == "k" and reads[0]["principal"] == "eve"
+    recorded = json.dumps(reads)
+    assert issued["token"] not in recorded
+
+
+def test_different_lookups_are_separate_reads_and_repeats_are_counted(
+    recording_client: TestClient, recording_runtime: Runtime
+) -> None:
+    """Another position is another read; the same read again is only counted."""
+    client = recording_client
+    issued, head = _key_and_auditor(client, recording_runtime)
+    auditor = bearer(issued["token"])
+
+    first, second = str(head - 1), str(head)
+    for position in (first, second, first):
+        response = client.get(
+            "/v1/audit/keys/k/state", params={"position": position}, headers=auditor
+        )
+        assert response.status_code == 200, response.text
+
+    reads = _reads(recording_runtime, head)
+    assert [r["query"] for r in reads] == [
+        [["position", first]],
+        [["position", second]],
+    ]
+    recording_runtime.coalescer.flush(everything=True)
+    [counted] = [
+        e["payload"]
+        for e in _after(recording_runtime, head)
+        if e["type"] == "keyledger.access.AuditTrailReadsCounted"
+    ]
+    assert counted["repeats"] == 1
+
+
+def test_a_query_parameter_named_like_a_secret_is_recorded_without_its_value(
+    recording_client: TestClient, recording_runtime: Runtime
+) -> None:
+    """A token passed in the query by mistake is not copied into the ledger."""
+    client = recording_client
+    issued, head = _key_and_auditor(client, recording_runtime)
+
+    response = client.get(
+        "/v1/audit/events",
+        params={"key": "k", "access_token": issued["token"]},
+        headers=bearer(issued["token"]),
+    )
+
+    assert response.status_code == 200, response.text
+    [read] = _reads(recording_runtime, head)
+    assert read["query"] == [["key", "k"], ["access_token", "(withheld)"]]
+    assert issued["token"] not in json.dumps(_after(recording_runtime, head))

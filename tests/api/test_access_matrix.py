@@ -71,6 +71,13 @@ def _callers(client: TestClient, clock: AdjustableClock) -> list[Caller]:
         )
         for role in Role
     ]
+    # Key use needs a grant (default-deny); the matrix checks the role table.
+    granted = client.post(
+        f"/v1/principals/p-{Role.SERVICE}/grants",
+        json={"keys": "*", "permissions": ["key:use"]},
+        headers=BOOTSTRAP,
+    )
+    assert granted.status_code == 200, granted.text
     every_role = [role.value for role in Role]
     expired = add_principal(client, "p-expired", every_role, expires_in_seconds=60)
     revoked = add_principal(client, "p-revoked", every_role)

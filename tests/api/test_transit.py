@@ -16,10 +16,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.runtime import Runtime
-from domain.access import Role
 from domain.clock import AdjustableClock
 from ledger.settings import Settings
-from ledger.store import Actor
+from tests.api._access import add_principal
 from tests.api._support import (
     JSON,
     all_events,
@@ -559,26 +558,20 @@ def test_token_problems_are_vault_403s(vault: TestClient, client: TestClient) ->
     assert bearer.status_code == 200
 
 
-SERVICE_TOKEN = "kl_test-service-token-not-a-secret"
-
-
 def test_permissions_are_the_native_ones(
     vault: TestClient,
     client: TestClient,
     runtime: Runtime,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A service (key:use) encrypts but cannot read, rotate or configure keys."""
+    """A service granted key:use on k encrypts; it cannot read, rotate, configure."""
     vault_ok(vault, "keys/k", {})
-    admin = runtime.authenticate
-
-    def authenticate(token: str) -> Actor | None:
-        if token == SERVICE_TOKEN:
-            return Actor("a-service", "tok_service", roles=frozenset({Role.SERVICE}))
-        return admin(token)
-
-    monkeypatch.setattr(runtime, "authenticate", authenticate)
-    vault.headers["X-Vault-Token"] = SERVICE_TOKEN
+    token = add_principal(client, "a-service", ["service"])["token"]
+    granted = client.post(
+        "/v1/principals/a-service/grants",
+        json={"keys": "k", "permissions": ["key:use"]},
+    )
+    assert granted.status_code == 200, granted.text
+    vault.headers["X-Vault-Token"] = token
     assert encrypt(vault, "k", b"x").startswith("vault:v1:")
     head = head_position(client)
     for method, path in [

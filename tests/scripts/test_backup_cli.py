@@ -393,3 +393,37 @@ def test_restore_a_bundle_into_a_fresh_instance_with_the_source_public_key(
     finally:
         source.close()
         copy.close()
+
+
+def test_a_restore_under_the_keys_policy_waits_and_exits_3(
+    ledger: tuple[Path, list[str]],
+    capsys: pytest.CaptureFixture[str],
+    store_url: str,
+) -> None:
+    """With k1's policy on restore, the CLI records a request and restores nothing."""
+    from ledger.dual_control import DualControl
+
+    root, options = ledger
+    code, taken = run(capsys, "backup", "k1", *options)
+    assert code == 0 and taken is not None
+    signer, kek, _ = load_local_secrets(root / "data")
+    service = KeyService.open(
+        database_url=store_url, signer=signer, kek=kek, clock=SystemClock()
+    )
+    try:
+        DualControl(service.app, service.clock).set_policy(
+            CommandContext(ADMIN, "req-policy"), "k1", ["restore"], 600
+        )
+    finally:
+        service.close()
+
+    code, printed = run(
+        capsys, "restore", "k1", "--backup-id", taken["backup_id"], "--into", "k2",
+        *options,
+    )  # fmt: skip
+
+    assert code == 3 and printed is not None
+    assert printed["approval"]["status"] == "pending"
+    assert printed["approval"]["key"] == "k2"
+    code, _ = run(capsys, "backup", "k2", *options)
+    assert code == 1  # k2 was never restored
