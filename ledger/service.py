@@ -397,15 +397,12 @@ class KeyService:
         set_min_encryption: bool = False,
     ) -> CommandResult:
         """Change the key's decryption and encryption floors (bounds checked)."""
-        return self._simple(
-            name,
+        return self.configure_key(
             context,
-            lambda key, now: key.change_minimum_versions(
-                min_decryption_version=min_decryption_version,
-                min_encryption_version=min_encryption_version,
-                set_min_encryption=set_min_encryption,
-                now=now,
-            ),
+            name,
+            min_decryption_version=min_decryption_version,
+            min_encryption_version=min_encryption_version,
+            set_min_encryption=set_min_encryption,
         )
 
     def configure_key(
