@@ -292,6 +292,15 @@ def list_keys(
     return items, cursor
 
 
+def primary_created_at(recorder: LedgerRecorder) -> dict[str, str]:
+    """When each key's primary version was made: its last rotation, by key name."""
+    rows = recorder.query(
+        "SELECT kv.name, v.created_at FROM key_view kv JOIN key_versions v "
+        "ON v.key_name = kv.name AND v.version = kv.primary_version"
+    )
+    return {row["name"]: row["created_at"] for row in rows}
+
+
 def due_destructions(
     recorder: LedgerRecorder, now: str, limit: int = 100
 ) -> list[tuple[str, int]]:
