@@ -42,6 +42,7 @@ MAX_PERIOD = timedelta(days=3660)
 # the report's end (at most 30 days): early enough to plan the rotation.
 DUE_NOTICE_SHARE = 4
 DUE_NOTICE_MAX = timedelta(days=30)
+MAX_LISTED_REFUSALS = 1000
 _PAGE = 1000
 
 
@@ -360,7 +361,9 @@ def _refusals(service: KeyService, start: datetime, end: datetime) -> dict[str, 
         by_day[item["recorded_at"][:10]] += item["count"]
         by_code[str(item["code"])] += item["count"]
     return {
-        "entries": items,
+        # Refusals are the callers' to cause: list a bounded number of them.
+        "entries": items[:MAX_LISTED_REFUSALS],
+        "omitted": max(0, len(items) - MAX_LISTED_REFUSALS),
         "total": sum(item["count"] for item in items),
         "by_day": dict(sorted(by_day.items())),
         "by_code": dict(sorted(by_code.items())),

@@ -28,6 +28,9 @@ from reports.charts import charts
 from reports.fonts import FONT, FONT_BOLD, printable, register
 from reports.html import STATUS_LABELS, duration
 
+PAGE_WIDTH = landscape(A4)[0] - 24 * mm
+# The most characters of one value the PDF shows; the signed entry keeps it whole.
+MAX_SHOWN = 600
 _BODY = ParagraphStyle("body", fontName=FONT, fontSize=9, leading=11)
 _CELL = ParagraphStyle("cell", fontName=FONT, fontSize=7, leading=8.5)
 _HEAD = ParagraphStyle("head", fontName=FONT_BOLD, fontSize=7, leading=8.5)
@@ -48,7 +51,7 @@ def render_pdf(report: dict[str, Any]) -> bytes:
         out,
         pagesize=landscape(A4),
         leftMargin=12 * mm,
-        rightMargin=12 * mm,
+        rightMargin=12 * mm,  # PAGE_WIDTH is what these margins leave
         topMargin=12 * mm,
         bottomMargin=12 * mm,
         title="keyledger compliance report",
@@ -69,13 +72,17 @@ def render_pdf(report: dict[str, Any]) -> bytes:
 
 
 def _p(text: Any, style: ParagraphStyle = _BODY) -> Paragraph:
-    return Paragraph(escape(printable("" if text is None else str(text))), style)
+    shown = printable("" if text is None else str(text))
+    if len(shown) > MAX_SHOWN:
+        # A table row taller than a page cannot be laid out at all.
+        shown = shown[:MAX_SHOWN] + f"… ({len(shown) - MAX_SHOWN} more characters)"
+    return Paragraph(escape(shown), style)
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> Table:
     data = [[_p(cell, _HEAD) for cell in header]]
     data += [[_p(cell, _CELL) for cell in row] for row in rows]
-    table = Table(data, repeatRows=1, hAlign="LEFT")
+    table = Table(data, colWidths=_widths(header, rows), repeatRows=1, hAlign="LEFT")
     table.setStyle(
         TableStyle(
             [
@@ -86,6 +93,19 @@ def _table(header: list[str], rows: list[list[Any]]) -> Table:
         )
     )
     return table
+
+
+def _widths(header: list[str], rows: list[list[Any]]) -> list[float]:
+    """Column widths that share the page by content, none too narrow or too wide.
+
+    Left to itself platypus may give one long text all of the page and the
+    other columns a negative width.
+    """
+    wanted = [
+        min(60, max(8, len(name) + 2, *(len(str(row[i])) for row in rows)))
+        for i, name in enumerate(header)
+    ]
+    return [PAGE_WIDTH * share / sum(wanted) for share in wanted]
 
 
 def _summary(r: dict[str, Any]) -> list[Flowable]:
@@ -393,6 +413,13 @@ def _refusals(r: dict[str, Any], drawings: dict[str, Any]) -> list[Flowable]:
                     ]
                     for f in refusals["entries"]
                 ],
+            )
+        )
+    if refusals["omitted"]:
+        story.append(
+            _p(
+                f"{refusals['omitted']} more refusal entries are not listed; "
+                "export the period to see them all."
             )
         )
     return story

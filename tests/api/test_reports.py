@@ -75,6 +75,7 @@ def workload(client: TestClient, runtime: Runtime, tmp_path: Path) -> dict[str, 
     # A reason and an actor name no renderer should trust.
     nasty = CommandContext(Actor(NASTY_ACTOR, "tok_nasty"), "req-nasty")
     runtime.service.mark_compromised(nasty, "due-key", 1, reason=NASTY_REASON)
+    runtime.service.mark_compromised(nasty, "dc-key", 2, reason="😀" * 1000)
 
     runtime.clock.advance(timedelta(days=75))  # type: ignore[attr-defined]
     runtime.service.destroy_due()
@@ -249,6 +250,8 @@ def test_nasty_names_and_reasons_are_shown_escaped_not_obeyed(
     flat = re.sub(r"\s+", "", text)
     assert "mallory\\u202egnp.exe\\x1b[31m\\x07<script>alert(1)</script>" in flat
     assert "\\U0001f600" in flat and "=cmd|'/Ccalc'!A0" in flat
+    # A reason of 1000 emoji, 10000 characters escaped, is cut to fit a page.
+    assert "…(9400morecharacters)" in flat
 
 
 @pytest.mark.parametrize(
