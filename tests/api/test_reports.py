@@ -316,3 +316,39 @@ def test_report_of_a_tampered_ledger_says_it_did_not_verify(
     summary = _section(page, "summary")
     assert "NO</span>: broken at position 2 (HASH_MISMATCH)" in summary
     assert "NOT verified</span> at position 2" in summary
+
+
+def test_refusals_beyond_the_listed_bound_are_counted_not_listed(
+    client: TestClient, workload: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the bound, refusal entries are left out of the table but counted."""
+    monkeypatch.setattr("reports.compliance.MAX_LISTED_REFUSALS", 1)
+
+    page = _report(client, workload["auditor"]).text
+
+    refusals = _section(page, "refusals")
+    assert "4 refused requests in the period" in refusals
+    assert len(_rows(refusals)) == 2  # the header and one entry
+    assert "2 more refusal entries are not listed" in refusals
+
+
+def test_report_of_a_quiet_period_is_complete_and_renders(
+    client: TestClient,
+) -> None:
+    """A period with no entries says so in every section; its PDF still renders."""
+    create(client, "k")
+    params = {"from": "2030-01-01T00:00:00Z", "to": "2030-02-01T00:00:00+01:00"}
+
+    page = client.get("/v1/reports/compliance", params=params).text
+    pdf = client.get("/v1/reports/compliance", params={**params, "format": "pdf"})
+
+    summary = _section(page, "summary")
+    assert "Entries in the period</th><td>none" in summary
+    assert "Latest signed checkpoint</th><td>none yet" in summary
+    assert "0 refused requests" in _section(page, "refusals")
+    assert "No dual-control request" in _section(page, "dual-control")
+    assert "<td>k</td>" in _section(page, "inventory")
+    document = pdfium.PdfDocument(io.BytesIO(pdf.content))
+    assert (
+        "nothing to show" in document[len(document) - 1].get_textpage().get_text_range()
+    )
