@@ -23,6 +23,7 @@ from api.runtime import Runtime
 from domain.clock import format_time
 from ledger.service import CommandContext
 from ledger.store import Actor
+from tests._tamper import overwrite_entry_hash
 from tests.api._access import add_principal, bearer, ledger_entries
 from tests.api._support import assert_error, create, head_position, post_ok
 from tests.api.test_backups import configure_targets, take
@@ -301,15 +302,7 @@ def test_report_of_a_tampered_ledger_says_it_did_not_verify(
     """A broken ledger still gets a report, and its header says where it broke."""
     create(client, "k")
     post_ok(client, "/v1/keys/k/rotate")
-    ledger = runtime.service.ledger
-    table = ledger.events_table_name
-    if type(ledger).__name__.startswith("Postgres"):
-        ledger.execute([(f"ALTER TABLE {table} DISABLE TRIGGER USER", ())])
-    else:
-        ledger.execute([(f"DROP TRIGGER {table}_no_update", ())])
-    ledger.execute(
-        [(f"UPDATE {table} SET entry_hash = %s WHERE notification_id = 2", ("0" * 64,))]
-    )
+    overwrite_entry_hash(runtime.service.ledger, 2)
 
     page = client.get("/v1/reports/compliance", params={"from": FROM, "to": TO}).text
 

@@ -16,6 +16,7 @@ from backup.key import BackupKey
 from domain.clock import SystemClock
 from ledger.service import CommandContext, KeyService, load_local_secrets
 from scripts.cli import main
+from tests._tamper import overwrite_entry_hash
 from tests.conftest import ADMIN
 
 PERIOD = ["--from", "2020-01-01T00:00:00Z", "--to", "2029-01-01T00:00:00Z"]
@@ -102,3 +103,27 @@ def test_report_refuses_a_bad_period(
     assert code == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_report_of_a_broken_ledger_is_written_and_exits_1(
+    options: list[str],
+    store_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The report is still written, says where the ledger broke, and exits 1."""
+    signer, kek, _ = load_local_secrets(tmp_path / "data", create=False)
+    service = KeyService.open(
+        database_url=store_url, signer=signer, kek=kek, clock=SystemClock()
+    )
+    try:
+        overwrite_entry_hash(service.ledger, 2)
+    finally:
+        service.close()
+    out = tmp_path / "broken.html"
+
+    code = main(["report", *PERIOD, "--out", str(out), *options])
+
+    assert code == 1
+    assert "the ledger did NOT verify (position 2)" in capsys.readouterr().out
+    assert "broken at position 2 (HASH_MISMATCH)" in out.read_text(encoding="utf-8")
