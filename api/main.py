@@ -20,6 +20,7 @@ from api.routes import (
     keys,
     ledger,
     replication,
+    reports,
     transit,
 )
 from api.runtime import Runtime, build_runtime
@@ -66,6 +67,7 @@ def create_app(
     app.include_router(audit.router)
     app.include_router(approvals.router)
     app.include_router(replication.router)
+    app.include_router(reports.router)
     current = runtime.settings if runtime is not None else settings or Settings()
     if current.dev_clock:
         app.include_router(ledger.dev_router)

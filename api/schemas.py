@@ -9,6 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 from domain.keys import MAX_VERSION
 
 Version = Annotated[StrictInt, Field(ge=1, le=MAX_VERSION)]
+ROTATION_PERIOD_HELP = (
+    "Seconds between rotations (3600 to 316224000, one hour to ten years); the "
+    "compliance report shows the key due once its primary is older; null for none."
+)
 
 
 class Command(BaseModel):
@@ -29,6 +33,9 @@ class KeyCreate(BaseModel):
     )
     algorithm: Literal["aes-256-gcm"] = "aes-256-gcm"
     description: Annotated[StrictStr, Field(max_length=1000)] = ""
+    rotation_period_seconds: StrictInt | None = Field(
+        None, description=ROTATION_PERIOD_HELP
+    )
 
 
 class KeyRollback(Command):
@@ -62,7 +69,7 @@ class ClockAdvance(BaseModel):
 
 
 class KeyConfigUpdate(Command):
-    """Either or both minimum versions; ``min_encryption_version: null`` resets it."""
+    """Minimum versions and the rotation period; ``null`` resets either optional one."""
 
     min_decryption_version: Version | None = Field(
         None, description="The lowest version that may decrypt (1 to the primary)."
@@ -71,6 +78,9 @@ class KeyConfigUpdate(Command):
         None,
         description="The lowest version that may encrypt when asked for explicitly; "
         "null means only the primary encrypts.",
+    )
+    rotation_period_seconds: StrictInt | None = Field(
+        None, description=ROTATION_PERIOD_HELP
     )
 
 

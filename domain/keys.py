@@ -80,6 +80,32 @@ def validate_text(value: str, *, field: str, max_length: int, required: bool) ->
     return value
 
 
+MIN_ROTATION_PERIOD = 3600
+MAX_ROTATION_PERIOD = 10 * 366 * 86400
+
+
+def validate_rotation_period(seconds: int | None) -> int | None:
+    """Return ``seconds`` if it is None or a rotation period in bounds, else raise.
+
+    A period is one hour to ten years, as a whole number of seconds.
+    """
+    if seconds is not None and not (
+        isinstance(seconds, int)
+        and not isinstance(seconds, bool)
+        and MIN_ROTATION_PERIOD <= seconds <= MAX_ROTATION_PERIOD
+    ):
+        raise InvalidArgumentError(
+            f"rotation_period_seconds must be {MIN_ROTATION_PERIOD} to "
+            f"{MAX_ROTATION_PERIOD} (one hour to ten years), or null for none.",
+            code="ROTATION_PERIOD_OUT_OF_RANGE",
+            field="rotation_period_seconds",
+            value=seconds if isinstance(seconds, int) else None,
+            min=MIN_ROTATION_PERIOD,
+            max=MAX_ROTATION_PERIOD,
+        )
+    return seconds
+
+
 def key_id_for(name: str) -> uuid.UUID:
     """The stream id of the key called ``name``: the same name always maps to it."""
     return uuid.uuid5(_KEY_NAMESPACE, name)
@@ -109,6 +135,9 @@ class ManagedKey(Aggregate):
 
     # Versions below this were trimmed: gone from ``versions`` for good.
     min_available_version = 1
+    # Seconds between rotations the key's owners promise, None for no promise;
+    # a class default so keys recorded before the event existed load as None.
+    rotation_period_seconds: int | None = None
 
     class Generated(Aggregate.Created):
         """The key was created and its version 1 generated."""
@@ -270,6 +299,19 @@ class ManagedKey(Aggregate):
         def apply(self, aggregate: ManagedKey) -> None:
             aggregate.min_decryption_version = self.min_decryption_version
             aggregate.min_encryption_version = self.min_encryption_version
+
+    class RotationPeriodChanged(Aggregate.Event):
+        """The key's rotation period was set, changed or cleared (None).
+
+        A compliance report counts a key due for rotation once its primary
+        version is older than the period.
+        """
+
+        TOPIC = "keyledger.key.RotationPeriodChanged"
+        rotation_period_seconds: int | None
+
+        def apply(self, aggregate: ManagedKey) -> None:
+            aggregate.rotation_period_seconds = self.rotation_period_seconds
 
     class VersionsTrimmed(Aggregate.Event):
         """Every version below ``min_available_version`` left the key for good.
@@ -815,6 +857,20 @@ class ManagedKey(Aggregate):
             timestamp=now,
         )
 
+    def change_rotation_period(self, seconds: int | None, *, now: datetime) -> None:
+        """Set the rotation period to ``seconds``, or clear it with None.
+
+        Nothing is recorded when the period is outside the bounds.
+
+        Raises:
+            InvalidArgumentError: ``ROTATION_PERIOD_OUT_OF_RANGE`` with the value
+                and the allowed range.
+        """
+        validate_rotation_period(seconds)
+        self.trigger_event(
+            self.RotationPeriodChanged, rotation_period_seconds=seconds, timestamp=now
+        )
+
     def trim(self, min_available_version: int, *, now: datetime) -> list[int]:
         """Remove every version below ``min_available_version``; return them.
 
@@ -962,6 +1018,7 @@ class ManagedKey(Aggregate):
             "versions_count": len(self.versions),
             "min_decryption_version": self.min_decryption_version,
             "min_encryption_version": self.min_encryption_version,
+            "rotation_period_seconds": self.rotation_period_seconds,
         }
 
     def version_view(self, number: int) -> dict[str, Any]:

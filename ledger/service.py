@@ -32,7 +32,12 @@ from domain.errors import (
     KeyNotFoundError,
     LedgerUnavailableError,
 )
-from domain.keys import ManagedKey, key_id_for, validate_key_name
+from domain.keys import (
+    ManagedKey,
+    key_id_for,
+    validate_key_name,
+    validate_rotation_period,
+)
 from domain.service_clock import SERVICE_CLOCK_ID, ServiceClock
 from ledger.application import KeyLedger, storage_env
 from ledger.material import KeyEncryptionKey, fingerprint, generate_material
@@ -211,9 +216,15 @@ class KeyService:
         name: str,
         algorithm: str = "aes-256-gcm",
         description: str = "",
+        rotation_period_seconds: int | None = None,
     ) -> CommandResult:
-        """Create a key; its version 1 is generated, enabled and primary."""
+        """Create a key; its version 1 is generated, enabled and primary.
+
+        With ``rotation_period_seconds`` the key's rotation period is recorded
+        in the same write, right after its creation.
+        """
         validate_key_name(name)
+        validate_rotation_period(rotation_period_seconds)
         self._replay(context)
         if self._exists(name):
             raise KeyExistsError(f"A key named {name!r} already exists.", key=name)
@@ -226,6 +237,8 @@ class KeyService:
             fingerprint=fingerprint(material),
             now=self.clock.now(),
         )
+        if rotation_period_seconds is not None:
+            key.change_rotation_period(rotation_period_seconds, now=self.clock.now())
         statements = [self._put_material(key_id, 1, material)]
         try:
             return self._save(key, context, statements)
@@ -385,16 +398,50 @@ class KeyService:
         set_min_encryption: bool = False,
     ) -> CommandResult:
         """Change the key's decryption and encryption floors (bounds checked)."""
-        return self._simple(
-            name,
+        return self.configure_key(
             context,
-            lambda key, now: key.change_minimum_versions(
-                min_decryption_version=min_decryption_version,
-                min_encryption_version=min_encryption_version,
-                set_min_encryption=set_min_encryption,
-                now=now,
-            ),
+            name,
+            min_decryption_version=min_decryption_version,
+            min_encryption_version=min_encryption_version,
+            set_min_encryption=set_min_encryption,
         )
+
+    def configure_key(
+        self,
+        context: CommandContext,
+        name: str,
+        *,
+        min_decryption_version: int | None = None,
+        min_encryption_version: int | None = None,
+        set_min_encryption: bool = False,
+        rotation_period_seconds: int | None = None,
+        set_rotation_period: bool = False,
+    ) -> CommandResult:
+        """Change the key's floors, its rotation period, or both, in one write.
+
+        Each change is bounds checked before anything is recorded; with neither
+        asked for the request is refused with ``NOTHING_TO_CHANGE``.
+        """
+        floors = min_decryption_version is not None or set_min_encryption
+        if not floors and not set_rotation_period:
+            raise InvalidArgumentError(
+                "Give min_decryption_version, min_encryption_version or "
+                "rotation_period_seconds.",
+                code="NOTHING_TO_CHANGE",
+            )
+
+        def change(key: ManagedKey, now: datetime) -> None:
+            if floors:
+                key.change_minimum_versions(
+                    min_decryption_version=min_decryption_version,
+                    min_encryption_version=min_encryption_version,
+                    set_min_encryption=set_min_encryption,
+                    now=now,
+                )
+            if set_rotation_period:
+                key.change_rotation_period(rotation_period_seconds, now=now)
+
+        return self._simple(name, context, change)
 
     def destroy_due(self, limit: int = 100) -> list[CommandResult]:
         """Destroy every version whose waiting period has passed, each exactly once.

@@ -3,8 +3,8 @@
 Each event rewrites the key's row and only the version rows it touched, so the
 cost of recording an event does not grow with the number of versions a key has.
 A key whose minimum versions differ from the defaults also has a ``key_config``
-row, kept in a table of its own so that ledgers created before it need no change
-to ``key_view``.
+row, and a key with a rotation period a ``key_rotation`` row, each kept in a
+table of its own so that ledgers created before it need no change to the others.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ DDL = [
     "CREATE TABLE IF NOT EXISTS key_config ("
     "name TEXT PRIMARY KEY, min_decryption_version INTEGER NOT NULL, "
     "min_encryption_version INTEGER)",
+    "CREATE TABLE IF NOT EXISTS key_rotation ("
+    "name TEXT PRIMARY KEY, rotation_period_seconds BIGINT NOT NULL)",
 ]
 
 TABLES = ("key_view", "key_versions")
@@ -55,6 +57,7 @@ _KEY_COLUMNS = (
 )
 _CONFIG_COLUMNS = ("name", "min_decryption_version", "min_encryption_version")
 _CONFIG_DEFAULTS = {"min_decryption_version": 1, "min_encryption_version": None}
+_ROTATION_COLUMNS = ("name", "rotation_period_seconds")
 _VERSION_COLUMNS = (
     "key_name",
     "version",
@@ -70,8 +73,10 @@ _VERSION_COLUMNS = (
 
 _SELECT_KEY = (
     ", ".join(f"kv.{column}" for column in _KEY_COLUMNS)
-    + ", kc.min_decryption_version, kc.min_encryption_version "
-    "FROM key_view kv LEFT JOIN key_config kc ON kc.name = kv.name"
+    + ", kc.min_decryption_version, kc.min_encryption_version, "
+    "kr.rotation_period_seconds "
+    "FROM key_view kv LEFT JOIN key_config kc ON kc.name = kv.name "
+    "LEFT JOIN key_rotation kr ON kr.name = kv.name"
 )
 
 # Which versions each event changes; key-level events change only the key row.
@@ -89,6 +94,7 @@ _TOUCHES: dict[type[Any], Callable[[Any], Iterable[int]]] = {
     ManagedKey.Enabled: lambda event: [],
     ManagedKey.PrimaryRolledBack: lambda event: [],
     ManagedKey.MinimumVersionsChanged: lambda event: [],
+    ManagedKey.RotationPeriodChanged: lambda event: [],
     # Trimmed versions' rows are deleted, not rewritten: see ``removed_versions``.
     ManagedKey.VersionsTrimmed: lambda event: [],
     ManagedKey.Restored: lambda event: [
@@ -116,11 +122,21 @@ def removed_versions(events: Iterable[Any]) -> set[int]:
 
 
 def config_changed(events: Iterable[Any]) -> bool:
-    """Whether ``events`` change the key's minimum versions."""
+    """Whether ``events`` change the key's minimum versions or rotation period."""
     return any(
-        isinstance(event, ManagedKey.MinimumVersionsChanged | ManagedKey.Restored)
+        isinstance(
+            event,
+            ManagedKey.MinimumVersionsChanged
+            | ManagedKey.RotationPeriodChanged
+            | ManagedKey.Restored,
+        )
         for event in events
     )
+
+
+def has_config(key: ManagedKey) -> bool:
+    """Whether ``key`` has a ``key_config`` or a ``key_rotation`` row."""
+    return key_config_row(key) is not None or key.rotation_period_seconds is not None
 
 
 def view_statements(
@@ -134,7 +150,8 @@ def view_statements(
     """The writes that make the read side show ``key`` as of ``last_position``.
 
     With ``config`` the key's ``key_config`` row is written too: kept when the
-    minimum versions differ from the defaults, deleted when they do not. The
+    minimum versions differ from the defaults, deleted when they do not; and so
+    is its ``key_rotation`` row, kept while it has a rotation period. The
     rows of ``removed`` (trimmed) versions are deleted.
     """
     row = key_row(key, last_position)
@@ -145,6 +162,16 @@ def view_statements(
             _upsert("key_config", _CONFIG_COLUMNS, ("name",), config_row)
             if config_row is not None
             else ("DELETE FROM key_config WHERE name = %s", (key.name,))
+        )
+        statements.append(
+            _upsert(
+                "key_rotation",
+                _ROTATION_COLUMNS,
+                ("name",),
+                {"name": key.name, "rotation_period_seconds": period},
+            )
+            if (period := key.rotation_period_seconds) is not None
+            else ("DELETE FROM key_rotation WHERE name = %s", (key.name,))
         )
     for number in sorted(removed):
         statements.append(
@@ -265,6 +292,15 @@ def list_keys(
     return items, cursor
 
 
+def primary_created_at(recorder: LedgerRecorder) -> dict[str, str]:
+    """When each key's primary version was made: its last rotation, by key name."""
+    rows = recorder.query(
+        "SELECT kv.name, v.created_at FROM key_view kv JOIN key_versions v "
+        "ON v.key_name = kv.name AND v.version = kv.primary_version"
+    )
+    return {row["name"]: row["created_at"] for row in rows}
+
+
 def due_destructions(
     recorder: LedgerRecorder, now: str, limit: int = 100
 ) -> list[tuple[str, int]]:
@@ -293,6 +329,9 @@ def snapshot_tables(
         "key_config": recorder.query(
             f"SELECT {', '.join(_CONFIG_COLUMNS)} FROM key_config ORDER BY name"
         ),
+        "key_rotation": recorder.query(
+            f"SELECT {', '.join(_ROTATION_COLUMNS)} FROM key_rotation ORDER BY name"
+        ),
     }
 
 
@@ -301,19 +340,29 @@ def expected_tables(
 ) -> dict[str, list[dict[str, Any]]]:
     """The rows ``snapshot_tables`` should return for keys at their last positions."""
     key_rows, version_rows, config_rows = [], [], []
+    rotation_rows: list[dict[str, Any]] = []
     for key, last_position in keys:
         key_rows.append(key_row(key, last_position))
         version_rows += [version_row(key, number) for number in sorted(key.versions)]
         config_row = key_config_row(key)
         if config_row is not None:
             config_rows.append(config_row)
+        if key.rotation_period_seconds is not None:
+            rotation_rows.append(
+                {
+                    "name": key.name,
+                    "rotation_period_seconds": key.rotation_period_seconds,
+                }
+            )
     key_rows.sort(key=lambda row: row["name"])
     version_rows.sort(key=lambda row: (row["key_name"], row["version"]))
     config_rows.sort(key=lambda row: row["name"])
+    rotation_rows.sort(key=lambda row: row["name"])
     return {
         "key_view": key_rows,
         "key_versions": version_rows,
         "key_config": config_rows,
+        "key_rotation": rotation_rows,
     }
 
 

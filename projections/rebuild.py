@@ -118,13 +118,14 @@ def rebuild(app: KeyLedger, *, apply: bool = True) -> RebuildReport:
                 ("DELETE FROM key_versions", ()),
                 ("DELETE FROM key_view", ()),
                 ("DELETE FROM key_config", ()),
+                ("DELETE FROM key_rotation", ()),
             ]
             for stream, key in keys.items():
                 statements += key_view.view_statements(
                     key,
                     key.versions,
                     last_position[stream],
-                    config=key_view.key_config_row(key) is not None,
+                    config=key_view.has_config(key),
                 )
             statements += access_view.rebuild_statements(principals)
             statements += backup_status.rebuild_statements(app, transaction)

@@ -1,5 +1,5 @@
-"""The ``keyledger`` command: serve, demo, verify, rebuild, export, backups, restore,
-principals, tokens."""
+"""The ``keyledger`` command: serve, demo, verify, rebuild, export, report, backups,
+restore, principals, tokens."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from scripts import (
     promote,
     rebuild_projections,
     replica,
+    report_compliance,
     run_demo,
     run_service,
     tokens,
@@ -32,6 +33,10 @@ COMMANDS: dict[str, tuple[Any, str]] = {
     "export": (
         export_ledger,
         "Write a signed evidence archive of a time range or of keys.",
+    ),
+    "report": (
+        report_compliance,
+        "Write the compliance report of a period as HTML or PDF.",
     ),
     "verify-export": (
         verify_export,

@@ -100,6 +100,7 @@ def create_key(
         name=command.name,
         algorithm=command.algorithm,
         description=command.description,
+        rotation_period_seconds=command.rotation_period_seconds,
     )
     return _respond(response, result)
 
@@ -365,19 +366,23 @@ def _config(runtime: Any, context: CommandContext, name: str, command: Any) -> A
             "min_decryption_version cannot be null.",
             fields=[{"field": "min_decryption_version", "problem": "null"}],
         )
-    return runtime.service.change_minimum_versions(
+    given = command.model_fields_set
+    return runtime.service.configure_key(
         context,
         name,
         min_decryption_version=command.min_decryption_version,
         min_encryption_version=command.min_encryption_version,
-        set_min_encryption="min_encryption_version" in command.model_fields_set,
+        set_min_encryption="min_encryption_version" in given,
+        rotation_period_seconds=command.rotation_period_seconds,
+        set_rotation_period="rotation_period_seconds" in given,
     )
 
 
 _key_command(
     "/{name}/config",
     "configure_key",
-    "Change the key's min_decryption_version and min_encryption_version.",
+    "Change the key's min_decryption_version, min_encryption_version and "
+    "rotation_period_seconds (the period a compliance report checks rotations by).",
     KeyConfigUpdate,
     _config,
 )

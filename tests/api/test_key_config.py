@@ -5,6 +5,7 @@ Case C01's configuration steps: bounds refuse with 422 and nothing is appended.
 
 from __future__ import annotations
 
+import pytest
 from fastapi.testclient import TestClient
 
 from projections.rebuild import rebuild
@@ -169,3 +170,110 @@ def test_rebuild_reproduces_the_config(client: TestClient, runtime: object) -> N
     assert (get_key(client, "a"), get_key(client, "b")) == before
     assert before[0]["min_decryption_version"] == 2
     assert before[1]["min_encryption_version"] is None
+
+
+DAY = 86400
+
+
+def test_rotation_period_set_at_create_shows_on_the_key(client: TestClient) -> None:
+    """A period given at create is recorded as its own event and shown on GET."""
+    body = create(client, "rot", rotation_period_seconds=90 * DAY)
+
+    assert [r["type"] for r in body["receipts"]] == [
+        "keyledger.key.Generated",
+        "keyledger.key.RotationPeriodChanged",
+    ]
+    assert get_key(client, "rot")["rotation_period_seconds"] == 90 * DAY
+    payload = all_history(client, "rot")[-1]["payload"]
+    assert payload["rotation_period_seconds"] == 90 * DAY
+
+
+def test_rotation_period_is_set_changed_and_cleared_by_config(
+    client: TestClient,
+) -> None:
+    """The config route sets, changes and (with null) clears the rotation period."""
+    create(client, "rot")
+    assert get_key(client, "rot")["rotation_period_seconds"] is None
+
+    set_ = post_ok(client, "/v1/keys/rot/config", {"rotation_period_seconds": 3600})
+    both = post_ok(
+        client,
+        "/v1/keys/rot/config",
+        {"rotation_period_seconds": 30 * DAY, "min_encryption_version": 1},
+    )
+    assert get_key(client, "rot")["rotation_period_seconds"] == 30 * DAY
+    cleared = post_ok(client, "/v1/keys/rot/config", {"rotation_period_seconds": None})
+
+    assert set_["receipts"][-1]["type"] == "keyledger.key.RotationPeriodChanged"
+    assert [r["type"] for r in both["receipts"]] == [
+        "keyledger.key.MinimumVersionsChanged",
+        "keyledger.key.RotationPeriodChanged",
+    ]
+    assert cleared["key"]["rotation_period_seconds"] is None
+    assert get_key(client, "rot")["rotation_period_seconds"] is None
+    listed = client.get("/v1/keys").json()["keys"]
+    assert listed[0]["rotation_period_seconds"] is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(3599, id="below one hour"),
+        pytest.param(10 * 366 * DAY + 1, id="above ten years"),
+        pytest.param(0, id="zero"),
+        pytest.param(-DAY, id="negative"),
+    ],
+)
+def test_rotation_period_out_of_bounds_is_refused(
+    client: TestClient, value: int
+) -> None:
+    """A period outside one hour to ten years is 422 and nothing is recorded."""
+    create(client, "rot", rotation_period_seconds=DAY)
+
+    details = assert_refused(
+        client,
+        "rot",
+        lambda: client.post(
+            "/v1/keys/rot/config",
+            json={"rotation_period_seconds": value, "min_decryption_version": 1},
+        ),
+        422,
+        "ROTATION_PERIOD_OUT_OF_RANGE",
+    )
+
+    assert (details["min"], details["max"]) == (3600, 10 * 366 * DAY)
+    assert get_key(client, "rot")["rotation_period_seconds"] == DAY
+
+
+def test_rotation_period_out_of_bounds_at_create_creates_nothing(
+    client: TestClient,
+) -> None:
+    """A bad period at create is 422 and no key comes to be."""
+    assert_error(
+        client.post("/v1/keys", json={"name": "rot", "rotation_period_seconds": 60}),
+        422,
+        "ROTATION_PERIOD_OUT_OF_RANGE",
+    )
+    assert_error(
+        client.post("/v1/keys", json={"name": "rot", "rotation_period_seconds": "1d"}),
+        422,
+        "INVALID_FIELD",
+    )
+
+    assert client.get("/v1/keys/rot").status_code == 404
+
+
+def test_rebuild_reproduces_rotation_periods(
+    client: TestClient, runtime: object
+) -> None:
+    """Rebuilt rotation periods equal the live ones, a cleared one included."""
+    create(client, "a", rotation_period_seconds=DAY)
+    create(client, "b", rotation_period_seconds=DAY)
+    post_ok(client, "/v1/keys/b/config", {"rotation_period_seconds": None})
+    before = get_key(client, "a"), get_key(client, "b")
+
+    report = rebuild(runtime.service.app)  # type: ignore[attr-defined]
+
+    assert report.matched_live, report.differences
+    assert (get_key(client, "a"), get_key(client, "b")) == before
+    assert [view["rotation_period_seconds"] for view in before] == [DAY, None]

@@ -956,3 +956,46 @@ def test_replay_does_not_consult_rules() -> None:
     assert replayed.versions[1].state == "destroy_scheduled"
     assert replayed.versions[1].destroy_at == "2026-03-04T12:00:00.000000Z"
     assert replayed.to_view() == key.to_view()
+
+
+# Rotation period -----------------------------------------------------------
+
+
+def test_rotation_period_is_set_changed_cleared_and_replayed() -> None:
+    """Each change is an event; replaying the events gives the same period."""
+    key = new_key()
+    assert key.rotation_period_seconds is None
+
+    key.change_rotation_period(90 * 86400, now=T0 + TICK)
+    key.change_rotation_period(3600, now=T0 + 2 * TICK)
+    events = list(key.collect_events())
+
+    assert key.rotation_period_seconds == 3600
+    assert [type(e).__name__ for e in events[1:]] == ["RotationPeriodChanged"] * 2
+    assert replay(events).rotation_period_seconds == 3600
+    assert replay(events[:2]).rotation_period_seconds == 90 * 86400
+    assert replay(events[:1]).rotation_period_seconds is None
+    key.change_rotation_period(None, now=T0 + 3 * TICK)
+    assert key.rotation_period_seconds is None
+    assert key.summary()["rotation_period_seconds"] is None
+
+
+@pytest.mark.parametrize(
+    "seconds",
+    [
+        pytest.param(3599, id="below an hour"),
+        pytest.param(10 * 366 * 86400 + 1, id="above ten years"),
+        pytest.param(True, id="a boolean"),
+    ],
+)
+def test_rotation_period_out_of_bounds_records_nothing(seconds: Any) -> None:
+    """A period outside one hour to ten years is refused before any event."""
+    key = new_key()
+    list(key.collect_events())
+
+    with pytest.raises(InvalidArgumentError) as refused:
+        key.change_rotation_period(seconds, now=T0 + TICK)
+
+    assert refused.value.code == "ROTATION_PERIOD_OUT_OF_RANGE"
+    assert list(key.collect_events()) == []
+    assert key.rotation_period_seconds is None

@@ -58,7 +58,7 @@ class ServiceSource:
 
 
 def workload(service: KeyService, ctx: CommandContext, clock: AdjustableClock) -> None:
-    """Every kind of event: lifecycle, material erased two ways, uses, config."""
+    """Every kind of event: lifecycle, erasure, uses, config, rotation period."""
     for name in ("alpha", "beta", "gamma"):
         service.create_key(ctx, name=name)
         service.rotate(ctx, name)
@@ -67,6 +67,9 @@ def workload(service: KeyService, ctx: CommandContext, clock: AdjustableClock) -
     service.mark_compromised(ctx, "gamma", 1, reason="test")
     service.schedule_destruction(ctx, "beta", 1, days=7)
     service.change_minimum_versions(ctx, "alpha", min_decryption_version=2)
+    service.configure_key(
+        ctx, "beta", rotation_period_seconds=3600, set_rotation_period=True
+    )
     clock.advance(WEEK)
     service.destroy_due()
     service.trim_versions(ctx, "alpha", min_available_version=2)
