@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 from eventsourcing.persistence import PersistenceError
+from eventsourcing.utils import TopicError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -29,6 +30,7 @@ from domain.errors import (
     MaterialUnreadableError,
     PrimaryFencedError,
     PrincipalNotFoundError,
+    UnknownEventTypeError,
     VersionNotFoundError,
 )
 from ledger.service import Replay
@@ -55,6 +57,7 @@ _STATUS: list[tuple[type[KeyledgerError], int]] = [
     (InvalidArgumentError, 422),
     (LedgerUnavailableError, 503),
     (MaterialUnreadableError, 500),
+    (UnknownEventTypeError, 500),
 ]
 
 
@@ -133,6 +136,19 @@ def install(app: FastAPI) -> None:
                 "LEDGER_UNAVAILABLE", "The ledger could not be read; try again later."
             ),
             status_code=503,
+        )
+
+    @app.exception_handler(TopicError)
+    async def unknown_type(request: Request, error: TopicError) -> JSONResponse:
+        # A stream holds an event of a newer release: refuse rather than guess.
+        logger.error("unknown_event_type", extra={"error": str(error)})
+        return JSONResponse(
+            error_body(
+                UnknownEventTypeError.code,
+                "The ledger holds an event type this release cannot read; "
+                "nothing was recorded. Upgrade keyledger.",
+            ),
+            status_code=500,
         )
 
     @app.exception_handler(Exception)

@@ -26,7 +26,7 @@ from backup.service import BackupService
 from domain.access import ALL_ROLES
 from domain.access_audit import BootstrapTokenUse, ServiceRun
 from domain.clock import AdjustableClock, Clock, SystemClock
-from domain.errors import KeyledgerError, PrimaryFencedError
+from domain.errors import KeyledgerError, PrimaryFencedError, UnknownEventTypeError
 from ledger.access import AccessService, Coalescer
 from ledger.application import redact_url
 from ledger.dual_control import DualControl
@@ -239,6 +239,16 @@ def build_runtime(settings: Settings, *, appends: bool = True) -> Runtime:
         ),
         checkpoint_interval=settings.checkpoint_interval,
     )
+    unknown = service.unknown_event_type()
+    if unknown is not None:
+        service.close()
+        position, topic = unknown
+        raise UnknownEventTypeError(
+            f"The ledger holds an event of type {topic!r} at position {position}, "
+            "which this release cannot read; upgrade keyledger to serve it.",
+            position=position,
+            topic=topic,
+        )
     service.trusted_keys.update(load_trusted_keys(data_dir))
     if isinstance(clock, AdjustableClock):
         # Every earlier move of the development clock is on the ledger: replay them.

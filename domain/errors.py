@@ -96,6 +96,17 @@ class LedgerUnavailableError(KeyledgerError):
     code = "LEDGER_UNAVAILABLE"
 
 
+class UnknownEventTypeError(KeyledgerError):
+    """The ledger holds an event type this release cannot read (HTTP 500).
+
+    Written by a newer release, most likely. Nothing that would read past it
+    goes on: not a start, not a rebuild, not a command on its stream.
+    ``details`` name the type and, where known, its first position.
+    """
+
+    code = "UNKNOWN_EVENT_TYPE"
+
+
 class LedgerBrokenError(KeyledgerError):
     """Verification found the ledger broken, so no evidence is exported (HTTP 409).
 

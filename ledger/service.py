@@ -39,6 +39,7 @@ from domain.keys import (
     validate_rotation_period,
 )
 from domain.service_clock import SERVICE_CLOCK_ID, ServiceClock
+from domain.topics import is_known
 from ledger.application import KeyLedger, storage_env
 from ledger.material import KeyEncryptionKey, fingerprint, generate_material
 from ledger.signing import LedgerSigner
@@ -588,6 +589,24 @@ class KeyService:
 
     def head_position(self) -> int:
         return self.ledger.head().position
+
+    def unknown_event_type(self) -> tuple[int, str] | None:
+        """The first position holding an event type this release cannot read.
+
+        One pass over the table's topics, at start: a ledger written by a newer
+        release is refused whole rather than read with gaps in its meaning.
+        """
+        rows = self.ledger.query(
+            "SELECT topic, min(notification_id) AS position "
+            f"FROM {self.ledger.events_table_name} GROUP BY topic",
+            (),
+        )
+        unknown = [
+            (int(row["position"]), str(row["topic"]))
+            for row in rows
+            if not is_known(row["topic"])
+        ]
+        return min(unknown) if unknown else None
 
     def fenced_by(self) -> CurrentEpoch | None:
         """The newer epoch that fences this instance, or None if it may write.

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import TopicError
 
+from domain.topics import is_known
 from domain.usage import KeyUse
 from projections import access_view, backup_status, key_view, usage_counts
 
@@ -73,6 +74,9 @@ def replay_keys(
         for row in rows:
             count += 1
             position, topic = row["notification_id"], row["topic"]
+            if not is_known(topic):
+                # Skipping it could leave out what it meant: stop here.
+                raise RebuildError(position, topic, "unknown event type")
             if not topic.startswith("keyledger.key."):
                 # Usage records and clock moves change no projection.
                 continue
