@@ -1,5 +1,5 @@
-"""The ``keyledger`` command: serve, demo, verify, rebuild, export, report, backups,
-restore, principals, tokens."""
+"""The ``keyledger`` command: serve, demo, verify, rebuild, export, report, audit,
+backups, restore, principals, tokens, replicas and drills."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from scripts import (
+    audit_tools,
     backup_tools,
     compare_ledgers,
     dr_drill,
@@ -37,6 +38,11 @@ COMMANDS: dict[str, tuple[Any, str]] = {
     "report": (
         report_compliance,
         "Write the compliance report of a period as HTML or PDF.",
+    ),
+    "audit": (
+        audit_tools,
+        "Auditor queries: events by filter, a principal's activity, a key's state "
+        "at a time or position, verification of a range (each read recorded).",
     ),
     "verify-export": (
         verify_export,

@@ -90,3 +90,72 @@ def cli_context(command: str) -> Any:
 
     actor = Actor(principal=f"cli:{getpass.getuser()}", token_id="-")
     return CommandContext(actor, f"cli-{command}-{secrets.token_hex(8)}")
+
+
+def record_cli_read(
+    service: KeyService, route: str, key: str | None, asked: list[list[str]]
+) -> None:
+    """Record a read of the audit trail from the command line, before it is shown.
+
+    Raises:
+        LedgerUnavailableError: it could not be recorded; show nothing.
+    """
+    from domain.access_audit import AuditTrailRead
+
+    context = cli_context(route.split()[0])
+    fields = {
+        "route": f"cli: keyledger {route}",
+        "key": key,
+        "principal": context.actor.principal,
+        "token_id": context.actor.token_id,
+        "path": None,
+        "query": asked,
+    }
+    read = AuditTrailRead.record(
+        fields=fields, window_seconds=0, now=service.clock.now()
+    )
+    _record(service, read, context)
+
+
+def record_cli_export(
+    service: KeyService,
+    command: str,
+    scope: dict[str, Any],
+    data: bytes,
+    manifest: dict[str, Any],
+) -> None:
+    """Record that ``command`` handed out evidence, before it is written anywhere.
+
+    Raises:
+        LedgerUnavailableError: it could not be recorded; write nothing.
+    """
+    import hashlib
+
+    from domain.access_audit import EvidenceExport
+
+    covered = manifest.get("covered") or {}
+    fact = EvidenceExport.record(
+        now=service.clock.now(),
+        scope={"cli": f"keyledger {command}", **scope},
+        sha256=hashlib.sha256(data).hexdigest(),
+        entries=manifest["counts"]["entries"],
+        first_position=covered.get("first_position"),
+        last_position=covered.get("last_position"),
+    )
+    _record(service, fact, cli_context(command))
+
+
+def _record(service: KeyService, fact: Any, context: Any) -> None:
+    from eventsourcing.persistence import PersistenceError
+
+    from domain.errors import LedgerUnavailableError
+    from ledger.store import LedgerWrite
+
+    write = LedgerWrite(actor=context.actor, request_id=context.request_id)
+    try:
+        service.app.save(fact, ledger=write)
+    except PersistenceError as error:
+        raise LedgerUnavailableError(
+            "The ledger could not record this read; nothing was shown.",
+            reason=type(error).__name__,
+        ) from error

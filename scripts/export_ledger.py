@@ -10,7 +10,7 @@ from pathlib import Path
 from domain.clock import parse_time
 from domain.errors import KeyledgerError, LedgerBrokenError
 from ledger.export import ExportScope, build_export
-from scripts.common import add_ledger_arguments, open_ledger_for
+from scripts.common import add_ledger_arguments, open_ledger_for, record_cli_export
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    if out.exists():
+        print(
+            f"keyledger export: {out} exists; choose a new --out file", file=sys.stderr
+        )
+        return 2
     try:
         scope = ExportScope(
             parse_time(args.from_time) if args.from_time else None,
@@ -50,6 +55,18 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:
         export = build_export(service, scope)
+        # Handed out only once it is on the record (fail closed).
+        record_cli_export(
+            service,
+            "export",
+            {
+                "from": args.from_time,
+                "to": args.to_time,
+                "keys": list(args.key),
+            },
+            export.data,
+            export.manifest,
+        )
     except LedgerBrokenError as error:
         print(f"keyledger export: {error.message}", file=sys.stderr)
         return 1

@@ -9,9 +9,14 @@ from pathlib import Path
 
 from domain.clock import SystemClock
 from domain.errors import KeyledgerError
-from reports import render
+from reports import covered, render
 from reports.compliance import collect, parse_period
-from scripts.common import add_ledger_arguments, open_backups, open_ledger_for
+from scripts.common import (
+    add_ledger_arguments,
+    open_backups,
+    open_ledger_for,
+    record_cli_export,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +50,12 @@ def main(args: argparse.Namespace) -> int:
     except KeyledgerError as error:
         print(f"keyledger report: {error.message}", file=sys.stderr)
         return 2
+    out = Path(args.out)
+    if out.exists():
+        print(
+            f"keyledger report: {out} exists; choose a new --out file", file=sys.stderr
+        )
+        return 2
     service = open_ledger_for(args, "report")
     if service is None:
         return 2
@@ -56,6 +67,20 @@ def main(args: argparse.Namespace) -> int:
             end=end,
             default_policy=policy,
             now=SystemClock().now(),
+        )
+        data = render(report, args.format)
+        # Handed out only once it is on the record (fail closed).
+        record_cli_export(
+            service,
+            "report",
+            {
+                "report": "compliance",
+                "from": args.from_time,
+                "to": args.to_time,
+                "format": args.format,
+            },
+            data,
+            covered(report),
         )
     except FileNotFoundError as error:
         print(
@@ -69,9 +94,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     finally:
         service.close()
-    data = render(report, args.format)
 
-    out = Path(args.out)
     try:
         fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         with os.fdopen(fd, "wb") as handle:
