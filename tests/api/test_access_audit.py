@@ -248,3 +248,44 @@ def test_a_query_parameter_named_like_a_secret_is_recorded_without_its_value(
     [read] = _reads(recording_runtime, head)
     assert read["query"] == [["key", "k"], ["access_token", "(withheld)"]]
     assert issued["token"] not in json.dumps(_after(recording_runtime, head))
+
+
+def test_a_command_refused_with_422_or_413_is_recorded_with_its_code(
+    recording_client: TestClient, recording_runtime: Runtime
+) -> None:
+    """An unknown field, a wrong type and an oversized body on a command: each
+    a RequestRefused with status and code, never the body; the key unchanged."""
+    client = recording_client
+    client.post("/v1/keys", json={"name": "k"}, headers=BOOTSTRAP)
+    carl = add_principal(client, "carl", ["custodian"])
+    headers = bearer(carl["token"])
+    before = client.get("/v1/keys/k", headers=BOOTSTRAP).json()
+    head = recording_runtime.service.head_position()
+    limit = recording_runtime.settings.max_body_bytes
+
+    unknown = client.post(
+        "/v1/keys/k/rotate", json={"secret-field": "keep-me-out"}, headers=headers
+    )
+    wrong = client.post(
+        "/v1/keys/k/rotate", json={"expected_version": "one"}, headers=headers
+    )
+    large = client.post(
+        "/v1/keys/k/rotate",
+        content=b'{"description": "' + b"x" * limit + b'"}',
+        headers={**headers, "Content-Type": "application/json"},
+    )
+
+    assert_error(unknown, 422, "UNKNOWN_FIELD")
+    assert_error(wrong, 422, "INVALID_FIELD")
+    assert_error(large, 413, "PAYLOAD_TOO_LARGE")
+    entries = _after(recording_runtime, head)
+    assert [e["type"] for e in entries] == [REFUSED] * 3
+    assert [(e["payload"]["status"], e["payload"]["code"]) for e in entries] == [
+        (422, "UNKNOWN_FIELD"),
+        (422, "INVALID_FIELD"),
+        (413, "PAYLOAD_TOO_LARGE"),
+    ]
+    assert all(e["payload"]["route"] == "/v1/keys/{name}/rotate" for e in entries)
+    assert entries[0]["payload"]["principal"] == "carl"
+    assert "keep-me-out" not in json.dumps(entries)
+    assert client.get("/v1/keys/k", headers=BOOTSTRAP).json() == before
