@@ -90,8 +90,13 @@ def record_refusal(
         "client": client_of(request),
         "user_agent": user_agent_of(request),
     }
-    # The user agent is the caller's to choose: it must not defeat coalescing.
-    signature = ("refused", *(v for k, v in fields.items() if k != "user_agent"))
+    # One window per caller (its principal, else its client), code and route: the
+    # key, the token and the user agent are the caller's to vary, and must not
+    # defeat coalescing. The count keeps the distinct keys named.
+    caller = ("principal", fields["principal"])
+    if fields["principal"] is None:
+        caller = ("client", fields["client"])
+    signature = ("refused", *caller, status, code, request.method, fields["route"])
     try:
         runtime.coalescer.occurred(
             signature,
@@ -100,6 +105,7 @@ def record_refusal(
             ),
             actor or ANONYMOUS,
             getattr(request.state, "request_id", None) or "unattributed",
+            detail=fields["key"],
         )
     except KeyledgerError as error:
         logger.warning("refusal_not_recorded", extra={"code": error.code})

@@ -106,6 +106,37 @@ def test_a_flood_of_refusals_is_one_event_and_a_count_per_window(
     assert entries[1]["stream_id"] == entries[0]["stream_id"]
 
 
+def test_a_flood_over_many_key_names_is_one_event_and_a_count(
+    recording_client: TestClient,
+    recording_runtime: Runtime,
+    clock: AdjustableClock,
+) -> None:
+    """50 refusals of one caller on one route, each naming another key: one
+    RequestRefused, then one count of 49 with the first ten key names."""
+    client = recording_client
+    auditor = bearer(add_principal(client, "eve", ["auditor"])["token"])
+    head = recording_runtime.service.head_position()
+
+    for number in range(50):
+        response = client.post(f"/v1/keys/k-{number:02d}/rotate", headers=auditor)
+        assert_error(response, 403, "FORBIDDEN")
+    assert [e["type"] for e in _after(recording_runtime, head)] == [REFUSED]
+
+    clock.advance(recording_runtime.coalescer.window)
+    recording_runtime.coalescer.flush()
+
+    first, counted = [
+        e for e in _after(recording_runtime, head) if e["type"] in (REFUSED, REPEATED)
+    ]
+    assert first["payload"]["key"] == "k-00"
+    assert first["payload"]["principal"] == "eve"
+    assert counted["type"] == REPEATED
+    assert counted["stream_id"] == first["stream_id"]
+    assert counted["payload"]["repeats"] == 49
+    assert counted["payload"]["keys"] == [f"k-{n:02d}" for n in range(10)]
+    assert counted["payload"]["more_keys"] is True
+
+
 def test_requests_are_attributed_with_client_and_user_agent(
     recording_client: TestClient, recording_runtime: Runtime
 ) -> None:
