@@ -112,13 +112,16 @@ def verify(
 def run_scheduler(
     runtime: RuntimeDep, actor: Annotated[Actor, require(Permission.ADMIN)]
 ) -> dict[str, Any]:
-    """Destroy every version whose waiting period has passed, now."""
+    """Destroy every version whose waiting period has passed, and record the
+    expiry of every approval request past its time limit, now."""
     done = runtime.service.destroy_due()
+    expired = runtime.dual_control.expire_due()
     return {
         "destroyed": [
             {"key": result.key["name"], "receipt": result.receipts[-1].as_json()}
             for result in done
-        ]
+        ],
+        "expired": [pending.view() for pending in expired],
     }
 
 
