@@ -17,7 +17,7 @@ from api.body import parse_json, read_body
 from api.errors import ApiError
 from api.runtime import BOOTSTRAP_PRINCIPAL, Runtime
 from domain.access import Permission, permissions_of
-from domain.keys import MAX_VERSION
+from domain.keys import MAX_VERSION, validate_key_name
 from domain.principals import KEY_SCOPED, key_matches
 from domain.principals import permissions_on_key as on_key
 from ledger.service import CommandContext, CommandResult, IdempotencyRecord
@@ -166,9 +166,12 @@ def audit_scope(runtime: Runtime, actor: Actor) -> tuple[str, ...] | None:
 
 def require_audit_keys(runtime: Runtime, actor: Actor, keys: list[str]) -> None:
     """Go on if the actor's audit scope covers every one of ``keys``, else 403
-    KEY_NOT_GRANTED naming the first it does not."""
+    KEY_NOT_GRANTED naming the first it does not (422 INVALID_KEY_NAME first for
+    a name no key can have)."""
     if not keys:
         return
+    for key in keys:
+        validate_key_name(key)
     scope = audit_scope(runtime, actor)
     if scope is None:
         return
@@ -179,7 +182,7 @@ def require_audit_keys(runtime: Runtime, actor: Actor, keys: list[str]) -> None:
                 "KEY_NOT_GRANTED",
                 f"This principal's grants do not allow key:read on key {key!r}.",
                 permission=Permission.KEY_READ.value,
-                key=key[:64],
+                key=key,
             )
 
 

@@ -145,3 +145,17 @@ def test_a_grant_on_every_key_reads_the_whole_ledger(
     assert client.get("/v1/exports", headers=eve).status_code == 200
     assert client.get("/v1/events", headers=eve).status_code == 200
     assert "hr" in _keys_seen(client, "/v1/audit/events", eve)
+
+
+def test_a_malformed_key_name_is_422_whatever_the_grants(
+    recording_client: TestClient, auditors: dict[str, dict[str, str]]
+) -> None:
+    """A name no key can have is INVALID_KEY_NAME, not a grant question."""
+    for who in ("eve", "ann"):
+        headers = auditors[who]
+        for path, params in (
+            ("/v1/audit/events", {"key": "no such/key"}),
+            ("/v1/exports", {"keys": "pay_eu,"}),
+        ):
+            response = recording_client.get(path, params=params, headers=headers)
+            assert_error(response, 422, "INVALID_KEY_NAME")
