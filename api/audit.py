@@ -59,6 +59,16 @@ def key_of(request: Request) -> str | None:
     return None
 
 
+def keys_asked_for(request: Request) -> list[str]:
+    """Every key a request names: in its path, and in ``key`` or ``keys`` (names
+    separated by commas) in its query."""
+    names = [name for name in [key_of(request)] if name is not None]
+    names += request.query_params.getlist("key")
+    for value in request.query_params.getlist("keys"):
+        names += [name.strip() for name in value.split(",")]
+    return names
+
+
 def is_recorded_refusal(method: str, status: int) -> bool:
     return status in REFUSED_ON_ANY_ROUTE or (
         status in REFUSED_COMMANDS and method in COMMAND_METHODS
@@ -84,14 +94,19 @@ def record_refusal(
         "code": code,
         "method": request.method,
         "route": route_of(request),
-        "key": key_of(request),
+        "key": key_of(request) or _named_key(details),
         "principal": actor.principal if actor is not None else None,
         "token_id": token_id if isinstance(token_id, str) else None,
         "client": client_of(request),
         "user_agent": user_agent_of(request),
     }
-    # The user agent is the caller's to choose: it must not defeat coalescing.
-    signature = ("refused", *(v for k, v in fields.items() if k != "user_agent"))
+    # One window per caller (its principal, else its client), code and route: the
+    # key, the token and the user agent are the caller's to vary, and must not
+    # defeat coalescing. The count keeps the distinct keys named.
+    caller = ("principal", fields["principal"])
+    if fields["principal"] is None:
+        caller = ("client", fields["client"])
+    signature = ("refused", *caller, status, code, request.method, fields["route"])
     try:
         runtime.coalescer.occurred(
             signature,
@@ -100,9 +115,16 @@ def record_refusal(
             ),
             actor or ANONYMOUS,
             getattr(request.state, "request_id", None) or "unattributed",
+            detail=fields["key"],
         )
     except KeyledgerError as error:
         logger.warning("refusal_not_recorded", extra={"code": error.code})
+
+
+def _named_key(details: dict[str, Any]) -> str | None:
+    """The key a refusal names in its details (a query's ungranted key), if any."""
+    key = details.get("key")
+    return key if isinstance(key, str) else None
 
 
 def record_export(

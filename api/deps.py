@@ -17,8 +17,8 @@ from api.body import parse_json, read_body
 from api.errors import ApiError
 from api.runtime import BOOTSTRAP_PRINCIPAL, Runtime
 from domain.access import Permission, permissions_of
-from domain.keys import MAX_VERSION
-from domain.principals import KEY_SCOPED
+from domain.keys import MAX_VERSION, validate_key_name
+from domain.principals import KEY_SCOPED, key_matches
 from domain.principals import permissions_on_key as on_key
 from ledger.service import CommandContext, CommandResult, IdempotencyRecord
 from ledger.store import Actor
@@ -82,6 +82,9 @@ class Requirement:
         key = audit.key_of(request)
         if key is not None and allowed & KEY_SCOPED:
             require_on_key(runtime, actor, key, *self.permissions)
+        if Permission.AUDIT_READ in allowed:
+            # Before the read is recorded: a refused read is only a refusal.
+            require_audit_keys(runtime, actor, audit.keys_asked_for(request))
         if request.method not in _READS:
             fenced = runtime.fenced_error()
             if fenced is not None:
@@ -140,6 +143,64 @@ def key_filter(
         return None
     held = permissions_of(actor.roles)
     return lambda key: permission in on_key(held, grants, key)
+
+
+def audit_scope(runtime: Runtime, actor: Actor) -> tuple[str, ...] | None:
+    """The key patterns the actor's audit reads and exports are narrowed to.
+
+    None for every key: the bootstrap token, a principal without grants, or one
+    whose grants give ``key:read`` on ``*``. Otherwise the patterns of its grants
+    that give ``key:read`` (none if its roles do not carry it): it sees only the
+    entries of keys they cover.
+    """
+    if actor.principal == BOOTSTRAP_PRINCIPAL:
+        return None
+    grants = runtime.access.grants(actor.principal)
+    if not grants:
+        return None
+    if Permission.KEY_READ not in permissions_of(actor.roles):
+        return ()
+    patterns = sorted(p for p, held in grants.items() if Permission.KEY_READ in held)
+    return None if "*" in patterns else tuple(patterns)
+
+
+def require_audit_keys(runtime: Runtime, actor: Actor, keys: list[str]) -> None:
+    """Go on if the actor's audit scope covers every one of ``keys``, else 403
+    KEY_NOT_GRANTED naming the first it does not (422 INVALID_KEY_NAME first for
+    a name no key can have)."""
+    if not keys:
+        return
+    for key in keys:
+        validate_key_name(key)
+    scope = audit_scope(runtime, actor)
+    if scope is None:
+        return
+    for key in keys:
+        if not any(key_matches(pattern, key) for pattern in scope):
+            raise ApiError(
+                403,
+                "KEY_NOT_GRANTED",
+                f"This principal's grants do not allow key:read on key {key!r}.",
+                permission=Permission.KEY_READ.value,
+                key=key,
+            )
+
+
+def require_whole_ledger(runtime: Runtime, actor: Actor) -> None:
+    """Go on if the actor may read every key's entries, else 403 LEDGER_NOT_GRANTED.
+
+    For what cannot be narrowed to some keys and stay what it claims to be: a
+    time-range export (a contiguous, linked stretch of the chain), the
+    compliance report, the feed.
+    """
+    if audit_scope(runtime, actor) is None:
+        return
+    raise ApiError(
+        403,
+        "LEDGER_NOT_GRANTED",
+        "This principal's grants cover only some keys; ask for those keys by name.",
+        permission=Permission.KEY_READ.value,
+    )
 
 
 def require(*permissions: Permission, audited: bool = False) -> Any:

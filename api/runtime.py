@@ -157,7 +157,8 @@ class Runtime:
         return fenced_error(self.fenced, self.service.signer.kid)
 
     def start_scheduler(self) -> None:
-        """Destroy due versions in the background, every scheduler interval."""
+        """Destroy due versions and record expired approval requests in the
+        background, every scheduler interval."""
         if self.fenced is not None:
             return  # it would only record refusals: a fenced primary writes nothing
 
@@ -172,6 +173,12 @@ class Runtime:
                         )
                 except KeyledgerError as error:
                     logger.warning("scheduler_failed", extra={"code": error.code})
+                try:
+                    expired = self.dual_control.expire_due()
+                    if expired:
+                        logger.info("approvals_expired", extra={"count": len(expired)})
+                except KeyledgerError as error:
+                    logger.warning("approval_expiry_failed", extra={"code": error.code})
                 try:
                     self.backups.run_scheduler(record_idle=False)
                 except KeyledgerError as error:

@@ -48,9 +48,8 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         {P.KEY_READ, P.BACKUP_READ, P.BACKUP_MANAGE, P.BACKUP_RESTORE}
     ),
     Role.SERVICE: frozenset({P.KEY_USE}),
-    Role.AUDITOR: frozenset(
-        {P.KEY_READ, P.BACKUP_READ, P.LEDGER_READ, P.LEDGER_CHECKPOINT, P.AUDIT_READ}
-    ),
+    # Reads only: signing a checkpoint is a command (it appends to the ledger).
+    Role.AUDITOR: frozenset({P.KEY_READ, P.BACKUP_READ, P.LEDGER_READ, P.AUDIT_READ}),
     Role.REPLICA: frozenset({P.REPLICATION}),
 }
 

@@ -30,13 +30,28 @@ class _Window(Aggregate):
     # (a name, as the library re-creates event classes held as attributes).
     counted = ""
 
-    def count_repeats(self, repeats: int, *, last_at: datetime, now: datetime) -> None:
+    def count_repeats(
+        self,
+        repeats: int,
+        *,
+        last_at: datetime,
+        now: datetime,
+        details: list[str] | None = None,
+        more_details: bool = False,
+    ) -> None:
+        """Record ``repeats`` more occurrences; ``details`` are the distinct values
+        (key names) the window's occurrences named, kept only where the event
+        has room for them."""
         self.trigger_event(
             getattr(self, self.counted),
             repeats=repeats,
             last_at=format_time(last_at),
             timestamp=now,
+            **self._counted_details(details or [], more_details),
         )
+
+    def _counted_details(self, details: list[str], more: bool) -> dict[str, Any]:
+        return {}
 
 
 class BootstrapTokenUse(_Window):
@@ -82,6 +97,8 @@ class RequestRefusal(_Window):
 
     What is kept: status, reason code, method, route template, key name if the
     route names one, and who and from where. Never the token or the body.
+    Repeats are those of the same caller (principal, else client), code and
+    route, whatever key they name: the count keeps the distinct key names.
     """
 
     class Refused(Aggregate.Created):
@@ -105,6 +122,11 @@ class RequestRefusal(_Window):
         TOPIC = "keyledger.access.RefusalsRepeated"
         repeats: int
         last_at: str
+        # The distinct key names the window's refusals named (the first one's
+        # too), at most ten, and whether there were more. Counts recorded
+        # before these existed have neither.
+        keys: list[str] | None = None
+        more_keys: bool | None = None
 
         def apply(self, aggregate: RequestRefusal) -> None:
             aggregate.repeats += self.repeats
@@ -113,6 +135,9 @@ class RequestRefusal(_Window):
 
     def __init__(self, **fields: Any) -> None:
         self.fields = fields
+
+    def _counted_details(self, details: list[str], more: bool) -> dict[str, Any]:
+        return {"keys": details, "more_keys": more}
 
     @classmethod
     def record(

@@ -256,6 +256,17 @@ class _OpenWindow:
     opened_at: datetime
     last_at: datetime
     repeats: int = 0
+    # The distinct details (key names) the occurrences named, up to a bound.
+    details: set[str] = field(default_factory=set)
+    more_details: bool = False
+
+    def note(self, detail: str | None, bound: int) -> None:
+        if detail is None or detail in self.details:
+            return
+        if len(self.details) < bound:
+            self.details.add(detail)
+        else:
+            self.more_details = True
 
 
 @dataclass
@@ -264,7 +275,8 @@ class Coalescer:
 
     ``occurred`` records the first occurrence of a signature at once (raising if
     the ledger cannot record it: the caller must then refuse to go on), and only
-    counts the next ones until ``window`` has passed since the first. ``flush``
+    counts the next ones until ``window`` has passed since the first, keeping the
+    distinct ``detail`` values they name (up to ``max_details``). ``flush``
     records the counts of closed windows (all of them with ``everything``); the
     service calls it from its scheduler and when it stops.
     """
@@ -273,6 +285,7 @@ class Coalescer:
     clock: Clock
     window: timedelta = timedelta(minutes=5)
     max_open: int = 10_000
+    max_details: int = 10
     _open: dict[Hashable, _OpenWindow] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -282,6 +295,7 @@ class Coalescer:
         start: Callable[[datetime, int], _Window],
         actor: Actor,
         request_id: str,
+        detail: str | None = None,
     ) -> None:
         now = self.clock.now()
         with self._lock:
@@ -289,14 +303,17 @@ class Coalescer:
             if current is not None and now < current.opened_at + self.window:
                 current.repeats += 1
                 current.last_at = max(current.last_at, now)
+                current.note(detail, self.max_details)
                 return
         self.flush()
         window = start(now, int(self.window.total_seconds()))
         self.record(window, actor, request_id)
+        opened = _OpenWindow(window, now, now)
+        opened.note(detail, self.max_details)
         with self._lock:
             if len(self._open) >= self.max_open:
                 self._close_oldest()
-            self._open[signature] = _OpenWindow(window, now, now)
+            self._open[signature] = opened
 
     def flush(self, *, everything: bool = False) -> int:
         """Record the repeat counts of closed windows; the number of events written."""
@@ -322,7 +339,13 @@ class Coalescer:
     def _count(self, current: _OpenWindow, now: datetime) -> int:
         if current.repeats == 0:
             return 0
-        current.window.count_repeats(current.repeats, last_at=current.last_at, now=now)
+        current.window.count_repeats(
+            current.repeats,
+            last_at=current.last_at,
+            now=now,
+            details=sorted(current.details),
+            more_details=current.more_details,
+        )
         self.record(current.window, SYSTEM_ACTOR, "access-coalescer")
         return 1
 

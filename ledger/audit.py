@@ -32,10 +32,15 @@ class AuditFilter:
     recorded_from: datetime | None = None
     recorded_to: datetime | None = None
     outcome: str | None = None
+    # Only entries naming a key these patterns cover (a name, a prefix ending in
+    # ``*``): an auditor narrowed by grants. None means every entry.
+    keys_within: tuple[str, ...] | None = None
 
     def where(self) -> tuple[list[str], list[Any]]:
         clauses: list[str] = []
         params: list[Any] = []
+        if self.keys_within is not None:
+            clauses.append(_within(self.keys_within, params))
         if self.key is not None:
             clauses.append("key_name = %s")
             params.append(self.key)
@@ -60,6 +65,22 @@ class AuditFilter:
             clauses.append("outcome = %s")
             params.append(self.outcome)
         return clauses, params
+
+
+def _within(patterns: tuple[str, ...], params: list[Any]) -> str:
+    """A clause keeping the entries whose key one of ``patterns`` covers."""
+    covered = []
+    for pattern in patterns:
+        if pattern == "*":
+            covered.append("key_name IS NOT NULL")
+        elif pattern.endswith("*"):
+            # substr, not LIKE: a key name may hold '_', LIKE's wildcard.
+            covered.append("substr(key_name, 1, %s) = %s")
+            params += [len(pattern) - 1, pattern[:-1]]
+        else:
+            covered.append("key_name = %s")
+            params.append(pattern)
+    return f"({' OR '.join(covered)})" if covered else "1 = 0"
 
 
 def search(

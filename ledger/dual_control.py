@@ -10,6 +10,8 @@ Any command (the backup restore included) can be put under dual control this way
 
 from __future__ import annotations
 
+import logging
+import secrets
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -33,7 +35,10 @@ from domain.errors import (
 )
 from ledger.application import KeyLedger
 from ledger.service import CommandContext, CommandResult, _unavailable
-from ledger.store import LedgerWrite, Receipt
+from ledger.store import SYSTEM_ACTOR, LedgerWrite, Receipt
+from projections import audit_index
+
+logger = logging.getLogger(__name__)
 
 Execute = Callable[[CommandContext, ApprovalRequest], CommandResult]
 
@@ -181,6 +186,44 @@ class DualControl:
             self._save(pending, context, pending.key)
             raise
         return pending, result
+
+    def expire_due(self) -> list[ApprovalRequest]:
+        """Record the expiry of every pending request whose time limit has passed.
+
+        The scheduler runs this, so an expiry is on the ledger even when nobody
+        tries to approve late. Safe to run in several processes at once: a
+        request another process expired (or approved) first is skipped, so each
+        expiry is recorded exactly once.
+
+        Limitation: the pending requests are found as those whose stream holds
+        only their ``Requested`` event, through the audit index (caught up
+        first); each is then loaded, so the cost grows with the number pending.
+        """
+        ledger = self.app.ledger
+        audit_index.catch_up(ledger)
+        table = ledger.events_table_name
+        rows = ledger.query(
+            f"SELECT e.originator_id FROM audit_index a JOIN {table} e "
+            "ON e.notification_id = a.position WHERE a.type = %s AND NOT EXISTS "
+            f"(SELECT 1 FROM {table} f WHERE f.originator_id = e.originator_id "
+            "AND f.originator_version > 1) ORDER BY a.position",
+            (ApprovalRequest.Requested.TOPIC,),
+        )
+        expired = []
+        for row in rows:
+            pending = self._get(uuid.UUID(str(row["originator_id"])))
+            now = self.clock.now()
+            if not isinstance(pending, ApprovalRequest) or not pending.is_expired(now):
+                continue
+            pending.expire(now=now)
+            context = CommandContext(SYSTEM_ACTOR, f"scheduler-{secrets.token_hex(8)}")
+            try:
+                self._save(pending, context, pending.key)
+            except ConcurrentModificationError:
+                logger.debug("expiry_skipped", extra={"request": str(pending.id)})
+                continue
+            expired.append(pending)
+        return expired
 
     def get(self, request_id: str) -> ApprovalRequest:
         try:

@@ -32,6 +32,7 @@ DDL = [
 REFUSED_TYPES = frozenset(
     {"keyledger.access.RequestRefused", "keyledger.access.RefusalsRepeated"}
 )
+USE_TYPE = "keyledger.usage.KeyUsed"
 OUTCOMES = ("success", "refused")
 PAGE = 2000
 
@@ -48,8 +49,18 @@ def index_row(position: int, entry: dict[str, Any]) -> dict[str, Any]:
         "type": entry["type"],
         "key_name": key if isinstance(key, str) else None,
         "principal": str(actor.get("principal", "")),
-        "outcome": "refused" if entry["type"] in REFUSED_TYPES else "success",
+        "outcome": outcome_of(entry["type"], payload),
     }
+
+
+def outcome_of(event_type: str, payload: dict[str, Any]) -> str:
+    """``refused`` for a refused request, and for a key use any item of which was
+    refused (fewer ``succeeded`` than ``items``); else ``success``."""
+    if event_type in REFUSED_TYPES:
+        return "refused"
+    if event_type == USE_TYPE and payload.get("succeeded") != payload.get("items"):
+        return "refused"
+    return "success"
 
 
 def catch_up(ledger: LedgerRecorder) -> int:

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 
-from api.deps import RuntimeDep, require
+from api.deps import RuntimeDep, audit_scope, require
 from domain.access import Permission
 from ledger.audit import AuditFilter, key_state, search, verify_range
 from ledger.service import parse_optional_time
@@ -62,6 +62,7 @@ def audit_events(
         recorded_from=parse_optional_time(from_),
         recorded_to=parse_optional_time(to),
         outcome=outcome,
+        keys_within=audit_scope(runtime, actor),
     )
     return _page(response, runtime, query, after, limit)
 
@@ -77,7 +78,8 @@ def principal_activity(
     limit: Limit = 100,
 ) -> dict[str, Any]:
     """Everything one principal did or was refused, in position order."""
-    return _page(response, runtime, AuditFilter(principal=principal), after, limit)
+    query = AuditFilter(principal=principal, keys_within=audit_scope(runtime, actor))
+    return _page(response, runtime, query, after, limit)
 
 
 @router.get("/keys/{name}/state", operation_id="audit_key_state")

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 
 from api.audit import record_export
-from api.deps import RuntimeDep, require
+from api.deps import RuntimeDep, require, require_whole_ledger
 from api.errors import ApiError
 from domain.access import Permission
 from ledger.export import ExportScope, build_export
@@ -46,6 +46,10 @@ def export_evidence(
             raise ApiError(
                 422, "INVALID_EXPORT_SCOPE", f"Export at most {MAX_KEYS} keys at once."
             )
+    else:
+        # A time range is a linked stretch of the whole chain: it cannot leave
+        # out the keys a principal's grants do not cover and still verify.
+        require_whole_ledger(runtime, actor)
     scope = ExportScope(parse_optional_time(from_), parse_optional_time(to), names)
 
     export = build_export(runtime.service, scope)

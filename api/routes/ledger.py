@@ -8,10 +8,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 
 from api.body import validate
-from api.deps import BodyDep, RequestIdDep, RuntimeDep, require
+from api.deps import (
+    BodyDep,
+    RequestIdDep,
+    RuntimeDep,
+    require,
+    require_whole_ledger,
+)
 from api.errors import ApiError
 from api.schemas import ClockAdvance
-from domain.access import Permission
+from domain.access import Permission, permissions_of
 from domain.clock import AdjustableClock, format_time
 from ledger.service import CommandContext
 from ledger.store import Actor, checkpoint_table
@@ -41,6 +47,8 @@ def list_events(
     ] = 0,
 ) -> dict[str, Any]:
     """The ledger feed: entries with hashes and signatures, in position order."""
+    if Permission.REPLICATION not in permissions_of(actor.roles):
+        require_whole_ledger(runtime, actor)  # every key's entries are in it
     events = runtime.service.events(after=after, limit=limit)
     if not events and wait > 0:
         runtime.service.ledger.wait_for_position(after + 1, wait)
@@ -112,13 +120,16 @@ def verify(
 def run_scheduler(
     runtime: RuntimeDep, actor: Annotated[Actor, require(Permission.ADMIN)]
 ) -> dict[str, Any]:
-    """Destroy every version whose waiting period has passed, now."""
+    """Destroy every version whose waiting period has passed, and record the
+    expiry of every approval request past its time limit, now."""
     done = runtime.service.destroy_due()
+    expired = runtime.dual_control.expire_due()
     return {
         "destroyed": [
             {"key": result.key["name"], "receipt": result.receipts[-1].as_json()}
             for result in done
-        ]
+        ],
+        "expired": [pending.view() for pending in expired],
     }
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 
 from api.audit import record_export
-from api.deps import RuntimeDep, require
+from api.deps import RuntimeDep, require, require_whole_ledger
 from domain.access import Permission
 from ledger.store import Actor
 from reports import MEDIA_TYPES, Format, covered, render
@@ -36,6 +36,7 @@ def compliance_report(
     format: Annotated[Format, Query(description="html or pdf.")] = "html",
 ) -> Response:
     """The compliance report of [from, to) as HTML or PDF (recorded as an export)."""
+    require_whole_ledger(runtime, actor)  # the report counts every key
     start, end = parse_period(from_, to)
 
     report = collect(

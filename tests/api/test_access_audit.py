@@ -106,6 +106,37 @@ def test_a_flood_of_refusals_is_one_event_and_a_count_per_window(
     assert entries[1]["stream_id"] == entries[0]["stream_id"]
 
 
+def test_a_flood_over_many_key_names_is_one_event_and_a_count(
+    recording_client: TestClient,
+    recording_runtime: Runtime,
+    clock: AdjustableClock,
+) -> None:
+    """50 refusals of one caller on one route, each naming another key: one
+    RequestRefused, then one count of 49 with the first ten key names."""
+    client = recording_client
+    auditor = bearer(add_principal(client, "eve", ["auditor"])["token"])
+    head = recording_runtime.service.head_position()
+
+    for number in range(50):
+        response = client.post(f"/v1/keys/k-{number:02d}/rotate", headers=auditor)
+        assert_error(response, 403, "FORBIDDEN")
+    assert [e["type"] for e in _after(recording_runtime, head)] == [REFUSED]
+
+    clock.advance(recording_runtime.coalescer.window)
+    recording_runtime.coalescer.flush()
+
+    first, counted = [
+        e for e in _after(recording_runtime, head) if e["type"] in (REFUSED, REPEATED)
+    ]
+    assert first["payload"]["key"] == "k-00"
+    assert first["payload"]["principal"] == "eve"
+    assert counted["type"] == REPEATED
+    assert counted["stream_id"] == first["stream_id"]
+    assert counted["payload"]["repeats"] == 49
+    assert counted["payload"]["keys"] == [f"k-{n:02d}" for n in range(10)]
+    assert counted["payload"]["more_keys"] is True
+
+
 def test_requests_are_attributed_with_client_and_user_agent(
     recording_client: TestClient, recording_runtime: Runtime
 ) -> None:
@@ -248,3 +279,44 @@ def test_a_query_parameter_named_like_a_secret_is_recorded_without_its_value(
     [read] = _reads(recording_runtime, head)
     assert read["query"] == [["key", "k"], ["access_token", "(withheld)"]]
     assert issued["token"] not in json.dumps(_after(recording_runtime, head))
+
+
+def test_a_command_refused_with_422_or_413_is_recorded_with_its_code(
+    recording_client: TestClient, recording_runtime: Runtime
+) -> None:
+    """An unknown field, a wrong type and an oversized body on a command: each
+    a RequestRefused with status and code, never the body; the key unchanged."""
+    client = recording_client
+    client.post("/v1/keys", json={"name": "k"}, headers=BOOTSTRAP)
+    carl = add_principal(client, "carl", ["custodian"])
+    headers = bearer(carl["token"])
+    before = client.get("/v1/keys/k", headers=BOOTSTRAP).json()
+    head = recording_runtime.service.head_position()
+    limit = recording_runtime.settings.max_body_bytes
+
+    unknown = client.post(
+        "/v1/keys/k/rotate", json={"secret-field": "keep-me-out"}, headers=headers
+    )
+    wrong = client.post(
+        "/v1/keys/k/rotate", json={"expected_version": "one"}, headers=headers
+    )
+    large = client.post(
+        "/v1/keys/k/rotate",
+        content=b'{"description": "' + b"x" * limit + b'"}',
+        headers={**headers, "Content-Type": "application/json"},
+    )
+
+    assert_error(unknown, 422, "UNKNOWN_FIELD")
+    assert_error(wrong, 422, "INVALID_FIELD")
+    assert_error(large, 413, "PAYLOAD_TOO_LARGE")
+    entries = _after(recording_runtime, head)
+    assert [e["type"] for e in entries] == [REFUSED] * 3
+    assert [(e["payload"]["status"], e["payload"]["code"]) for e in entries] == [
+        (422, "UNKNOWN_FIELD"),
+        (422, "INVALID_FIELD"),
+        (413, "PAYLOAD_TOO_LARGE"),
+    ]
+    assert all(e["payload"]["route"] == "/v1/keys/{name}/rotate" for e in entries)
+    assert entries[0]["payload"]["principal"] == "carl"
+    assert "keep-me-out" not in json.dumps(entries)
+    assert client.get("/v1/keys/k", headers=BOOTSTRAP).json() == before

@@ -26,12 +26,12 @@ COMMANDS = {"key:manage", "key:use", "backup:restore", "backup:manage", "admin"}
 # role: (must hold, must never hold); "*" in never means "anything else".
 RULES: dict[str, tuple[set[str], set[str]]] = {
     # Reads every key's metadata, history, backup status, exports and verification;
-    # never material (key:use, replication), never commands. Signing a checkpoint
-    # of the head on request is allowed: it changes no key and lets an auditor
-    # keep an outside checkpoint.
+    # never material (key:use, replication), never commands: signing a checkpoint
+    # on request is one (it appends to the ledger); an auditor keeps the head's
+    # latest checkpoint instead (GET /v1/ledger/head).
     "auditor": (
         {"key:read", "backup:read", "audit:read", "ledger:read"},
-        COMMANDS | {"replication"},
+        COMMANDS | {"replication", "ledger:checkpoint"},
     ),
     # Crypto use of the keys it is granted; nothing else.
     "service": ({"key:use"}, {"*"}),
@@ -121,6 +121,7 @@ ROUTES: dict[str, list[tuple[tuple[str, str, Any], bool]]] = {
         (TAKE_BACKUP, False),
         (ADD_PRINCIPAL, False),
         (MATERIAL, False),
+        (("POST", "/v1/ledger/checkpoints", {}), False),
     ],
     "service": [
         (ENCRYPT, True),

@@ -156,3 +156,38 @@ def test_audit_queries_are_auditor_only_and_recorded(
         422,
         "INVALID_OUTCOME",
     )
+
+
+def test_a_refused_key_use_is_a_refused_outcome(
+    recording_client: TestClient, auditor: dict[str, str]
+) -> None:
+    """A use whose item was refused is ``refused``; a use that succeeded is not."""
+    client = recording_client
+    service = add_principal(client, "svc", ["service"])
+    granted = client.post(
+        "/v1/principals/svc/grants",
+        json={"keys": "pay", "permissions": ["key:use"]},
+        headers=BOOTSTRAP,
+    )
+    assert granted.status_code == 200, granted.text
+    used = bearer(service["token"])
+    sealed = client.post(
+        "/v1/keys/pay/encrypt",
+        json={"plaintext": "eA==", "context": "YQ=="},
+        headers=used,
+    )
+    assert sealed.status_code == 200, sealed.text
+    opened = client.post(
+        "/v1/keys/pay/decrypt",
+        json={"ciphertext": sealed.json()["ciphertext"], "context": "Yg=="},
+        headers=used,
+    )
+    assert opened.status_code == 422, opened.text
+
+    uses = {"key": "pay", "type": "keyledger.usage.KeyUsed"}
+    refused = _events(client, auditor, outcome="refused", **uses)
+    succeeded = _events(client, auditor, outcome="success", **uses)
+
+    assert [e["payload"]["operation"] for e in refused] == ["decrypt"]
+    assert refused[0]["payload"]["succeeded"] == 0
+    assert [e["payload"]["operation"] for e in succeeded] == ["encrypt"]

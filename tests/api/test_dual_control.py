@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
@@ -10,6 +13,9 @@ from fastapi.testclient import TestClient
 
 from api.runtime import Runtime
 from domain.clock import AdjustableClock
+from domain.dual_control import ApprovalRequest
+from ledger.dual_control import DualControl
+from ledger.service import KeyService
 from tests.api._access import add_principal, bearer
 from tests.api._support import assert_error, create, post_ok, snapshot
 
@@ -101,6 +107,87 @@ def test_an_approval_after_expiry_is_refused_and_the_expiry_recorded(
     assert client.get("/v1/keys/k").json()["primary_version"] == 2
     again = client.post(f"/v1/approvals/{approval['id']}/approve", headers=bob)
     assert_error(again, 409, "APPROVAL_NOT_PENDING")
+
+
+EXPIRED = "keyledger.dual_control.Expired"
+
+
+def _types(runtime: Runtime) -> list[str]:
+    return [e["type"] for e in runtime.service.events(limit=10_000)]
+
+
+def test_the_scheduler_records_an_expiry_nobody_asked_about(
+    client: TestClient,
+    runtime: Runtime,
+    clock: AdjustableClock,
+    custodians: tuple[dict[str, str], dict[str, str]],
+) -> None:
+    """Not a second early; at the limit one Expired by the system, never again."""
+    alice, bob = custodians
+    approval = _request(client, "/v1/keys/k/rollback", {"version": 1}, alice)
+    head = runtime.service.head_position()
+
+    clock.advance(timedelta(seconds=3599))
+    early = post_ok(client, "/v1/scheduler/run")
+    assert early["expired"] == []
+    assert runtime.service.head_position() == head
+
+    clock.advance(timedelta(seconds=1))
+    ran = post_ok(client, "/v1/scheduler/run")
+    again = post_ok(client, "/v1/scheduler/run")
+
+    assert [(a["id"], a["status"]) for a in ran["expired"]] == [
+        (approval["id"], "expired")
+    ]
+    assert again["expired"] == []
+    [entry] = runtime.service.events(after=head, limit=10)
+    assert entry["type"] == EXPIRED
+    assert entry["subject"] == "key:k"
+    assert entry["actor"]["principal"] == "system"
+    assert client.get(f"/v1/approvals/{approval['id']}").json()["status"] == "expired"
+    late = client.post(f"/v1/approvals/{approval['id']}/approve", headers=bob)
+    assert_error(late, 409, "APPROVAL_NOT_PENDING")
+    assert client.get("/v1/keys/k").json()["primary_version"] == 2
+
+
+def test_two_schedulers_record_an_expiry_exactly_once(
+    client: TestClient,
+    runtime: Runtime,
+    clock: AdjustableClock,
+    open_service: Callable[..., KeyService],
+    custodians: tuple[dict[str, str], dict[str, str]],
+) -> None:
+    """Two processes' schedulers expiring at once: one Expired, the other skips;
+    approved and not-yet-due requests are left alone."""
+    alice, bob = custodians
+    lapsed = _request(client, "/v1/keys/k/rollback", {"version": 1}, alice)
+    done = _request(client, "/v1/keys/k/versions/1/schedule-destruction", {}, alice)
+    approved = client.post(f"/v1/approvals/{done['id']}/approve", headers=bob)
+    assert approved.status_code == 200, approved.text
+    clock.advance(timedelta(seconds=3600))
+    fresh = _request(client, "/v1/keys/k/rollback", {"version": 1}, alice)
+    workers = [runtime.dual_control, DualControl(open_service().app, clock)]
+    barrier = threading.Barrier(len(workers))
+
+    def run(worker: DualControl) -> list[ApprovalRequest]:
+        barrier.wait()
+        return worker.expire_due()
+
+    with ThreadPoolExecutor(len(workers)) as pool:
+        results = list(pool.map(run, workers))
+
+    assert sorted(str(p.id) for found in results for p in found) == [lapsed["id"]]
+    assert _types(runtime).count(EXPIRED) == 1
+    statuses = {
+        item["id"]: client.get(f"/v1/approvals/{item['id']}").json()["status"]
+        for item in (lapsed, done, fresh)
+    }
+    assert statuses == {
+        lapsed["id"]: "expired",
+        done["id"]: "approved",
+        fresh["id"]: "pending",
+    }
+    assert [worker.expire_due() for worker in workers] == [[], []]
 
 
 def test_weakening_the_policy_needs_approval_and_strengthening_does_not(

@@ -92,6 +92,28 @@ def test_export_over_a_tampered_ledger_is_refused(
     assert details == {"position": 2, "reason": "HASH_MISMATCH"}
 
 
+def test_export_over_a_truncated_ledger_is_refused_as_truncated(
+    client: TestClient, clock: AdjustableClock, service: KeyService
+) -> None:
+    """The tail deleted behind a kept checkpoint: every export is 409 TRUNCATED."""
+    _workload(client, clock)
+    checkpoint = client.post("/v1/ledger/checkpoints")
+    assert checkpoint.status_code == 201, checkpoint.text
+    assert checkpoint.json()["checkpoint"]["position"] == 4
+    table = service.ledger.events_table_name
+    if type(service.ledger).__name__.startswith("Postgres"):
+        service.ledger.execute([(f"ALTER TABLE {table} DISABLE TRIGGER USER", ())])
+    else:
+        service.ledger.execute([(f"DROP TRIGGER {table}_no_delete", ())])
+    service.ledger.execute([(f"DELETE FROM {table} WHERE notification_id > 2", ())])
+
+    for params in ({}, {"keys": "alpha"}, {"to": format_time(T0 + timedelta(1))}):
+        details = assert_error(
+            client.get("/v1/exports", params=params), 409, "LEDGER_BROKEN"
+        )
+        assert details == {"position": 3, "reason": "TRUNCATED"}
+
+
 def test_export_refuses_bad_scopes(client: TestClient, clock: AdjustableClock) -> None:
     """Bad times, mixed scopes, unknown keys and missing tokens are refused."""
     _workload(client, clock)

@@ -61,7 +61,7 @@ def test_scheduled_destruction_completes_exactly_once_by_the_clock(
     clock.advance(WEEK - SECOND)
     early = client.post("/v1/scheduler/run")
     assert early.status_code == 200, early.text
-    assert early.json() == {"destroyed": []}
+    assert early.json() == {"destroyed": [], "expired": []}
     assert version_of(get_key(client, "k"), 1)["state"] == "destroy_scheduled"
 
     clock.advance(SECOND)
@@ -72,7 +72,7 @@ def test_scheduled_destruction_completes_exactly_once_by_the_clock(
     assert done["receipt"]["type"] == "keyledger.key.VersionDestroyed"
     assert done["receipt"]["position"] == head_position(client) == 4
 
-    assert client.post("/v1/scheduler/run").json() == {"destroyed": []}
+    assert client.post("/v1/scheduler/run").json() == {"destroyed": [], "expired": []}
     assert head_position(client) == 4
 
     v1 = version_of(get_key(client, "k"), 1)
@@ -101,7 +101,7 @@ def test_scheduler_destroys_due_versions_of_several_keys_once_each(
     clock.advance(timedelta(days=8))
     done = client.post("/v1/scheduler/run").json()["destroyed"]
     assert sorted(item["key"] for item in done) == ["a", "b"]
-    assert client.post("/v1/scheduler/run").json() == {"destroyed": []}
+    assert client.post("/v1/scheduler/run").json() == {"destroyed": [], "expired": []}
     rows = runtime.service.ledger.query(
         "SELECT key_id, version FROM key_material ORDER BY key_id, version"
     )
@@ -119,7 +119,7 @@ def test_dev_clock_advances_service_time(client: TestClient) -> None:
     response = client.post("/v1/dev/clock", json={"seconds": 7 * 86400 - 1})
     assert response.status_code == 200, response.text
     assert response.json()["now"] == format_time(T0 + WEEK - SECOND)
-    assert client.post("/v1/scheduler/run").json() == {"destroyed": []}
+    assert client.post("/v1/scheduler/run").json() == {"destroyed": [], "expired": []}
     moved = client.post("/v1/dev/clock", json={"seconds": 1}).json()
     assert moved["now"] == format_time(T0 + WEEK)
     assert moved["offset_seconds"] == 7 * 86400
