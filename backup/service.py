@@ -101,6 +101,15 @@ class BackupOutcome:
         }
 
 
+@dataclass(frozen=True)
+class PruneOutcome:
+    """What pruning a copy did: ``failure`` is None when the target deleted it."""
+
+    backup_id: str
+    failure: dict[str, Any] | None
+    receipts: list[Receipt]
+
+
 class BackupService:
     """Backups of keys to the configured targets, recorded on the keys' ledger."""
 
@@ -405,11 +414,17 @@ class BackupService:
 
     def prune(
         self, context: CommandContext, backup_id: str, target_name: str
-    ) -> list[Receipt]:
-        """Delete a copy past its retention date, and record that as an event.
+    ) -> PruneOutcome:
+        """Delete a copy past its retention date, recording the prune first.
 
-        The retention date is checked against the ledger's record and again by
-        the target; a refused deletion (``RETAINED``) records nothing.
+        The retention date is checked against the ledger's record (a refusal,
+        ``RETAINED``, records nothing). Then ``ObjectPruned`` is recorded, so
+        the ledger stops counting the copy before the target is asked to
+        delete it: if that recording fails nothing is deleted, and if the
+        deletion then fails (the target's own retention date, a read-only
+        folder, an unreachable bucket) the failure is recorded as
+        ``PruneFailed`` and the copy stays uncounted. The ledger may say a copy
+        is gone that a target still holds, never the other way round.
         """
         key_name, record = self._find(backup_id)
         copy = next((c for c in record.copies if c["target"] == target_name), None)
@@ -427,15 +442,51 @@ class BackupService:
                 backup_id=backup_id,
                 retain_until=record.retain_until,
             )
-        backups = self._key_backups(key_name)
-        backups.record_pruned(backup_id, target_name, copy["object"], now=now)
         try:
-            self._target(target_name).delete(copy["object"], now=now)
+            target = self._target(target_name)
         except TargetError as error:
             raise BackupRefusedError(
                 error.message, code=f"TARGET_{error.code}", backup_id=backup_id
             ) from None
-        return self._save_backups(backups, context)
+
+        # 1. Record the prune: from now on the copy does not count.
+        backups = self._key_backups(key_name)
+        backups.record_pruned(backup_id, target_name, copy["object"], now=now)
+        receipts = self._save_backups(backups, context)
+
+        # 2. Delete; a refusal is recorded, and the copy stays uncounted.
+        try:
+            target.delete(copy["object"], now=now)
+        except TargetError as error:
+            logger.warning(
+                "prune_failed",
+                extra={
+                    "backup_id": backup_id,
+                    "target": target_name,
+                    "code": error.code,
+                },
+            )
+            failure = {
+                "target": target_name,
+                "code": error.code,
+                "message": error.message,
+            }
+            backups.record_prune_failed(
+                backup_id,
+                target_name,
+                copy["object"],
+                code=error.code,
+                message=error.message,
+                now=self.keys.clock.now(),
+            )
+            try:
+                receipts += self._save_backups(backups, context)
+            except KeyledgerError:
+                logger.warning(
+                    "prune_failure_unrecorded", extra={"backup_id": backup_id}
+                )
+            return PruneOutcome(backup_id, failure, receipts)
+        return PruneOutcome(backup_id, None, receipts)
 
     # Restore ---------------------------------------------------------------
 

@@ -127,6 +127,10 @@ class DirTarget:
                 f"{name} on {self.name!r} is retained until {format_time(until)}.",
             )
         try:
+            if not self.folder.stat().st_mode & 0o222:
+                raise TargetError(
+                    "READ_ONLY", f"Target {self.name!r}: {self.folder} is read-only."
+                )
             final.unlink()
             retain.unlink()
             self._sync_folder(self.folder)

@@ -141,6 +141,7 @@ class BackupRecord:
     verification: tuple[dict[str, Any], ...] = ()
     pruned: tuple[str, ...] = ()
     trimmed: tuple[int, ...] = ()
+    prune_failures: tuple[dict[str, Any], ...] = ()
 
     @property
     def verified_ok(self) -> bool | None:
@@ -178,6 +179,7 @@ class BackupRecord:
             "verified_ok": self.verified_ok,
             "pruned": list(self.pruned),
             "trimmed": list(self.trimmed),
+            "prune_failures": list(self.prune_failures),
         }
 
 
@@ -298,7 +300,12 @@ class KeyBackups(Aggregate):
             aggregate.policy = self.policy
 
     class ObjectPruned(Aggregate.Event):
-        """A copy past its retention date was deleted from its target on command."""
+        """A copy past its retention date was set aside to be deleted, on command.
+
+        Recorded before the target is asked to delete the object, so the ledger
+        never counts a copy that may be gone: from here on the copy is not
+        whole. A deletion the target then refuses is a ``PruneFailed``.
+        """
 
         TOPIC = "keyledger.backup.ObjectPruned"
         backup_id: str
@@ -307,8 +314,43 @@ class KeyBackups(Aggregate):
 
         def apply(self, aggregate: KeyBackups) -> None:
             record = aggregate.records[self.backup_id]
+            pruned = record.pruned
+            if self.target not in pruned:
+                pruned = (*pruned, self.target)
             aggregate.records[self.backup_id] = _replace(
-                record, pruned=(*record.pruned, self.target)
+                record,
+                pruned=pruned,
+                prune_failures=tuple(
+                    failure
+                    for failure in record.prune_failures
+                    if failure["target"] != self.target
+                ),
+            )
+
+    class PruneFailed(Aggregate.Event):
+        """The target did not delete a pruned copy; it may still hold the object.
+
+        The copy stays pruned (never counted again); pruning it can be retried.
+        """
+
+        TOPIC = "keyledger.backup.PruneFailed"
+        backup_id: str
+        target: str
+        object: str
+        code: str
+        message: str
+
+        def apply(self, aggregate: KeyBackups) -> None:
+            record = aggregate.records[self.backup_id]
+            failure = {
+                "target": self.target,
+                "object": self.object,
+                "code": self.code,
+                "message": self.message,
+                "at": format_time(self.timestamp),
+            }
+            aggregate.records[self.backup_id] = _replace(
+                record, prune_failures=(*record.prune_failures, failure)
             )
 
     def __init__(self, key_name: str) -> None:
@@ -427,7 +469,8 @@ class KeyBackups(Aggregate):
         self, backup_id: str, target: str, object_name: str, *, now: datetime
     ) -> None:
         record = self.record(backup_id)
-        if target in record.pruned:
+        retrying = any(f["target"] == target for f in record.prune_failures)
+        if target in record.pruned and not retrying:
             raise KeyLifecycleError(
                 f"The copy of {backup_id} on {target!r} was already pruned.",
                 code="ALREADY_PRUNED",
@@ -439,6 +482,27 @@ class KeyBackups(Aggregate):
             backup_id=backup_id,
             target=target,
             object=object_name,
+            timestamp=now,
+        )
+
+    def record_prune_failed(
+        self,
+        backup_id: str,
+        target: str,
+        object_name: str,
+        *,
+        code: str,
+        message: str,
+        now: datetime,
+    ) -> None:
+        self.record(backup_id)
+        self.trigger_event(
+            self.PruneFailed,
+            backup_id=backup_id,
+            target=target,
+            object=object_name,
+            code=code,
+            message=message,
             timestamp=now,
         )
 

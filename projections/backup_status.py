@@ -378,6 +378,7 @@ def _record(text: str) -> BackupRecord:
         verification=tuple(data["verification"]),
         pruned=tuple(data["pruned"]),
         trimmed=tuple(data.get("trimmed", ())),
+        prune_failures=tuple(data.get("prune_failures", ())),
     )
 
 
