@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import secrets
+import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -311,6 +313,8 @@ class BackupService:
             interval=timedelta(hours=policy.interval_hours)
             if reason == "scheduled"
             else None,
+            owner=claim_owner(),
+            owner_gone=backups.claim is not None and owner_gone(backups.claim_owner),
         )
         receipts = self._save_backups(backups, context)
 
@@ -991,6 +995,61 @@ class BackupService:
             except BackupRefusedError:
                 continue  # another scheduler recorded its run first: reload
         logger.warning("scheduler_run_unrecorded")
+
+
+def _process_start(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot), or None if unknown.
+
+    Read from ``/proc`` where there is one; it tells a process from a later one
+    that reused its pid.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text("ascii")
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces; fields after it are plain.
+    return stat.rpartition(")")[2].split()[19]
+
+
+def _process_state(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text("ascii")
+    except OSError:
+        return None
+    return stat.rpartition(")")[2].split()[0]
+
+
+def claim_owner() -> str:
+    """This process as a claim names it: ``host/pid/start``."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}/{pid}/{_process_start(pid) or '-'}"
+
+
+def owner_gone(owner: str | None) -> bool:
+    """Whether the process that made a claim is known to no longer run.
+
+    Only a process on this host can be judged; a claim by another host, or
+    one recorded without an owner, waits for ``CLAIM_TIMEOUT``.
+    """
+    if owner is None:
+        return False
+    host, _, rest = owner.partition("/")
+    pid_text, _, start = rest.partition("/")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return start not in ("-", _process_start(pid))
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # it runs, as another user
+    if _process_state(pid) == "Z":
+        return True  # it ended; only its exit status is left
+    now_start = _process_start(pid)
+    return start != "-" and now_start is not None and now_start != start
 
 
 def _require_bundle_of(source_name: str, expected_key: str | None) -> None:

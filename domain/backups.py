@@ -196,11 +196,22 @@ class KeyBackups(Aggregate):
         """A backup was started; recorded first so two schedulers never both take it."""
 
         TOPIC = "keyledger.backup.Started"
+        # 2 added ``owner`` (the claiming process, host/pid/start) and
+        # ``took_over`` (the claim it replaced, if any).
+        class_version = 2
         backup_id: str
         reason: str
+        owner: str | None
+        took_over: str | None
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["owner"] = None
+            state["took_over"] = None
 
         def apply(self, aggregate: KeyBackups) -> None:
             aggregate.claim = (self.backup_id, format_time(self.timestamp))
+            aggregate.claim_owner = self.owner
 
     class BackupTaken(Aggregate.Event):
         """A bundle was written whole to ``copies``; each was read back and checked."""
@@ -359,6 +370,7 @@ class KeyBackups(Aggregate):
         self.records: dict[str, BackupRecord] = {}
         self.last_backup_id: str | None = None
         self.claim: tuple[str, str] | None = None
+        self.claim_owner: str | None = None
         self.last_failure: dict[str, Any] | None = None
         self.last_verified_ok_at: str | None = None
 
@@ -377,12 +389,17 @@ class KeyBackups(Aggregate):
         reason: str,
         now: datetime,
         interval: timedelta | None = None,
+        owner: str | None = None,
+        owner_gone: bool = False,
     ) -> None:
         """Claim a backup; refused while another claim is fresh.
 
-        With ``interval`` (a scheduled backup) it is also refused unless the
-        last backup is at least that old, so a backup another scheduler took
-        a moment ago is not taken twice.
+        A claim is stale, and taken over, once ``CLAIM_TIMEOUT`` has passed
+        since it was made, or at once when ``owner_gone`` (the caller found
+        that the process which made it no longer runs). With ``interval`` (a
+        scheduled backup) it is also refused unless the last backup is at
+        least that old, so a backup another scheduler took a moment ago is not
+        taken twice.
         """
         last = self.records.get(self.last_backup_id or "")
         if (
@@ -396,17 +413,24 @@ class KeyBackups(Aggregate):
                 key=self.key_name,
                 last_backup_id=last.backup_id,
             )
+        took_over = None
         if self.claim is not None:
             claimed_at = parse_time(self.claim[1])
-            if now - claimed_at < CLAIM_TIMEOUT:
+            if now - claimed_at < CLAIM_TIMEOUT and not owner_gone:
                 raise KeyLifecycleError(
                     f"A backup of {self.key_name!r} is already under way.",
                     code="BACKUP_IN_PROGRESS",
                     key=self.key_name,
                     backup_id=self.claim[0],
                 )
+            took_over = self.claim[0]
         self.trigger_event(
-            self.Started, backup_id=backup_id, reason=reason, timestamp=now
+            self.Started,
+            backup_id=backup_id,
+            reason=reason,
+            owner=owner,
+            took_over=took_over,
+            timestamp=now,
         )
 
     def record_taken(
