@@ -2,9 +2,9 @@
 
 Each opens the ledger and the backup key the service uses, runs one backup
 command (recorded on the ledger like its HTTP twin, attributed to the user who ran
-it) or one read (``backup-status``, ``backups``), prints the result as JSON, and
-exits 0 on success, 1 on a refusal or a failed check, 2 when the ledger cannot be
-opened.
+it) or one read (``backup-status``, ``backups``, ``backup-targets``), prints the
+result as JSON, and exits 0 on success, 1 on a refusal or a failed check, 2 when the
+ledger cannot be opened.
 """
 
 from __future__ import annotations

@@ -562,6 +562,13 @@ def test_prune_from_the_command_line_is_an_event_and_fails_closed(
     assert old.record is not None
     name = old.record.copies[0]["object"]
     start = head(options)
+    for refused in (
+        [old.backup_id, "--target", "dc9"],
+        ["bkp_" + "0" * 24, "--target", "dc1"],
+    ):
+        assert main(["prune", *refused, *options]) == 1
+        assert "BACKUP_NOT_FOUND" in capsys.readouterr().err
+    assert head(options) == start
 
     code, pruned = run(capsys, "prune", old.backup_id, "--target", "dc1", *options)
 
