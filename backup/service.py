@@ -997,26 +997,23 @@ class BackupService:
         logger.warning("scheduler_run_unrecorded")
 
 
-def _process_start(pid: int) -> str | None:
-    """When process ``pid`` started (clock ticks since boot), or None if unknown.
+def _process_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name, or None.
 
-    Read from ``/proc`` where there is one; it tells a process from a later one
-    that reused its pid.
+    Field 0 is the state (``Z``: ended, not yet reaped); field 19 the start
+    time, which tells a process from a later one that reused its pid.
     """
     try:
         stat = Path(f"/proc/{pid}/stat").read_text("ascii")
     except OSError:
         return None
-    # The command name (field 2) may hold spaces; fields after it are plain.
-    return stat.rpartition(")")[2].split()[19]
+    # The command name may hold spaces and parentheses; the fields after it do not.
+    return stat.rpartition(")")[2].split()
 
 
-def _process_state(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text("ascii")
-    except OSError:
-        return None
-    return stat.rpartition(")")[2].split()[0]
+def _process_start(pid: int) -> str | None:
+    fields = _process_stat(pid)
+    return None if fields is None else fields[19]
 
 
 def claim_owner() -> str:
@@ -1029,7 +1026,10 @@ def owner_gone(owner: str | None) -> bool:
     """Whether the process that made a claim is known to no longer run.
 
     Only a process on this host can be judged; a claim by another host, or
-    one recorded without an owner, waits for ``CLAIM_TIMEOUT``.
+    one recorded without an owner, waits for ``CLAIM_TIMEOUT``. Taking over a
+    claim wrongly (two hosts of one name) cannot make the ledger claim a copy
+    that is not whole: the first claimant's record then fails on the stream's
+    version, and its copies stay unrecorded.
     """
     if owner is None:
         return False
@@ -1046,10 +1046,12 @@ def owner_gone(owner: str | None) -> bool:
         return True
     except PermissionError:
         pass  # it runs, as another user
-    if _process_state(pid) == "Z":
+    fields = _process_stat(pid)
+    if fields is None:
+        return False
+    if fields[0] == "Z":
         return True  # it ended; only its exit status is left
-    now_start = _process_start(pid)
-    return start != "-" and now_start is not None and now_start != start
+    return start != "-" and fields[19] != start
 
 
 def _require_bundle_of(source_name: str, expected_key: str | None) -> None:
