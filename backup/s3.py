@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import boto3
@@ -87,6 +87,19 @@ class S3Target:
             )
 
     def put(self, name: str, data: bytes, *, retain_until: datetime) -> str:
+        """Write the object once, locked until ``retain_until``.
+
+        A retention date not after the present is refused
+        (``RETENTION_IN_PAST``) before anything is sent: S3 refuses it too, and
+        a server that accepted it would keep nothing locked. The present is
+        the real time, as the bucket judges it.
+        """
+        if retain_until <= datetime.now(UTC):
+            raise TargetError(
+                "RETENTION_IN_PAST",
+                f"Target {self.name!r}: the retention date {format_time(retain_until)} "
+                "is not in the future.",
+            )
         key = self.prefix + name
         try:
             existing = self._get(key)

@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import secrets
+import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -99,6 +101,15 @@ class BackupOutcome:
             "failures": self.failures,
             "receipts": [receipt.as_json() for receipt in self.receipts],
         }
+
+
+@dataclass(frozen=True)
+class PruneOutcome:
+    """What pruning a copy did: ``failure`` is None when the target deleted it."""
+
+    backup_id: str
+    failure: dict[str, Any] | None
+    receipts: list[Receipt]
 
 
 class BackupService:
@@ -302,6 +313,8 @@ class BackupService:
             interval=timedelta(hours=policy.interval_hours)
             if reason == "scheduled"
             else None,
+            owner=claim_owner(),
+            owner_gone=backups.claim is not None and owner_gone(backups.claim_owner),
         )
         receipts = self._save_backups(backups, context)
 
@@ -405,11 +418,17 @@ class BackupService:
 
     def prune(
         self, context: CommandContext, backup_id: str, target_name: str
-    ) -> list[Receipt]:
-        """Delete a copy past its retention date, and record that as an event.
+    ) -> PruneOutcome:
+        """Delete a copy past its retention date, recording the prune first.
 
-        The retention date is checked against the ledger's record and again by
-        the target; a refused deletion (``RETAINED``) records nothing.
+        The retention date is checked against the ledger's record (a refusal,
+        ``RETAINED``, records nothing). Then ``ObjectPruned`` is recorded, so
+        the ledger stops counting the copy before the target is asked to
+        delete it: if that recording fails nothing is deleted, and if the
+        deletion then fails (the target's own retention date, a read-only
+        folder, an unreachable bucket) the failure is recorded as
+        ``PruneFailed`` and the copy stays uncounted. The ledger may say a copy
+        is gone that a target still holds, never the other way round.
         """
         key_name, record = self._find(backup_id)
         copy = next((c for c in record.copies if c["target"] == target_name), None)
@@ -427,15 +446,51 @@ class BackupService:
                 backup_id=backup_id,
                 retain_until=record.retain_until,
             )
-        backups = self._key_backups(key_name)
-        backups.record_pruned(backup_id, target_name, copy["object"], now=now)
         try:
-            self._target(target_name).delete(copy["object"], now=now)
+            target = self._target(target_name)
         except TargetError as error:
             raise BackupRefusedError(
                 error.message, code=f"TARGET_{error.code}", backup_id=backup_id
             ) from None
-        return self._save_backups(backups, context)
+
+        # 1. Record the prune: from now on the copy does not count.
+        backups = self._key_backups(key_name)
+        backups.record_pruned(backup_id, target_name, copy["object"], now=now)
+        receipts = self._save_backups(backups, context)
+
+        # 2. Delete; a refusal is recorded, and the copy stays uncounted.
+        try:
+            target.delete(copy["object"], now=now)
+        except TargetError as error:
+            logger.warning(
+                "prune_failed",
+                extra={
+                    "backup_id": backup_id,
+                    "target": target_name,
+                    "code": error.code,
+                },
+            )
+            failure = {
+                "target": target_name,
+                "code": error.code,
+                "message": error.message,
+            }
+            backups.record_prune_failed(
+                backup_id,
+                target_name,
+                copy["object"],
+                code=error.code,
+                message=error.message,
+                now=self.keys.clock.now(),
+            )
+            try:
+                receipts += self._save_backups(backups, context)
+            except KeyledgerError:
+                logger.warning(
+                    "prune_failure_unrecorded", extra={"backup_id": backup_id}
+                )
+            return PruneOutcome(backup_id, failure, receipts)
+        return PruneOutcome(backup_id, None, receipts)
 
     # Restore ---------------------------------------------------------------
 
@@ -940,6 +995,63 @@ class BackupService:
             except BackupRefusedError:
                 continue  # another scheduler recorded its run first: reload
         logger.warning("scheduler_run_unrecorded")
+
+
+def _process_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name, or None.
+
+    Field 0 is the state (``Z``: ended, not yet reaped); field 19 the start
+    time, which tells a process from a later one that reused its pid.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text("ascii")
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses; the fields after it do not.
+    return stat.rpartition(")")[2].split()
+
+
+def _process_start(pid: int) -> str | None:
+    fields = _process_stat(pid)
+    return None if fields is None else fields[19]
+
+
+def claim_owner() -> str:
+    """This process as a claim names it: ``host/pid/start``."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}/{pid}/{_process_start(pid) or '-'}"
+
+
+def owner_gone(owner: str | None) -> bool:
+    """Whether the process that made a claim is known to no longer run.
+
+    Only a process on this host can be judged; a claim by another host, or
+    one recorded without an owner, waits for ``CLAIM_TIMEOUT``. Taking over a
+    claim wrongly (two hosts of one name) cannot make the ledger claim a copy
+    that is not whole: the first claimant's record then fails on the stream's
+    version, and its copies stay unrecorded.
+    """
+    if owner is None:
+        return False
+    host, _, rest = owner.partition("/")
+    pid_text, _, start = rest.partition("/")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return start not in ("-", _process_start(pid))
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # it runs, as another user
+    fields = _process_stat(pid)
+    if fields is None:
+        return False
+    if fields[0] == "Z":
+        return True  # it ended; only its exit status is left
+    return start != "-" and fields[19] != start
 
 
 def _require_bundle_of(source_name: str, expected_key: str | None) -> None:

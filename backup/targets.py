@@ -13,11 +13,13 @@ import contextlib
 import errno
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from domain.backups import CLAIM_TIMEOUT
 from domain.clock import format_time, parse_time
 
 OBJECT_SUFFIX = ".klbackup"
@@ -82,6 +84,7 @@ class DirTarget:
 
     def put(self, name: str, data: bytes, *, retain_until: datetime) -> str:
         folder = self._writable_folder()
+        self._remove_stale_partials(folder)
         final = folder / name
         temporary = folder / f".partial-{secrets.token_hex(8)}-{name}"
         try:
@@ -127,11 +130,29 @@ class DirTarget:
                 f"{name} on {self.name!r} is retained until {format_time(until)}.",
             )
         try:
+            if not self.folder.stat().st_mode & 0o222:
+                raise TargetError(
+                    "READ_ONLY", f"Target {self.name!r}: {self.folder} is read-only."
+                )
             final.unlink()
             retain.unlink()
             self._sync_folder(self.folder)
         except OSError as error:
             raise self._error(error) from None
+
+    @staticmethod
+    def _remove_stale_partials(folder: Path) -> None:
+        """Remove the temporary files of writers that died (a crash mid-write).
+
+        A temporary file never counts: only a final name does. One older than
+        the backup claim timeout belongs to a writer whose claim has lapsed,
+        so no live writer can still be writing it.
+        """
+        stale_before = time.time() - CLAIM_TIMEOUT.total_seconds()
+        for path in folder.glob(".partial-*"):
+            with contextlib.suppress(OSError):
+                if path.stat().st_mtime < stale_before:
+                    path.unlink()
 
     def _writable_folder(self) -> Path:
         if not self.path.is_dir():

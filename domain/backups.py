@@ -141,6 +141,7 @@ class BackupRecord:
     verification: tuple[dict[str, Any], ...] = ()
     pruned: tuple[str, ...] = ()
     trimmed: tuple[int, ...] = ()
+    prune_failures: tuple[dict[str, Any], ...] = ()
 
     @property
     def verified_ok(self) -> bool | None:
@@ -178,6 +179,7 @@ class BackupRecord:
             "verified_ok": self.verified_ok,
             "pruned": list(self.pruned),
             "trimmed": list(self.trimmed),
+            "prune_failures": list(self.prune_failures),
         }
 
 
@@ -194,11 +196,22 @@ class KeyBackups(Aggregate):
         """A backup was started; recorded first so two schedulers never both take it."""
 
         TOPIC = "keyledger.backup.Started"
+        # 2 added ``owner`` (the claiming process, host/pid/start) and
+        # ``took_over`` (the claim it replaced, if any).
+        class_version = 2
         backup_id: str
         reason: str
+        owner: str | None
+        took_over: str | None
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["owner"] = None
+            state["took_over"] = None
 
         def apply(self, aggregate: KeyBackups) -> None:
             aggregate.claim = (self.backup_id, format_time(self.timestamp))
+            aggregate.claim_owner = self.owner
 
     class BackupTaken(Aggregate.Event):
         """A bundle was written whole to ``copies``; each was read back and checked."""
@@ -298,7 +311,12 @@ class KeyBackups(Aggregate):
             aggregate.policy = self.policy
 
     class ObjectPruned(Aggregate.Event):
-        """A copy past its retention date was deleted from its target on command."""
+        """A copy past its retention date was set aside to be deleted, on command.
+
+        Recorded before the target is asked to delete the object, so the ledger
+        never counts a copy that may be gone: from here on the copy is not
+        whole. A deletion the target then refuses is a ``PruneFailed``.
+        """
 
         TOPIC = "keyledger.backup.ObjectPruned"
         backup_id: str
@@ -307,8 +325,43 @@ class KeyBackups(Aggregate):
 
         def apply(self, aggregate: KeyBackups) -> None:
             record = aggregate.records[self.backup_id]
+            pruned = record.pruned
+            if self.target not in pruned:
+                pruned = (*pruned, self.target)
             aggregate.records[self.backup_id] = _replace(
-                record, pruned=(*record.pruned, self.target)
+                record,
+                pruned=pruned,
+                prune_failures=tuple(
+                    failure
+                    for failure in record.prune_failures
+                    if failure["target"] != self.target
+                ),
+            )
+
+    class PruneFailed(Aggregate.Event):
+        """The target did not delete a pruned copy; it may still hold the object.
+
+        The copy stays pruned (never counted again); pruning it can be retried.
+        """
+
+        TOPIC = "keyledger.backup.PruneFailed"
+        backup_id: str
+        target: str
+        object: str
+        code: str
+        message: str
+
+        def apply(self, aggregate: KeyBackups) -> None:
+            record = aggregate.records[self.backup_id]
+            failure = {
+                "target": self.target,
+                "object": self.object,
+                "code": self.code,
+                "message": self.message,
+                "at": format_time(self.timestamp),
+            }
+            aggregate.records[self.backup_id] = _replace(
+                record, prune_failures=(*record.prune_failures, failure)
             )
 
     def __init__(self, key_name: str) -> None:
@@ -317,6 +370,7 @@ class KeyBackups(Aggregate):
         self.records: dict[str, BackupRecord] = {}
         self.last_backup_id: str | None = None
         self.claim: tuple[str, str] | None = None
+        self.claim_owner: str | None = None
         self.last_failure: dict[str, Any] | None = None
         self.last_verified_ok_at: str | None = None
 
@@ -335,12 +389,17 @@ class KeyBackups(Aggregate):
         reason: str,
         now: datetime,
         interval: timedelta | None = None,
+        owner: str | None = None,
+        owner_gone: bool = False,
     ) -> None:
         """Claim a backup; refused while another claim is fresh.
 
-        With ``interval`` (a scheduled backup) it is also refused unless the
-        last backup is at least that old, so a backup another scheduler took
-        a moment ago is not taken twice.
+        A claim is stale, and taken over, once ``CLAIM_TIMEOUT`` has passed
+        since it was made, or at once when ``owner_gone`` (the caller found
+        that the process which made it no longer runs). With ``interval`` (a
+        scheduled backup) it is also refused unless the last backup is at
+        least that old, so a backup another scheduler took a moment ago is not
+        taken twice.
         """
         last = self.records.get(self.last_backup_id or "")
         if (
@@ -354,17 +413,24 @@ class KeyBackups(Aggregate):
                 key=self.key_name,
                 last_backup_id=last.backup_id,
             )
+        took_over = None
         if self.claim is not None:
             claimed_at = parse_time(self.claim[1])
-            if now - claimed_at < CLAIM_TIMEOUT:
+            if now - claimed_at < CLAIM_TIMEOUT and not owner_gone:
                 raise KeyLifecycleError(
                     f"A backup of {self.key_name!r} is already under way.",
                     code="BACKUP_IN_PROGRESS",
                     key=self.key_name,
                     backup_id=self.claim[0],
                 )
+            took_over = self.claim[0]
         self.trigger_event(
-            self.Started, backup_id=backup_id, reason=reason, timestamp=now
+            self.Started,
+            backup_id=backup_id,
+            reason=reason,
+            owner=owner,
+            took_over=took_over,
+            timestamp=now,
         )
 
     def record_taken(
@@ -427,7 +493,8 @@ class KeyBackups(Aggregate):
         self, backup_id: str, target: str, object_name: str, *, now: datetime
     ) -> None:
         record = self.record(backup_id)
-        if target in record.pruned:
+        retrying = any(f["target"] == target for f in record.prune_failures)
+        if target in record.pruned and not retrying:
             raise KeyLifecycleError(
                 f"The copy of {backup_id} on {target!r} was already pruned.",
                 code="ALREADY_PRUNED",
@@ -439,6 +506,27 @@ class KeyBackups(Aggregate):
             backup_id=backup_id,
             target=target,
             object=object_name,
+            timestamp=now,
+        )
+
+    def record_prune_failed(
+        self,
+        backup_id: str,
+        target: str,
+        object_name: str,
+        *,
+        code: str,
+        message: str,
+        now: datetime,
+    ) -> None:
+        self.record(backup_id)
+        self.trigger_event(
+            self.PruneFailed,
+            backup_id=backup_id,
+            target=target,
+            object=object_name,
+            code=code,
+            message=message,
             timestamp=now,
         )
 

@@ -249,9 +249,9 @@ def status_page(
 ) -> tuple[list[dict[str, Any]], str | None]:
     """One page of keys' backup statuses in name order, filtered by ``status``.
 
-    Limitation: the filter is applied after reading, because ``due`` and
-    ``overdue`` depend on the time of the question; a page with a filter reads
-    keys in batches until it is full.
+    The cursor is None on the last page. Limitation: the filter is applied
+    after reading, because ``due`` and ``overdue`` depend on the time of the
+    question; a page with a filter reads keys in batches until it is full.
     """
     items: list[dict[str, Any]] = []
     cursor = after
@@ -277,8 +277,9 @@ def status_page(
             item = _status_item(recorder, row, default_policy, now)
             if status is None or item["status"] == status:
                 items.append(item)
-                if len(items) == limit:
-                    return items, row["name"]
+                if len(items) > limit:
+                    # One more than asked: there is a next page.
+                    return items[:limit], items[limit - 1]["key"]
         if len(rows) < batch:
             return items, None
         cursor = rows[-1]["name"]
@@ -378,6 +379,7 @@ def _record(text: str) -> BackupRecord:
         verification=tuple(data["verification"]),
         pruned=tuple(data["pruned"]),
         trimmed=tuple(data.get("trimmed", ())),
+        prune_failures=tuple(data.get("prune_failures", ())),
     )
 
 

@@ -2,9 +2,9 @@
 
 Each opens the ledger and the backup key the service uses, runs one backup
 command (recorded on the ledger like its HTTP twin, attributed to the user who ran
-it) or one read (``backup-status``, ``backups``), prints the result as JSON, and
-exits 0 on success, 1 on a refusal or a failed check, 2 when the ledger cannot be
-opened.
+it) or one read (``backup-status``, ``backups``, ``backup-targets``), prints the
+result as JSON, and exits 0 on success, 1 on a refusal or a failed check, 2 when the
+ledger cannot be opened.
 """
 
 from __future__ import annotations
@@ -58,12 +58,22 @@ class Backup:
             default=None,
             help="A target to write to (repeatable; default: the key's policy).",
         )
+        parser.add_argument(
+            "--retain-until",
+            help="Keep the copies until this time, e.g. 2027-01-01T00:00:00Z "
+            "(default: now plus the policy's retention days; must be in the future).",
+        )
 
     @staticmethod
     def main(args: argparse.Namespace) -> int:
         def work(backups: Any) -> int:
+            from backup.service import parse_retain_until
+
             outcome = backups.take_backup(
-                cli_context("backup"), args.key, target_names=args.target
+                cli_context("backup"),
+                args.key,
+                target_names=args.target,
+                retain_until=parse_retain_until(args.retain_until),
             )
             _print(outcome.as_json())
             return 0 if outcome.record is not None else 1
@@ -89,6 +99,125 @@ class VerifyBackup:
             return 0 if record.verified_ok else 1
 
         return _run(args, "verify-backup", work)
+
+
+class Prune:
+    """``keyledger prune ID --target NAME``: delete one copy past its retention date."""
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        add_ledger_arguments(parser)
+        parser.add_argument("backup_id", help="The backup (bkp_...).")
+        parser.add_argument(
+            "--target", required=True, help="The target whose copy to delete."
+        )
+
+    @staticmethod
+    def main(args: argparse.Namespace) -> int:
+        def work(backups: Any) -> int:
+            outcome = backups.prune(cli_context("prune"), args.backup_id, args.target)
+            _print(
+                {
+                    "backup_id": outcome.backup_id,
+                    "target": args.target,
+                    "deleted": outcome.failure is None,
+                    "failure": outcome.failure,
+                    "receipts": [receipt.as_json() for receipt in outcome.receipts],
+                }
+            )
+            return 0 if outcome.failure is None else 1
+
+        return _run(args, "prune", work)
+
+
+# Per kind: the option a target needs, and every option it takes.
+_TARGET_OPTIONS = {
+    "dir": ("path", {"path", "prefix"}),
+    "s3": ("bucket", {"bucket", "prefix", "endpoint_url", "region"}),
+}
+
+
+class ConfigureTarget:
+    """``keyledger backup-target NAME``: add a target or replace its settings."""
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        add_ledger_arguments(parser)
+        parser.add_argument("name", help="The target's name (a-z, 0-9, _ and -).")
+        parser.add_argument("--kind", required=True, choices=("dir", "s3"))
+        parser.add_argument(
+            "--location", required=True, help="Its location label, e.g. dc1."
+        )
+        parser.add_argument("--path", help="dir: the directory.")
+        parser.add_argument("--prefix", help="dir, s3: a folder or key prefix.")
+        parser.add_argument("--bucket", help="s3: the bucket (with Object Lock).")
+        parser.add_argument("--endpoint-url", help="s3: the endpoint, if not AWS.")
+        parser.add_argument("--region", help="s3: the region.")
+
+    @staticmethod
+    def main(args: argparse.Namespace) -> int:
+        options = {
+            name: value
+            for name, value in (
+                ("path", args.path),
+                ("prefix", args.prefix),
+                ("bucket", args.bucket),
+                ("endpoint_url", args.endpoint_url),
+                ("region", args.region),
+            )
+            if value is not None
+        }
+
+        def work(backups: Any) -> int:
+            from domain.errors import InvalidArgumentError
+
+            needed, allowed = _TARGET_OPTIONS[args.kind]
+            if needed not in options or set(options) - allowed:
+                raise InvalidArgumentError(
+                    f"A {args.kind} target needs --{needed} and takes only "
+                    + ", ".join(f"--{o.replace('_', '-')}" for o in sorted(allowed))
+                    + ".",
+                    code="INVALID_TARGET",
+                    target=args.name,
+                )
+            receipts = backups.configure_target(
+                cli_context("backup-target"),
+                name=args.name,
+                kind=args.kind,
+                location=args.location,
+                options=options,
+            )
+            _print(
+                {
+                    "target": backups.targets()[args.name],
+                    "receipts": [receipt.as_json() for receipt in receipts],
+                }
+            )
+            return 0
+
+        return _run(args, "backup-target", work)
+
+
+class ListTargets:
+    """``keyledger backup-targets``: the configured targets and the default policy."""
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        add_ledger_arguments(parser)
+
+    @staticmethod
+    def main(args: argparse.Namespace) -> int:
+        def work(backups: Any) -> int:
+            targets = backups.targets()
+            _print(
+                {
+                    "targets": [targets[name] for name in sorted(targets)],
+                    "default_policy": backups.default_policy().as_json(),
+                }
+            )
+            return 0
+
+        return _run(args, "backup-targets", work)
 
 
 # The exit status of a restore that waits for approval under the key's policy.

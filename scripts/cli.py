@@ -58,6 +58,19 @@ COMMANDS: dict[str, tuple[Any, str]] = {
         "Restore a key from a backup id or a bundle file, in place or as a new key; "
         "exit 3 when the key's dual-control policy makes it wait for approval.",
     ),
+    "prune": (
+        backup_tools.Prune,
+        "Delete one copy of a backup past its retention date, recorded first; "
+        "exit 1 when refused or when the target did not delete it.",
+    ),
+    "backup-target": (
+        backup_tools.ConfigureTarget,
+        "Add a backup target or replace its settings, as an event.",
+    ),
+    "backup-targets": (
+        backup_tools.ListTargets,
+        "The configured backup targets and the default policy.",
+    ),
     "backup-ledger": (
         backup_tools.BackupLedger,
         "Archive the whole ledger (entries, checkpoints, material) to the targets.",

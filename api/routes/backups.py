@@ -164,12 +164,26 @@ def prune_backup_copy(
     request_id: RequestIdDep,
     body: BodyDep,
 ) -> dict[str, Any]:
-    """Delete one copy past its retention date; refused (409) before it."""
+    """Delete one copy past its retention date; refused (409) before it.
+
+    The prune is recorded before the target deletes the copy; a deletion the
+    target then refuses is recorded too and answered 502 ``PRUNE_FAILED``.
+    """
     command = validate(BackupPrune, body)
-    receipts = runtime.backups.prune(
+    outcome = runtime.backups.prune(
         _context(actor, request_id), _backup_id(backup_id), command.target
     )
-    return {"receipts": _receipts(response, receipts)}
+    if outcome.failure is not None:
+        raise ApiError(
+            502,
+            "PRUNE_FAILED",
+            "The prune is recorded but the target did not delete the copy; "
+            "the copy no longer counts, and pruning it can be retried.",
+            backup_id=outcome.backup_id,
+            failure=outcome.failure,
+            position=outcome.receipts[-1].position,
+        )
+    return {"receipts": _receipts(response, outcome.receipts)}
 
 
 @router.post(

@@ -564,3 +564,31 @@ def test_a_target_never_replaces_an_object_it_holds(
     assert stat.S_IMODE(planted.stat().st_mode) == 0o444
     assert sorted(p.name for p in folders["dc2"].iterdir()) == before
     assert (folders["dc1"] / planted.name).read_bytes() == bundle.data
+
+
+def test_a_prune_the_target_refuses_is_recorded_and_answered_502(
+    client: TestClient, runtime: Runtime, folders: dict[str, Path]
+) -> None:
+    """A read-only target keeps the copy: 502 ``PRUNE_FAILED``, the prune and its
+    failure on the ledger, and the copy no longer counted."""
+    create(client, "k1")
+    result = take(client, "k1", retain_until="2026-03-02T12:00:00Z")
+    backup_id, name = result["backup_id"], result["backup"]["copies"][0]["object"]
+    runtime.clock.advance(timedelta(days=2))  # type: ignore[attr-defined]
+    folders["dc1"].chmod(0o555)
+    try:
+        details = assert_error(
+            client.post(f"/v1/backups/{backup_id}/prune", json={"target": "dc1"}),
+            502,
+            "PRUNE_FAILED",
+        )
+    finally:
+        folders["dc1"].chmod(0o755)
+
+    assert details["failure"]["code"] == "READ_ONLY"
+    assert details["position"] == head_position(client)
+    assert (folders["dc1"] / name).exists()
+    backup = client.get(f"/v1/backups/{backup_id}").json()
+    assert backup["pruned"] == ["dc1"]
+    assert [f["code"] for f in backup["prune_failures"]] == ["READ_ONLY"]
+    assert status_of(client, "k1")["copies_by_location"] == {"site-dc2": 1}

@@ -1,19 +1,16 @@
 """The ``s3`` target against a local S3-compatible server with Object Lock.
 
-moto's server mode (``ThreadedMotoServer``) implements S3 Object Lock; it stands
-in for AWS S3, MinIO or Ceph. The service's clock is the real time here, since
+The server is moto's (``s3_endpoint`` in ``conftest.py``), standing in for AWS
+S3, MinIO or Ceph. The service's clock is the real time here, since
 the server judges retention dates by its own clock.
 """
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from botocore.exceptions import ClientError
 
@@ -22,45 +19,12 @@ from backup.service import BackupService
 from domain.clock import AdjustableClock
 from domain.errors import BackupRefusedError
 from ledger.service import CommandContext, KeyService
-from tests.backup.conftest import add_dir_target
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    """A local S3-compatible server for this module's tests."""
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
+from tests.backup.conftest import add_dir_target, free_port, make_bucket
 
 
 @pytest.fixture(autouse=True)
-def credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+def credentials(s3_credentials: None) -> None:
     """Fake credentials for the local server; nothing here reaches AWS."""
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
-
-
-def _bucket(endpoint: str, name: str, *, lock: bool) -> Any:
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-    client.create_bucket(Bucket=name, ObjectLockEnabledForBucket=lock)
-    return client
 
 
 @pytest.fixture
@@ -90,7 +54,7 @@ def test_s3_copies_are_locked_in_compliance_mode_and_verify(
 ) -> None:
     """A backup to a locked bucket is retained in COMPLIANCE mode and verifies."""
     bucket = f"locked-{tmp_path.name[-12:].lower().replace('_', '-')}"
-    client = _bucket(s3_endpoint, bucket, lock=True)
+    client = make_bucket(s3_endpoint, bucket, lock=True)
     backups.configure_target(ctx, **_s3("cloud", s3_endpoint, bucket, "eu-west"))
     add_dir_target(backups, ctx, tmp_path, "dc1")
     backups.keys.create_key(ctx, name="k1")
@@ -118,7 +82,7 @@ def test_a_bucket_without_object_lock_is_refused(
     backups: BackupService, ctx: CommandContext, s3_endpoint: str
 ) -> None:
     """Configuring a bucket without Object Lock is refused and records nothing."""
-    _bucket(s3_endpoint, "plain-bucket", lock=False)
+    make_bucket(s3_endpoint, "plain-bucket", lock=False)
     head = backups.keys.head_position()
 
     with pytest.raises(BackupRefusedError) as refused:
@@ -135,11 +99,11 @@ def test_an_unreachable_bucket_is_a_recorded_copy_failure(
     backups: BackupService, ctx: CommandContext, s3_endpoint: str, tmp_path: Path
 ) -> None:
     """A target that cannot be reached fails its copy; the dir copy still counts."""
-    _bucket(s3_endpoint, "soon-gone", lock=True)
+    make_bucket(s3_endpoint, "soon-gone", lock=True)
     backups.configure_target(ctx, **_s3("cloud", s3_endpoint, "soon-gone", "eu"))
     add_dir_target(backups, ctx, tmp_path, "dc1")
     backups.keys.create_key(ctx, name="k1")
-    dead = f"http://127.0.0.1:{_free_port()}"
+    dead = f"http://127.0.0.1:{free_port()}"
     settings = backups.settings()
     settings.configure_target(
         "cloud",
@@ -157,3 +121,34 @@ def test_an_unreachable_bucket_is_a_recorded_copy_failure(
     assert [(f["target"], f["code"]) for f in outcome.failures] == [
         ("cloud", "UNREACHABLE")
     ]
+
+
+def test_the_s3_target_itself_refuses_a_past_retention_date(
+    open_service: Any,
+    ctx: CommandContext,
+    s3_endpoint: str,
+    tmp_path: Path,
+) -> None:
+    """A service whose clock runs behind the bucket's (a dev clock) would ask for
+    a retention date already past: the s3 copy fails as RETENTION_IN_PAST, is
+    recorded as a CopyFailed, and nothing reaches the bucket; the dir copy counts."""
+    bucket = "past-retention"
+    client = make_bucket(s3_endpoint, bucket, lock=True)
+    behind: KeyService = open_service(
+        clock=AdjustableClock(datetime.now(UTC) - timedelta(days=60))
+    )
+    backups = BackupService(behind, BackupKey.load_or_create(tmp_path / "data"))
+    backups.configure_target(ctx, **_s3("cloud", s3_endpoint, bucket, "eu-west"))
+    add_dir_target(backups, ctx, tmp_path, "dc1")
+    behind.create_key(ctx, name="k1")
+
+    outcome = backups.take_backup(ctx, "k1")
+
+    assert outcome.record is not None
+    assert [c["target"] for c in outcome.record.copies] == ["dc1"]
+    assert [(f["target"], f["code"]) for f in outcome.failures] == [
+        ("cloud", "RETENTION_IN_PAST")
+    ]
+    assert client.list_objects_v2(Bucket=bucket).get("Contents", []) == []
+    record = backups.get_backup(outcome.backup_id)
+    assert [f["code"] for f in record["failures"]] == ["RETENTION_IN_PAST"]

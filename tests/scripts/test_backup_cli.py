@@ -427,3 +427,166 @@ def test_a_restore_under_the_keys_policy_waits_and_exits_3(
     assert printed["approval"]["key"] == "k2"
     code, _ = run(capsys, "backup", "k2", *options)
     assert code == 1  # k2 was never restored
+
+
+def topics_after(options: list[str], position: int) -> list[str]:
+    """The topics of the entries after ``position``."""
+    signer, kek, _ = load_local_secrets(Path(options[1]), create=False)
+    service = KeyService.open(
+        database_url=options[3], signer=signer, kek=kek, clock=SystemClock()
+    )
+    try:
+        table = service.ledger.events_table_name
+        rows = service.ledger.query(
+            f"SELECT topic FROM {table} WHERE notification_id > %s "
+            "ORDER BY notification_id",
+            (position,),
+        )
+        return [row["topic"] for row in rows]
+    finally:
+        service.close()
+
+
+def test_targets_are_configured_and_listed_from_the_command_line(
+    ledger: tuple[Path, list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """backup-target records TargetConfigured (nothing when unchanged), a bad one
+    exits 1 and records nothing, and backup-targets lists them all."""
+    root, options = ledger
+    (root / "dc3").mkdir()
+    start = head(options)
+    dc3 = ["--kind", "dir", "--location", "eu-west-b", "--path", str(root / "dc3")]
+
+    code, configured = run(capsys, "backup-target", "dc3", *dc3, *options)
+
+    assert code == 0 and configured is not None
+    assert configured["target"] == {
+        "name": "dc3",
+        "kind": "dir",
+        "location": "eu-west-b",
+        "options": {"path": str(root / "dc3")},
+    }
+    assert topics_after(options, start) == ["keyledger.backup.TargetConfigured"]
+    code, again = run(capsys, "backup-target", "dc3", *dc3, *options)
+    assert code == 0 and again is not None and again["receipts"] == []
+
+    moved = head(options)
+    for bad in (
+        ["dc4", "--kind", "dir", "--location", "x"],
+        ["dc4", "--kind", "dir", "--location", "x", "--path", "/t", "--bucket", "b"],
+        ["Bad Name", "--kind", "dir", "--location", "x", "--path", "/tmp"],
+        ["dc4", "--kind", "dir", "--location", "no spaces", "--path", "/tmp"],
+        ["dc4", "--kind", "s3", "--location", "x"],
+    ):
+        assert main(["backup-target", *bad, *options]) == 1, bad
+        assert "refused" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["backup-target", "dc4", "--kind", "nfs", "--location", "x", *options])
+    capsys.readouterr()
+    assert head(options) == moved
+
+    code, listed = run(capsys, "backup-targets", *options)
+
+    assert code == 0 and listed is not None
+    assert [t["name"] for t in listed["targets"]] == ["dc1", "dc2", "dc3"]
+    assert listed["default_policy"]["copies"] == 2
+    code, taken = run(capsys, "backup", "k1", "--target", "dc3", *options)
+    assert code == 0 and taken is not None
+    assert taken["backup"]["copies"][0]["location"] == "eu-west-b"
+
+
+def test_backup_retain_until_from_the_command_line(
+    ledger: tuple[Path, list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--retain-until sets the retention date; one in the past or not a time exits
+    1 and records nothing."""
+    root, options = ledger
+
+    code, taken = run(
+        capsys, "backup", "k1", "--retain-until", "2099-01-01T00:00:00Z", *options
+    )
+
+    assert code == 0 and taken is not None
+    assert taken["backup"]["retain_until"] == "2099-01-01T00:00:00.000000Z"
+    name = taken["backup"]["copies"][0]["object"]
+    assert (
+        root / "dc1" / (name + ".retain")
+    ).read_text() == "2099-01-01T00:00:00.000000Z"
+    before = head(options)
+    for value, code_name in (
+        ("2020-01-01T00:00:00Z", "RETENTION_IN_PAST"),
+        ("next tuesday", "INVALID_TIME"),
+    ):
+        assert main(["backup", "k1", "--retain-until", value, *options]) == 1
+        assert code_name in capsys.readouterr().err
+    assert head(options) == before
+
+
+def test_prune_from_the_command_line_is_an_event_and_fails_closed(
+    ledger: tuple[Path, list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """prune before the retention date exits 1 and records nothing; after it,
+    ObjectPruned is recorded and the copy deleted; a target that refuses the
+    deletion exits 1, keeps the copy and records PruneFailed."""
+    root, options = ledger
+    code, kept = run(
+        capsys, "backup", "k1", "--retain-until", "2099-01-01T00:00:00Z", *options
+    )
+    assert code == 0 and kept is not None
+    before = head(options)
+    assert main(["prune", kept["backup_id"], "--target", "dc1", *options]) == 1
+    assert "RETAINED" in capsys.readouterr().err
+    assert head(options) == before
+    assert (root / "dc1" / kept["backup"]["copies"][0]["object"]).exists()
+
+    # A backup whose retention date has passed: taken on a clock in the past.
+    from datetime import timedelta
+
+    from domain.clock import AdjustableClock
+    from tests.conftest import T0
+
+    signer, kek, _ = load_local_secrets(Path(options[1]), create=False)
+    service = KeyService.open(
+        database_url=options[3], signer=signer, kek=kek, clock=AdjustableClock(T0)
+    )
+    try:
+        backups = BackupService(
+            service, BackupKey.load_or_create(Path(options[1]), create=False)
+        )
+        service.rotate(CommandContext(ADMIN, "req-rotate"), "k1")
+        old = backups.take_backup(
+            CommandContext(ADMIN, "req-old"), "k1", retain_until=T0 + timedelta(days=1)
+        )
+    finally:
+        service.close()
+    assert old.record is not None
+    name = old.record.copies[0]["object"]
+    start = head(options)
+    for refused in (
+        [old.backup_id, "--target", "dc9"],
+        ["bkp_" + "0" * 24, "--target", "dc1"],
+    ):
+        assert main(["prune", *refused, *options]) == 1
+        assert "BACKUP_NOT_FOUND" in capsys.readouterr().err
+    assert head(options) == start
+
+    code, pruned = run(capsys, "prune", old.backup_id, "--target", "dc1", *options)
+
+    assert code == 0 and pruned is not None
+    assert pruned["deleted"] is True and pruned["failure"] is None
+    assert not (root / "dc1" / name).exists()
+    assert topics_after(options, start) == ["keyledger.backup.ObjectPruned"]
+
+    (root / "dc2").chmod(0o555)
+    try:
+        code, failed = run(capsys, "prune", old.backup_id, "--target", "dc2", *options)
+    finally:
+        (root / "dc2").chmod(0o755)
+    assert code == 1 and failed is not None
+    assert failed["deleted"] is False and failed["failure"]["code"] == "READ_ONLY"
+    assert (root / "dc2" / name).exists()
+    code, listed = run(capsys, "backups", "k1", *options)
+    assert code == 0 and listed is not None
+    record = next(b for b in listed["backups"] if b["backup_id"] == old.backup_id)
+    assert record["pruned"] == ["dc1", "dc2"]
+    assert [f["code"] for f in record["prune_failures"]] == ["READ_ONLY"]
