@@ -28,6 +28,8 @@ already holds. Reasons are the verifier's codes (``GAP``, ``BROKEN_LINK``,
 ``MALFORMED_FEED``         the feed is not what the primary sends
 ``UNREADABLE_EVENT``       a verified entry cannot be applied to the key it names
 ``MATERIAL_MISMATCH``      replicated key material does not match its fingerprint
+``MATERIAL_MISSING``       the primary sent no material for a version, and no
+                           entry signed by it erases that version
 ``REPLICA_CONFLICT``       something else appended to the replica's own ledger
 """
 
@@ -67,7 +69,7 @@ from domain.principals import Principal
 from domain.usage import KeyUse
 from ledger.entry import canonical_json
 from ledger.material import KeyEncryptionKey, UnwrapError, fingerprint
-from ledger.offline import KeyBook, StoredEntry, verify_entries
+from ledger.offline import KeyBook, StoredEntry, _Signed, entry_hash, verify_entries
 from ledger.service import KeyService
 from ledger.signing import key_id, load_public_key
 from ledger.signing import public_key_pem as pem_of
@@ -229,6 +231,19 @@ class FeedPage:
     malformed: Halt | None = None  # an item after ``entries`` that is not an entry
 
 
+@dataclass
+class Materials:
+    """The primary's answer for a batch's versions: material, or where it was erased.
+
+    ``erased`` maps a version left out to the position of the entry that erased
+    it (a destruction, or a trim past it); the replica checks that entry before
+    accepting that the material is gone.
+    """
+
+    wrapped: dict[tuple[str, int], bytes] = field(default_factory=dict)
+    erased: dict[tuple[str, int], int] = field(default_factory=dict)
+
+
 class Source(Protocol):
     """Where a replica reads the primary's ledger from."""
 
@@ -236,9 +251,7 @@ class Source(Protocol):
 
     def signing_key_pem(self) -> str: ...
     def page(self, after: int, limit: int, wait: float) -> FeedPage: ...
-    def materials(
-        self, wanted: Sequence[tuple[str, int]]
-    ) -> dict[tuple[str, int], bytes]: ...
+    def materials(self, wanted: Sequence[tuple[str, int]]) -> Materials: ...
 
 
 class HttpSource:
@@ -297,11 +310,9 @@ class HttpSource:
         body: dict[str, Any] = response.json()
         return body
 
-    def materials(
-        self, wanted: Sequence[tuple[str, int]]
-    ) -> dict[tuple[str, int], bytes]:
-        """Wrapped material of the versions asked for that the primary still keeps."""
-        found: dict[tuple[str, int], bytes] = {}
+    def materials(self, wanted: Sequence[tuple[str, int]]) -> Materials:
+        """Wrapped material of the versions asked for, and where the rest was erased."""
+        found = Materials()
         for start in range(0, len(wanted), MATERIAL_PAGE):
             chunk = wanted[start : start + MATERIAL_PAGE]
             query = ",".join(f"{key}:{version}" for key, version in chunk)
@@ -311,10 +322,13 @@ class HttpSource:
             try:
                 for item in body["material"]:
                     version_key = (str(item["key_id"]), int(item["version"]))
-                    found[version_key] = base64.b64decode(
+                    found.wrapped[version_key] = base64.b64decode(
                         str(item["wrapped"]), validate=True
                     )
-            except (KeyError, TypeError, ValueError):
+                for item in body.get("erased", []):
+                    version_key = (str(item["key_id"]), int(item["version"]))
+                    found.erased[version_key] = int(item["position"])
+            except (KeyError, TypeError, ValueError, AttributeError):
                 raise _MalformedFeedError(
                     0, "replicated material is malformed"
                 ) from None
@@ -916,9 +930,7 @@ class Follower:
                 ) from None
         return key
 
-    def _fetch_material(
-        self, events: Sequence[tuple[SealedEntry, Any]]
-    ) -> dict[tuple[str, int], bytes]:
+    def _fetch_material(self, events: Sequence[tuple[SealedEntry, Any]]) -> Materials:
         """One request for the material of every version a batch creates."""
         wanted = [
             (str(entry.originator_id), _new_version(event))
@@ -926,7 +938,7 @@ class Follower:
             if _new_version(event)
         ]
         if self.kek is None or not wanted:
-            return {}
+            return Materials()
         try:
             return self.source.materials(wanted)
         except _MalformedFeedError as error:
@@ -935,7 +947,7 @@ class Follower:
             ) from None
 
     def _material_statements(
-        self, entry: SealedEntry, event: Any, fetched: dict[tuple[str, int], bytes]
+        self, entry: SealedEntry, event: Any, fetched: Materials
     ) -> list[Statement]:
         """Keep replicated material for new versions; erase it when the ledger does."""
         stream = str(entry.originator_id)
@@ -955,7 +967,12 @@ class Follower:
             ]
         version = _new_version(event)
         if version:
-            wrapped = fetched.get((stream, version))
+            wrapped = fetched.wrapped.get((stream, version))
+            if wrapped is None and self.kek is not None:
+                self._check_erased(
+                    entry, stream, version, fetched.erased.get((stream, version))
+                )
+                return []  # erased on the primary since: nothing to keep
             return self._replicated_material(
                 entry, stream, version, event.fingerprint, wrapped
             )
@@ -969,10 +986,7 @@ class Follower:
         expected: str,
         wrapped: bytes | None,
     ) -> list[Statement]:
-        if self.kek is None:
-            return []
-        if wrapped is None:
-            # Erased on the primary since (destroyed or trimmed): nothing to keep.
+        if self.kek is None or wrapped is None:
             return []
         try:
             material = self.kek.unwrap(wrapped, key_id=stream, version=version)
@@ -995,6 +1009,73 @@ class Follower:
                 (stream, version, base64.b64encode(wrapped).decode("ascii")),
             )
         ]
+
+    def _check_erased(
+        self, entry: SealedEntry, stream: str, version: int, claimed: int | None
+    ) -> None:
+        """Accept a version without material only if a signed entry erases it.
+
+        The primary names the position of the entry that erased the version; the
+        replica reads that entry, checks its hash and its signature by a trusted
+        key, and that it destroys the version (or trims past it) after the entry
+        that created it. Anything else halts with ``MATERIAL_MISSING``.
+        """
+        missing = _UnreadableError(
+            entry.position,
+            "MATERIAL_MISSING",
+            f"the primary sent no material for version {version} of key {stream}, "
+            "which its ledger does not erase",
+        )
+        if claimed is None or claimed <= entry.position:
+            raise missing
+        try:
+            page = self.source.page(claimed - 1, 1, 0)
+        except _MalformedFeedError:
+            raise missing from None
+        found = [item for item in page.entries if item.position == claimed]
+        if not found:
+            raise missing
+        erasing = found[0]
+        signed = _Signed(claimed, erasing.kid, erasing.signature, erasing.hash)
+        if (
+            entry_hash(erasing.entry_bytes) != erasing.hash
+            or self.book.check(signed) is not None
+            or str(erasing.originator_id) != stream
+            or not _erases(json.loads(erasing.entry_bytes), version)
+        ):
+            raise missing
+
+
+def _erases(entry: Mapping[str, Any], version: int) -> bool:
+    """Whether a stored entry of a key destroys ``version`` or trims past it."""
+    payload = entry.get("payload")
+    if not isinstance(payload, dict):
+        return False
+    if entry.get("type") == ManagedKey.VersionDestroyed.TOPIC:
+        return bool(payload.get("version") == version)
+    if entry.get("type") == ManagedKey.VersionsTrimmed.TOPIC:
+        floor = payload.get("min_available_version")
+        return isinstance(floor, int) and floor > version
+    return False
+
+
+def erasure_position(service: KeyService, stream: str, version: int) -> int | None:
+    """The position of the entry that erased a version's material, if any."""
+    key_id = uuid.UUID(stream)
+    rows = service.ledger.query(
+        f"SELECT notification_id, state FROM {service.ledger.events_table_name} "
+        "WHERE originator_id = %s AND topic IN (%s, %s) ORDER BY notification_id",
+        (
+            key_id.hex if _is_sqlite(service) else key_id,
+            ManagedKey.VersionDestroyed.TOPIC,
+            ManagedKey.VersionsTrimmed.TOPIC,
+        ),
+    )
+    for row in rows:
+        state = row["state"]
+        if _erases(json.loads(state), version):
+            return int(row["notification_id"])
+    return None
 
 
 def _new_version(event: Any) -> int:

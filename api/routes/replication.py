@@ -25,7 +25,7 @@ from api.deps import BodyDep, RequestIdDep, RuntimeDep, require
 from api.errors import ApiError, error_body
 from domain.access import Permission
 from domain.errors import LedgerUnavailableError
-from ledger.replica import PromotionRefusedError, announce_signer
+from ledger.replica import PromotionRefusedError, announce_signer, erasure_position
 from ledger.store import Actor
 
 router = APIRouter(tags=["replication"])
@@ -51,10 +51,12 @@ def get_material(
 ) -> dict[str, Any]:
     """Material of the versions asked for, still wrapped under the KEK.
 
-    Versions whose material is not kept (destroyed, trimmed) are left out.
+    Versions whose material is not kept are left out of ``material``; those the
+    ledger erased (destroyed, trimmed) are listed in ``erased`` with the position
+    of the erasing entry, which the replica checks before accepting the absence.
     """
     wanted = _parse_versions(versions)
-    found = []
+    found, erased = [], []
     for stream, version in wanted:
         rows = runtime.service.ledger.query(
             "SELECT wrapped FROM key_material WHERE key_id = %s AND version = %s",
@@ -64,7 +66,11 @@ def get_material(
             found.append(
                 {"key_id": stream, "version": version, "wrapped": rows[0]["wrapped"]}
             )
-    return {"material": found}
+            continue
+        position = erasure_position(runtime.service, stream, version)
+        if position is not None:
+            erased.append({"key_id": stream, "version": version, "position": position})
+    return {"material": found, "erased": erased}
 
 
 def _parse_versions(text: str) -> list[tuple[str, int]]:
