@@ -121,7 +121,14 @@ class PinningError(Exception):
 
 
 class SourceUnavailable(Exception):  # noqa: N818 - a condition, retried
-    """The primary could not be reached or answered with a server error."""
+    """The primary could not be reached or answered with a server error.
+
+    ``waited`` is the timeout of a request that ran out of it (seconds), else 0.
+    """
+
+    def __init__(self, message: str, *, waited: float = 0.0) -> None:
+        super().__init__(message)
+        self.waited = waited
 
 
 class SourceRefused(Exception):  # noqa: N818 - a condition, not retried
@@ -342,6 +349,11 @@ class HttpSource:
     ) -> Any:
         try:
             response = self._client.get(path, params=dict(params), timeout=timeout)
+        except httpx.TimeoutException as error:
+            raise SourceUnavailable(
+                f"{type(error).__name__}: no answer within {timeout:g} s",
+                waited=timeout,
+            ) from None
         except httpx.HTTPError as error:
             raise SourceUnavailable(f"{type(error).__name__}: {error}") from None
         if response.status_code in (401, 403):
@@ -432,6 +444,10 @@ class ReplicaStatus:
     caught_up_at: float | None = None
     reachable: bool = True
     last_error: str | None = None
+    unreachable_since: str | None = None
+    failed_reads: int = 0  # since the source was last reached
+    timed_out_reads: int = 0  # of those, requests that ran out of their timeout
+    waited_seconds: float = 0.0  # the timeouts those requests waited out, summed
     halt: Halt | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -454,6 +470,14 @@ class ReplicaStatus:
             "lag": {"events": behind, "seconds": seconds},
             "source_reachable": self.reachable,
             "last_error": self.last_error,
+            "unreachable": None
+            if self.reachable
+            else {
+                "since": self.unreachable_since,
+                "failed_reads": self.failed_reads,
+                "timed_out_reads": self.timed_out_reads,
+                "waited_seconds": round(self.waited_seconds, 3),
+            },
             **self.extra,
         }
 
@@ -593,7 +617,7 @@ class Follower:
                 return halted.halt
             except (SourceUnavailable, SourceRefused, PersistenceError) as error:
                 # The primary, the token or the replica's own store: retry later.
-                self.status.reachable, self.status.last_error = False, str(error)
+                self._unreachable(error)
                 logger.warning(
                     "replica_source_unavailable", extra={"error": str(error)}
                 )
@@ -607,6 +631,19 @@ class Follower:
 
     def caught_up(self) -> bool:
         return self.status.position >= self.status.primary_head
+
+    def _unreachable(self, error: Exception) -> None:
+        status = self.status
+        if status.reachable:
+            status.unreachable_since = _now()
+            status.failed_reads = status.timed_out_reads = 0
+            status.waited_seconds = 0.0
+        status.reachable, status.last_error = False, str(error)
+        status.failed_reads += 1
+        waited = getattr(error, "waited", 0.0)
+        if waited:
+            status.timed_out_reads += 1
+            status.waited_seconds += waited
 
     def step(self, *, wait: float = 0) -> int:
         """Read one page after the replica's head, verify it, apply it; how many.
