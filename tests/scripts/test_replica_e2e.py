@@ -394,6 +394,103 @@ def test_an_old_primary_that_rejoined_refuses_commands_when_served_again(
         primary.stop()
 
 
+def store_url(env: dict[str, str]) -> str:
+    """The URL of a process's store, as ``keyledger compare`` takes it."""
+    if "KEYLEDGER_DATABASE_URL" in env:
+        return env["KEYLEDGER_DATABASE_URL"]
+    return f"sqlite:///{Path(env['KEYLEDGER_DATA_DIR']) / 'ledger.sqlite3'}"
+
+
+def test_promotion_while_the_old_primary_still_writes_forks_where_it_promoted(
+    stores: Stores, tmp_path: Path
+) -> None:
+    """Both write after the promotion; the old one, rejoining, halts at the fork."""
+    primary = start_primary(tmp_path, stores)
+    replica = None
+    try:
+        httpx.post(f"{primary.url}/v1/keys", json={"name": "f"}, headers=HEADERS)
+        env = replica_env(tmp_path, "replica", primary, stores)
+        replica = start_replica(env, tmp_path / "r.log")
+        wait_until(lambda: caught_up(replica, primary))
+        old_key = signing_key(primary)
+
+        # promoted while the primary is alive and reachable
+        promoted = httpx.post(
+            f"{replica.url}/v1/replication/promote", json={}, headers=HEADERS
+        )
+        assert promoted.status_code == 200, promoted.text
+        epoch = promoted.json()["epoch"]
+        assert (epoch["epoch"], epoch["forced"]) == (2, False)
+        fork_at = epoch["applied_position"] + 1  # the promotion's own entry
+
+        # the old primary has not seen the epoch: it keeps accepting writes
+        for _ in range(2):
+            old_write = httpx.post(f"{primary.url}/v1/keys/f/rotate", headers=HEADERS)
+            assert old_write.status_code == 200, old_write.text
+        old_status = httpx.get(
+            f"{primary.url}/v1/replication/status", headers=HEADERS
+        ).json()
+        assert (old_status["role"], old_status["state"]) == ("primary", "primary")
+        assert head(primary)["position"] >= fork_at
+
+        # the promoted replica writes in epoch 2, signed with its own key
+        new_write = httpx.post(f"{replica.url}/v1/keys/f/rotate", headers=HEADERS)
+        assert new_write.status_code == 200, new_write.text
+        assert replica.status()["state"] == "promoted"
+        [promotion] = httpx.get(
+            f"{replica.url}/v1/events",
+            params={"after": fork_at - 1, "limit": 1},
+            headers=HEADERS,
+        ).json()["events"]
+        assert promotion["type"] == "keyledger.ledger.Promoted"
+        assert promotion["kid"] == epoch["kid"] != old_key["kid"]
+        latest = new_write.json()["receipts"][-1]["position"]
+        [written] = httpx.get(
+            f"{replica.url}/v1/events",
+            params={"after": latest - 1, "limit": 1},
+            headers=HEADERS,
+        ).json()["events"]
+        assert written["kid"] == epoch["kid"]
+        replica_head = head(replica)
+
+        # the old primary sees the new epoch by rejoining it: it halts at the
+        # fork, keeps its own entries, and takes none of the new primary's
+        primary.stop()
+        own_pem = tmp_path / "old-primary.pem"
+        own_pem.write_text(old_key["public_key_pem"])
+        new_pem = tmp_path / "new-primary.pem"
+        new_pem.write_text(signing_key(replica)["public_key_pem"])
+        rejoin = {
+            **primary.env,
+            "KEYLEDGER_REPLICA_SOURCE": replica.url,
+            "KEYLEDGER_REPLICA_TOKEN": TOKEN,
+            "KEYLEDGER_REPLICA_PIN_KEY": f"{own_pem},{new_pem}",
+        }
+        followed = _cli(rejoin, "replica", "--once")
+        assert followed.returncode == 3, followed.stdout + followed.stderr
+        assert f"HALTED at position {fork_at}: FORK" in followed.stdout
+        old_head = followed.stdout.rsplit("holds ", 1)[1].split()[0]
+        assert int(old_head) >= fork_at
+        # a later start stays halted (it never takes the new primary's entries)
+        again = _cli(rejoin, "replica", "--once")
+        assert again.returncode == 3
+        assert f"halted earlier at position {fork_at}: FORK" in again.stderr
+
+        # compare says the same from the two stores, each with its own head
+        compared = _cli(env, "compare", store_url(primary.env), store_url(env))
+        assert compared.returncode == 1, compared.stdout + compared.stderr
+        assert f"FORK at position {fork_at}" in compared.stdout
+        assert f"agree through {fork_at - 1} " in compared.stdout
+        assert f"(heads {old_head} and {head(replica)['position']})" in (
+            compared.stdout
+        )
+        assert head(replica)["position"] >= replica_head["position"]
+    finally:
+        if replica is not None:
+            replica.stop()
+        primary.stop()
+
+
 def test_a_replica_against_a_primary_whose_key_is_not_pinned_exits_2(
     tmp_path: Path,
 ) -> None:
