@@ -447,7 +447,7 @@ class ReplicaStatus:
     unreachable_since: str | None = None
     failed_reads: int = 0  # since the source was last reached
     timed_out_reads: int = 0  # of those, requests that ran out of their timeout
-    waited_seconds: float = 0.0  # the timeouts those requests waited out, summed
+    longest_wait: float = 0.0  # the longest timeout one of them waited out
     halt: Halt | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -476,7 +476,7 @@ class ReplicaStatus:
                 "since": self.unreachable_since,
                 "failed_reads": self.failed_reads,
                 "timed_out_reads": self.timed_out_reads,
-                "waited_seconds": round(self.waited_seconds, 3),
+                "longest_wait_seconds": round(self.longest_wait, 3),
             },
             **self.extra,
         }
@@ -637,13 +637,13 @@ class Follower:
         if status.reachable:
             status.unreachable_since = _now()
             status.failed_reads = status.timed_out_reads = 0
-            status.waited_seconds = 0.0
+            status.longest_wait = 0.0
         status.reachable, status.last_error = False, str(error)
         status.failed_reads += 1
         waited = getattr(error, "waited", 0.0)
         if waited:
             status.timed_out_reads += 1
-            status.waited_seconds += waited
+            status.longest_wait = max(status.longest_wait, waited)
 
     def step(self, *, wait: float = 0) -> int:
         """Read one page after the replica's head, verify it, apply it; how many.
@@ -856,6 +856,11 @@ class Follower:
         except _UnreadableError as error:
             self._keys.clear()
             raise self.halt(Halt(error.position, error.reason, error.detail)) from None
+        except BaseException:
+            # e.g. the primary went away while the material was checked: the
+            # cached keys hold events that were not applied; the retry reloads
+            self._keys.clear()
+            raise
         seen = max(primary_head, last.position)
         statements.append(
             (

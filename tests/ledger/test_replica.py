@@ -28,6 +28,7 @@ from ledger.replica import (
     Materials,
     PinningError,
     ReplicaHalted,
+    SourceUnavailable,
     pin_keys,
     public_key_fingerprint,
 )
@@ -352,6 +353,49 @@ def test_material_left_out_of_an_erased_version_is_accepted(
     source = ServiceSource(service)
     follower = open_replica(source, batch=1)
     follow_all(follower)
+    assert_same_ledger(service, follower.service)
+    assert follower.status.state == "following"
+
+
+def test_the_primary_lost_while_an_erasure_is_checked_is_retried_cleanly(
+    service: KeyService,
+    ctx: CommandContext,
+    clock: AdjustableClock,
+    open_replica: Callable[..., Follower],
+) -> None:
+    """Nothing of the interrupted batch sticks: the retry applies it once."""
+    service.create_key(ctx, name="k")
+
+    class Flaky(ServiceSource):
+        """Unreachable once: right after naming an erasure, before it is read."""
+
+        fail_next, failed = False, False
+
+        def materials(self, wanted: Sequence[tuple[str, int]]) -> Materials:
+            found = super().materials(wanted)
+            self.fail_next = bool(found.erased) and not self.failed
+            return found
+
+        def page(self, after: int, limit: int, wait: float) -> FeedPage:
+            if self.fail_next:
+                self.fail_next, self.failed = False, True
+                raise SourceUnavailable("ConnectError: the primary went away")
+            return super().page(after, limit, wait)
+
+    source = Flaky(service)
+    follower = open_replica(source)
+    follow_all(follower)
+    for _ in range(2):
+        service.rotate(ctx, "k")
+    service.schedule_destruction(ctx, "k", 2, days=7)
+    clock.advance(WEEK)
+    service.destroy_due()
+    held = follower.service.ledger.head()
+    with pytest.raises(SourceUnavailable):
+        follower.step()
+    assert follower.service.ledger.head() == held
+    follow_all(follower)
+    assert source.failed
     assert_same_ledger(service, follower.service)
     assert follower.status.state == "following"
 
