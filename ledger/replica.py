@@ -28,6 +28,8 @@ already holds. Reasons are the verifier's codes (``GAP``, ``BROKEN_LINK``,
 ``MALFORMED_FEED``         the feed is not what the primary sends
 ``UNREADABLE_EVENT``       a verified entry cannot be applied to the key it names
 ``MATERIAL_MISMATCH``      replicated key material does not match its fingerprint
+``MATERIAL_MISSING``       the primary sent no material for a version, and no
+                           entry signed by it erases that version
 ``REPLICA_CONFLICT``       something else appended to the replica's own ledger
 """
 
@@ -67,7 +69,7 @@ from domain.principals import Principal
 from domain.usage import KeyUse
 from ledger.entry import canonical_json
 from ledger.material import KeyEncryptionKey, UnwrapError, fingerprint
-from ledger.offline import KeyBook, StoredEntry, verify_entries
+from ledger.offline import KeyBook, StoredEntry, _Signed, entry_hash, verify_entries
 from ledger.service import KeyService
 from ledger.signing import key_id, load_public_key
 from ledger.signing import public_key_pem as pem_of
@@ -119,7 +121,14 @@ class PinningError(Exception):
 
 
 class SourceUnavailable(Exception):  # noqa: N818 - a condition, retried
-    """The primary could not be reached or answered with a server error."""
+    """The primary could not be reached or answered with a server error.
+
+    ``waited`` is the timeout of a request that ran out of it (seconds), else 0.
+    """
+
+    def __init__(self, message: str, *, waited: float = 0.0) -> None:
+        super().__init__(message)
+        self.waited = waited
 
 
 class SourceRefused(Exception):  # noqa: N818 - a condition, not retried
@@ -229,6 +238,19 @@ class FeedPage:
     malformed: Halt | None = None  # an item after ``entries`` that is not an entry
 
 
+@dataclass
+class Materials:
+    """The primary's answer for a batch's versions: material, or where it was erased.
+
+    ``erased`` maps a version left out to the position of the entry that erased
+    it (a destruction, or a trim past it); the replica checks that entry before
+    accepting that the material is gone.
+    """
+
+    wrapped: dict[tuple[str, int], bytes] = field(default_factory=dict)
+    erased: dict[tuple[str, int], int] = field(default_factory=dict)
+
+
 class Source(Protocol):
     """Where a replica reads the primary's ledger from."""
 
@@ -236,9 +258,7 @@ class Source(Protocol):
 
     def signing_key_pem(self) -> str: ...
     def page(self, after: int, limit: int, wait: float) -> FeedPage: ...
-    def materials(
-        self, wanted: Sequence[tuple[str, int]]
-    ) -> dict[tuple[str, int], bytes]: ...
+    def materials(self, wanted: Sequence[tuple[str, int]]) -> Materials: ...
 
 
 class HttpSource:
@@ -297,11 +317,9 @@ class HttpSource:
         body: dict[str, Any] = response.json()
         return body
 
-    def materials(
-        self, wanted: Sequence[tuple[str, int]]
-    ) -> dict[tuple[str, int], bytes]:
-        """Wrapped material of the versions asked for that the primary still keeps."""
-        found: dict[tuple[str, int], bytes] = {}
+    def materials(self, wanted: Sequence[tuple[str, int]]) -> Materials:
+        """Wrapped material of the versions asked for, and where the rest was erased."""
+        found = Materials()
         for start in range(0, len(wanted), MATERIAL_PAGE):
             chunk = wanted[start : start + MATERIAL_PAGE]
             query = ",".join(f"{key}:{version}" for key, version in chunk)
@@ -311,10 +329,13 @@ class HttpSource:
             try:
                 for item in body["material"]:
                     version_key = (str(item["key_id"]), int(item["version"]))
-                    found[version_key] = base64.b64decode(
+                    found.wrapped[version_key] = base64.b64decode(
                         str(item["wrapped"]), validate=True
                     )
-            except (KeyError, TypeError, ValueError):
+                for item in body.get("erased", []):
+                    version_key = (str(item["key_id"]), int(item["version"]))
+                    found.erased[version_key] = int(item["position"])
+            except (KeyError, TypeError, ValueError, AttributeError):
                 raise _MalformedFeedError(
                     0, "replicated material is malformed"
                 ) from None
@@ -328,6 +349,11 @@ class HttpSource:
     ) -> Any:
         try:
             response = self._client.get(path, params=dict(params), timeout=timeout)
+        except httpx.TimeoutException as error:
+            raise SourceUnavailable(
+                f"{type(error).__name__}: no answer within {timeout:g} s",
+                waited=timeout,
+            ) from None
         except httpx.HTTPError as error:
             raise SourceUnavailable(f"{type(error).__name__}: {error}") from None
         if response.status_code in (401, 403):
@@ -418,6 +444,10 @@ class ReplicaStatus:
     caught_up_at: float | None = None
     reachable: bool = True
     last_error: str | None = None
+    unreachable_since: str | None = None
+    failed_reads: int = 0  # since the source was last reached
+    timed_out_reads: int = 0  # of those, requests that ran out of their timeout
+    longest_wait: float = 0.0  # the longest timeout one of them waited out
     halt: Halt | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -440,6 +470,14 @@ class ReplicaStatus:
             "lag": {"events": behind, "seconds": seconds},
             "source_reachable": self.reachable,
             "last_error": self.last_error,
+            "unreachable": None
+            if self.reachable
+            else {
+                "since": self.unreachable_since,
+                "failed_reads": self.failed_reads,
+                "timed_out_reads": self.timed_out_reads,
+                "longest_wait_seconds": round(self.longest_wait, 3),
+            },
             **self.extra,
         }
 
@@ -579,7 +617,7 @@ class Follower:
                 return halted.halt
             except (SourceUnavailable, SourceRefused, PersistenceError) as error:
                 # The primary, the token or the replica's own store: retry later.
-                self.status.reachable, self.status.last_error = False, str(error)
+                self._unreachable(error)
                 logger.warning(
                     "replica_source_unavailable", extra={"error": str(error)}
                 )
@@ -593,6 +631,19 @@ class Follower:
 
     def caught_up(self) -> bool:
         return self.status.position >= self.status.primary_head
+
+    def _unreachable(self, error: Exception) -> None:
+        status = self.status
+        if status.reachable:
+            status.unreachable_since = _now()
+            status.failed_reads = status.timed_out_reads = 0
+            status.longest_wait = 0.0
+        status.reachable, status.last_error = False, str(error)
+        status.failed_reads += 1
+        waited = getattr(error, "waited", 0.0)
+        if waited:
+            status.timed_out_reads += 1
+            status.longest_wait = max(status.longest_wait, waited)
 
     def step(self, *, wait: float = 0) -> int:
         """Read one page after the replica's head, verify it, apply it; how many.
@@ -805,6 +856,11 @@ class Follower:
         except _UnreadableError as error:
             self._keys.clear()
             raise self.halt(Halt(error.position, error.reason, error.detail)) from None
+        except BaseException:
+            # e.g. the primary went away while the material was checked: the
+            # cached keys hold events that were not applied; the retry reloads
+            self._keys.clear()
+            raise
         seen = max(primary_head, last.position)
         statements.append(
             (
@@ -916,9 +972,7 @@ class Follower:
                 ) from None
         return key
 
-    def _fetch_material(
-        self, events: Sequence[tuple[SealedEntry, Any]]
-    ) -> dict[tuple[str, int], bytes]:
+    def _fetch_material(self, events: Sequence[tuple[SealedEntry, Any]]) -> Materials:
         """One request for the material of every version a batch creates."""
         wanted = [
             (str(entry.originator_id), _new_version(event))
@@ -926,7 +980,7 @@ class Follower:
             if _new_version(event)
         ]
         if self.kek is None or not wanted:
-            return {}
+            return Materials()
         try:
             return self.source.materials(wanted)
         except _MalformedFeedError as error:
@@ -935,7 +989,7 @@ class Follower:
             ) from None
 
     def _material_statements(
-        self, entry: SealedEntry, event: Any, fetched: dict[tuple[str, int], bytes]
+        self, entry: SealedEntry, event: Any, fetched: Materials
     ) -> list[Statement]:
         """Keep replicated material for new versions; erase it when the ledger does."""
         stream = str(entry.originator_id)
@@ -955,7 +1009,12 @@ class Follower:
             ]
         version = _new_version(event)
         if version:
-            wrapped = fetched.get((stream, version))
+            wrapped = fetched.wrapped.get((stream, version))
+            if wrapped is None and self.kek is not None:
+                self._check_erased(
+                    entry, stream, version, fetched.erased.get((stream, version))
+                )
+                return []  # erased on the primary since: nothing to keep
             return self._replicated_material(
                 entry, stream, version, event.fingerprint, wrapped
             )
@@ -969,10 +1028,7 @@ class Follower:
         expected: str,
         wrapped: bytes | None,
     ) -> list[Statement]:
-        if self.kek is None:
-            return []
-        if wrapped is None:
-            # Erased on the primary since (destroyed or trimmed): nothing to keep.
+        if self.kek is None or wrapped is None:
             return []
         try:
             material = self.kek.unwrap(wrapped, key_id=stream, version=version)
@@ -995,6 +1051,73 @@ class Follower:
                 (stream, version, base64.b64encode(wrapped).decode("ascii")),
             )
         ]
+
+    def _check_erased(
+        self, entry: SealedEntry, stream: str, version: int, claimed: int | None
+    ) -> None:
+        """Accept a version without material only if a signed entry erases it.
+
+        The primary names the position of the entry that erased the version; the
+        replica reads that entry, checks its hash and its signature by a trusted
+        key, and that it destroys the version (or trims past it) after the entry
+        that created it. Anything else halts with ``MATERIAL_MISSING``.
+        """
+        missing = _UnreadableError(
+            entry.position,
+            "MATERIAL_MISSING",
+            f"the primary sent no material for version {version} of key {stream}, "
+            "which its ledger does not erase",
+        )
+        if claimed is None or claimed <= entry.position:
+            raise missing
+        try:
+            page = self.source.page(claimed - 1, 1, 0)
+        except _MalformedFeedError:
+            raise missing from None
+        found = [item for item in page.entries if item.position == claimed]
+        if not found:
+            raise missing
+        erasing = found[0]
+        signed = _Signed(claimed, erasing.kid, erasing.signature, erasing.hash)
+        if (
+            entry_hash(erasing.entry_bytes) != erasing.hash
+            or self.book.check(signed) is not None
+            or str(erasing.originator_id) != stream
+            or not _erases(json.loads(erasing.entry_bytes), version)
+        ):
+            raise missing
+
+
+def _erases(entry: Mapping[str, Any], version: int) -> bool:
+    """Whether a stored entry of a key destroys ``version`` or trims past it."""
+    payload = entry.get("payload")
+    if not isinstance(payload, dict):
+        return False
+    if entry.get("type") == ManagedKey.VersionDestroyed.TOPIC:
+        return bool(payload.get("version") == version)
+    if entry.get("type") == ManagedKey.VersionsTrimmed.TOPIC:
+        floor = payload.get("min_available_version")
+        return isinstance(floor, int) and floor > version
+    return False
+
+
+def erasure_position(service: KeyService, stream: str, version: int) -> int | None:
+    """The position of the entry that erased a version's material, if any."""
+    key_id = uuid.UUID(stream)
+    rows = service.ledger.query(
+        f"SELECT notification_id, state FROM {service.ledger.events_table_name} "
+        "WHERE originator_id = %s AND topic IN (%s, %s) ORDER BY notification_id",
+        (
+            key_id.hex if _is_sqlite(service) else key_id,
+            ManagedKey.VersionDestroyed.TOPIC,
+            ManagedKey.VersionsTrimmed.TOPIC,
+        ),
+    )
+    for row in rows:
+        state = row["state"]
+        if _erases(json.loads(state), version):
+            return int(row["notification_id"])
+    return None
 
 
 def _new_version(event: Any) -> int:

@@ -6,7 +6,9 @@ writing workload, kill the primary (SIGKILL) while writes are in flight, promote
 the replica, and carry on writing to it. Reports, measured:
 
 - the recovery point: how many writes the old primary acknowledged that the new
-  primary does not hold (expected 0 when the replica had caught up);
+  primary does not hold (expected 0 when the replica had caught up; ``--settle``
+  stops the writers and waits for the replica to hold the primary's head before
+  the cut, so that it has);
 - the recovery time: from the kill to the first write acknowledged by the new
   primary, and how much of it was promotion.
 
@@ -54,6 +56,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--after-seconds", type=float, default=2.0, help="Writing after promotion."
     )
     parser.add_argument("--writers", type=int, default=2, help="Concurrent writers.")
+    parser.add_argument(
+        "--settle",
+        action="store_true",
+        help="Before the cut, stop writing and wait until the replica holds the "
+        "primary's head (the recovery point is then expected to be 0); default: "
+        "cut mid-write.",
+    )
     parser.add_argument("--work-dir", help="Where to keep the drill's folders.")
     parser.add_argument("--json", action="store_true", help="Print the report as JSON.")
 
@@ -146,6 +155,11 @@ def run_drill(
         stop = threading.Event()
         writers = _start_writers(primary.url, headers, args.writers, before, stop)
         time.sleep(args.seconds)  # the workload runs; this is the drill's schedule
+        if args.settle:
+            stop.set()
+            for thread in writers:
+                thread.join()
+            _wait_caught_up(primary.url, replica.url, headers)
         lag_at_cut = _status(replica.url, headers)
         cut_at = time.monotonic()
         primary.kill()
@@ -168,13 +182,18 @@ def run_drill(
             f"{replica.url}/v1/ledger/verify", headers=headers, timeout=300
         ).json()
         first_after = after.first_at
+        last_acknowledged = max(before.receipts, default=0)
         return {
             "store": "postgresql" if stores[0] else "sqlite",
             "acknowledged_before_cut": len(before.receipts),
-            "last_acknowledged_position": max(before.receipts, default=0),
+            "last_acknowledged_position": last_acknowledged,
+            "cut": "settled" if args.settle else "mid-write",
             "acknowledged_after_promotion": len(after.receipts),
             "replica_at_cut": lag_at_cut,
             "recovery_point": {
+                # the replica held every write acknowledged before the cut
+                "replica_had_caught_up": promoted["applied_position"]
+                >= last_acknowledged,
                 "events_lost": len(lost),
                 "positions_lost": sorted(lost)[:20],
             },
@@ -215,6 +234,18 @@ def _start_writers(
     for thread in threads:
         thread.start()
     return threads
+
+
+def _wait_caught_up(primary: str, replica: str, headers: dict[str, str]) -> None:
+    """Wait until the replica holds the primary's head (its hash)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        head = httpx.get(f"{primary}/v1/ledger/head", headers=headers).json()
+        status = httpx.get(f"{replica}/v1/replication/status", headers=headers).json()
+        if status["applied"]["hash"] == head["head"]["hash"]:
+            return
+        time.sleep(0.1)  # polling the replica's state
+    raise RuntimeError("the replica did not catch up with the primary")
 
 
 def _status(url: str, headers: dict[str, str]) -> dict[str, Any]:
@@ -268,7 +299,9 @@ def describe(report: dict[str, Any]) -> str:
         f"{report['last_acknowledged_position']}; the replica held "
         f"{at_cut['applied']} (primary head last seen {at_cut['primary_head_seen']})\n"
         f"recovery point: {point['events_lost']} acknowledged events lost "
-        f"{point['positions_lost'] or ''}\n"
+        f"{point['positions_lost'] or ''}(cut {report['cut']}; the replica "
+        f"{'held' if point['replica_had_caught_up'] else 'lacked'} writes "
+        "acknowledged before it)\n"
         f"recovery time: promoted {times['to_promoted']} s after the cut, first "
         f"write acknowledged {times['to_first_write']} s after the cut "
         f"({'forced' if report['promotion']['forced'] else 'not forced'}; epoch "

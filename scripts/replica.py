@@ -103,6 +103,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Seconds a long-poll of the feed waits for new entries (max 30).",
     )
     parser.add_argument(
+        "--http-timeout",
+        type=float,
+        default=float(env("KEYLEDGER_REPLICA_HTTP_TIMEOUT", "10")),
+        help="Seconds a request to the primary may go unanswered, on top of the "
+        "poll wait for the feed, before it counts as failed and is retried "
+        "(KEYLEDGER_REPLICA_HTTP_TIMEOUT, default 10).",
+    )
+    parser.add_argument(
         "--batch",
         type=int,
         default=int(env("KEYLEDGER_REPLICA_BATCH", "500")),
@@ -164,7 +172,13 @@ def main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    source = HttpSource(args.source, args.token)
+    if not 0 < args.http_timeout <= 300:
+        print(
+            "keyledger replica: --http-timeout is seconds, more than 0 and at most 300",
+            file=sys.stderr,
+        )
+        return 2
+    source = HttpSource(args.source, args.token, timeout=args.http_timeout)
     try:
         keys = pin_keys(
             source.signing_key_pem(),

@@ -4,8 +4,10 @@ On the primary, ``GET /v1/replication/material/{key_id}/{version}`` hands a
 replica a version's material still wrapped under the KEK (the replica holds the
 same KEK, provisioned by the operator, and checks the fingerprint before keeping
 it). On a replica, ``install_replica`` makes the app read-only: commands get 421
-``REPLICA_READ_ONLY`` naming the primary, every response carries the
-``Ledger-Position`` it reflects, and ``Min-Position`` is honoured.
+``REPLICA_READ_ONLY`` naming the primary, every read carries the
+``Ledger-Position`` it reflects (exactly, or as a lower bound when a batch was
+applied while it was read: ``Ledger-Position-Exact``), and ``Min-Position`` is
+honoured.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from api.deps import BodyDep, RequestIdDep, RuntimeDep, require
 from api.errors import ApiError, error_body
 from domain.access import Permission
 from domain.errors import LedgerUnavailableError
-from ledger.replica import PromotionRefusedError, announce_signer
+from ledger.replica import PromotionRefusedError, announce_signer, erasure_position
 from ledger.store import Actor
 
 router = APIRouter(tags=["replication"])
@@ -51,10 +53,12 @@ def get_material(
 ) -> dict[str, Any]:
     """Material of the versions asked for, still wrapped under the KEK.
 
-    Versions whose material is not kept (destroyed, trimmed) are left out.
+    Versions whose material is not kept are left out of ``material``; those the
+    ledger erased (destroyed, trimmed) are listed in ``erased`` with the position
+    of the erasing entry, which the replica checks before accepting the absence.
     """
     wanted = _parse_versions(versions)
-    found = []
+    found, erased = [], []
     for stream, version in wanted:
         rows = runtime.service.ledger.query(
             "SELECT wrapped FROM key_material WHERE key_id = %s AND version = %s",
@@ -64,7 +68,11 @@ def get_material(
             found.append(
                 {"key_id": stream, "version": version, "wrapped": rows[0]["wrapped"]}
             )
-    return {"material": found}
+            continue
+        position = erasure_position(runtime.service, stream, version)
+        if position is not None:
+            erased.append({"key_id": stream, "version": version, "position": position})
+    return {"material": found, "erased": erased}
 
 
 def _parse_versions(text: str) -> list[tuple[str, int]]:
@@ -221,19 +229,49 @@ def install_replica(app: FastAPI, follower: Any, *, min_position_wait: float) ->
                 ),
                 status_code=421,
             )
+        # The position a read reflects: the store's head before the handler
+        # reads and after it. Equal, nothing was applied meanwhile and the body
+        # shows exactly that position. Apart, a batch committed while the handler
+        # read (handlers read with several queries, not in one snapshot), and the
+        # earlier one is given: a lower bound, every entry up to it is in the
+        # body. (Holding the follower out while a read runs would make it exact,
+        # but a long read, or a long-poll of the feed, would stall following.)
         wanted = request.headers.get(MIN_POSITION_HEADER)
-        if wanted is not None:
-            refusal = await _wait_for(follower, wanted, min_position_wait)
-            if refusal is not None:
-                return refusal
-        position = follower.status.position
-        response = await call_next(request)
-        response.headers.setdefault("Ledger-Position", str(position))
+        reading = request.method in _READS
+        try:
+            if wanted is not None:
+                reached = await _wait_for(follower, wanted, min_position_wait)
+                if isinstance(reached, Response):
+                    return reached
+                before = reached
+            elif reading:
+                before = await _held(follower)
+            response = await call_next(request)
+            if reading:
+                after = await _held(follower)
+                response.headers["Ledger-Position"] = str(before)
+                response.headers["Ledger-Position-Exact"] = (
+                    "true" if after == before else "false"
+                )
+        except PersistenceError:
+            return JSONResponse(
+                error_body(
+                    "LEDGER_UNAVAILABLE",
+                    "The ledger could not be read; try again later.",
+                ),
+                status_code=503,
+            )
         return response
 
 
-async def _wait_for(follower: Any, wanted: str, timeout: float) -> Response | None:
-    """None once the replica holds ``wanted``; else the 4xx to answer with."""
+async def _held(follower: Any) -> int:
+    """The position the replica's store holds (committed, whatever the status says)."""
+    head = await anyio.to_thread.run_sync(follower.ledger.head)
+    return int(head.position)
+
+
+async def _wait_for(follower: Any, wanted: str, timeout: float) -> Response | int:
+    """The position held once it reaches ``wanted``; else the 4xx to answer with."""
     if not wanted.isdigit() or len(wanted) > 18:
         return JSONResponse(
             error_body(
@@ -247,9 +285,9 @@ async def _wait_for(follower: Any, wanted: str, timeout: float) -> Response | No
         await anyio.to_thread.run_sync(
             follower.ledger.wait_for_position, position, timeout
         )
-    current = follower.ledger.head().position
+    current = await _held(follower)
     if current >= position:
-        return None
+        return current
     return JSONResponse(
         error_body(
             "POSITION_NOT_REACHED",

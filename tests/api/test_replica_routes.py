@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from eventsourcing.persistence import PersistenceError
 from fastapi.testclient import TestClient
 
 from api.main import create_app
@@ -101,6 +102,79 @@ def test_min_position_waits_for_the_position_then_answers_it(
     assert answer.status_code == 200, answer.text
     assert answer.json()["stream_version"] == rotated.key["stream_version"]
     assert int(answer.headers["Ledger-Position"]) >= rotated.position
+
+
+def test_ledger_position_is_at_least_the_min_position_reached(
+    service: KeyService,
+    ctx: CommandContext,
+    open_replica: Callable[..., Follower],
+    replica_client: ReplicaClient,
+) -> None:
+    """Committed but not yet in the replica's status: the header still says it."""
+    follower = caught_up(service, ctx, open_replica)
+    client = replica_client(follower, min_position_wait=0)
+    held = follower.status.position
+    rotated = service.rotate(ctx, "k")
+    follow_all(follower)
+    # the moment between a batch's commit and the status catching up with it
+    follower.status.position = held
+    answer = client.get("/v1/keys/k", headers={"Min-Position": str(rotated.position)})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["stream_version"] == rotated.key["stream_version"]
+    assert answer.headers["Ledger-Position"] == str(rotated.position)
+    assert answer.headers["Ledger-Position-Exact"] == "true"
+
+
+def test_ledger_position_is_a_lower_bound_of_what_the_body_shows(
+    service: KeyService,
+    ctx: CommandContext,
+    open_replica: Callable[..., Follower],
+    replica_client: ReplicaClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch applied while the handler reads shows in the body, not the header."""
+    follower = caught_up(service, ctx, open_replica)
+    client = replica_client(follower)
+    held = follower.status.position
+    rotated = service.rotate(ctx, "k")
+    get_key = follower.service.get_key
+
+    def applying_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        follow_all(follower)
+        return get_key(*args, **kwargs)
+
+    monkeypatch.setattr(follower.service, "get_key", applying_meanwhile)
+    answer = client.get("/v1/keys/k")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["stream_version"] == rotated.key["stream_version"]
+    assert answer.headers["Ledger-Position"] == str(held)
+    assert answer.headers["Ledger-Position-Exact"] == "false"
+    assert held < rotated.position
+    # with nothing applied while it reads, the header is the position shown
+    monkeypatch.setattr(follower.service, "get_key", get_key)
+    again = client.get("/v1/keys/k")
+    assert again.json() == answer.json()
+    assert again.headers["Ledger-Position"] == str(rotated.position)
+    assert again.headers["Ledger-Position-Exact"] == "true"
+
+
+def test_a_store_outage_while_reading_is_503_not_500(
+    service: KeyService,
+    ctx: CommandContext,
+    open_replica: Callable[..., Follower],
+    replica_client: ReplicaClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    follower = caught_up(service, ctx, open_replica)
+    client = replica_client(follower)
+
+    def down() -> Any:
+        raise PersistenceError("store down")
+
+    monkeypatch.setattr(follower.ledger, "head", down)
+    for headers in ({}, {"Min-Position": "1"}):
+        answer = client.get("/v1/keys/k", headers=headers)
+        assert_error(answer, 503, "LEDGER_UNAVAILABLE")
 
 
 def test_min_position_not_reached_in_time_is_412_with_the_current_position(

@@ -67,10 +67,21 @@ def test_material_is_served_wrapped_and_matches_the_fingerprint(
     client.post("/v1/keys/m/versions/1/schedule-destruction", json={"days": 7})
     clock.advance(timedelta(days=7))
     client.post("/v1/scheduler/run")
-    # destroyed material is left out; version 2 is still there
+    # destroyed material is left out, named with the entry that erased it;
+    # version 2 is still there
     both = f"{key_id}:1,{key_id}:2"
     kept = client.get("/v1/replication/material", params={"versions": both})
     assert [item["version"] for item in kept.json()["material"]] == [2]
+    [erased] = kept.json()["erased"]
+    assert (erased["key_id"], erased["version"]) == (key_id, 1)
+    erasing = client.get(
+        "/v1/events", params={"after": erased["position"] - 1, "limit": 1}
+    ).json()["events"][0]
+    assert erasing["type"] == "keyledger.key.VersionDestroyed"
+    assert erasing["payload"]["version"] == 1
+    # a version that never existed is neither material nor erased
+    never = client.get("/v1/replication/material", params={"versions": f"{key_id}:9"})
+    assert never.json() == {"material": [], "erased": []}
     for bad, code in [
         ("not-a-uuid:1", "INVALID_KEY_ID"),
         (f"{key_id}:0", "INVALID_VERSION"),

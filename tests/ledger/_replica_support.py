@@ -10,7 +10,15 @@ from typing import Any
 
 from domain.clock import AdjustableClock
 from ledger.key_use import KeyUser, UseItem
-from ledger.replica import FeedPage, Follower, announce_signer, decode_page, pin_keys
+from ledger.replica import (
+    FeedPage,
+    Follower,
+    Materials,
+    announce_signer,
+    decode_page,
+    erasure_position,
+    pin_keys,
+)
 from ledger.service import CommandContext, KeyService
 from ledger.signing import public_key_pem
 from ledger.store import Actor
@@ -43,17 +51,19 @@ class ServiceSource:
     def body(self, body: dict[str, Any]) -> dict[str, Any]:
         return body
 
-    def materials(
-        self, wanted: Sequence[tuple[str, int]]
-    ) -> dict[tuple[str, int], bytes]:
-        found = {}
+    def materials(self, wanted: Sequence[tuple[str, int]]) -> Materials:
+        found = Materials()
         for key_id, version in wanted:
             rows = self.service.ledger.query(
                 "SELECT wrapped FROM key_material WHERE key_id = %s AND version = %s",
                 (key_id, version),
             )
             if rows:
-                found[(key_id, version)] = base64.b64decode(rows[0]["wrapped"])
+                found.wrapped[(key_id, version)] = base64.b64decode(rows[0]["wrapped"])
+                continue
+            position = erasure_position(self.service, key_id, version)
+            if position is not None:
+                found.erased[(key_id, version)] = position
         return found
 
 

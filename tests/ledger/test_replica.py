@@ -25,8 +25,10 @@ from ledger.access import AccessService
 from ledger.replica import (
     FeedPage,
     Follower,
+    Materials,
     PinningError,
     ReplicaHalted,
+    SourceUnavailable,
     pin_keys,
     public_key_fingerprint,
 )
@@ -36,6 +38,7 @@ from ledger.store import SealedEntry
 from projections import access_view
 from projections.rebuild import rebuild
 from tests.ledger._replica_support import (
+    WEEK,
     ServiceSource,
     assert_same_ledger,
     follow_all,
@@ -267,21 +270,134 @@ def test_material_that_does_not_match_its_fingerprint_halts(
     service.create_key(ctx, name="k")
 
     class WrongMaterial(ServiceSource):
-        def materials(
-            self, wanted: Sequence[tuple[str, int]]
-        ) -> dict[tuple[str, int], bytes]:
-            return {
-                (key_id, version): service.kek.wrap(
-                    os.urandom(32), key_id=key_id, version=version
-                )
-                for key_id, version in wanted
-            }
+        def materials(self, wanted: Sequence[tuple[str, int]]) -> Materials:
+            return Materials(
+                {
+                    (key_id, version): service.kek.wrap(
+                        os.urandom(32), key_id=key_id, version=version
+                    )
+                    for key_id, version in wanted
+                }
+            )
 
     follower = open_replica(WrongMaterial(service))
     with pytest.raises(ReplicaHalted) as halted:
         follower.step()
     assert halted.value.halt.reason == "MATERIAL_MISMATCH"
     assert follower.service.ledger.head().position == 0
+
+
+class StrippingMaterial(ServiceSource):
+    """Leaves one version's material out; ``claim`` is its claimed erasure, if any."""
+
+    def __init__(self, service: KeyService, version: int, claim: int | None) -> None:
+        super().__init__(service)
+        self.version, self.claim = version, claim
+
+    def materials(self, wanted: Sequence[tuple[str, int]]) -> Materials:
+        found = super().materials(wanted)
+        for key_id, version in wanted:
+            if version == self.version:
+                found.wrapped.pop((key_id, version), None)
+                if self.claim is not None:
+                    found.erased[(key_id, version)] = self.claim
+        return found
+
+
+@pytest.mark.parametrize("claim", [None, "a later rotation", "the creation itself"])
+def test_live_material_left_out_halts_and_keeps_what_it_holds(
+    service: KeyService,
+    ctx: CommandContext,
+    open_replica: Callable[..., Follower],
+    claim: str | None,
+) -> None:
+    """No material for a live version: MATERIAL_MISSING, whatever erasure is claimed."""
+    service.create_key(ctx, name="k")
+    service.create_key(ctx, name="other")
+    held = service.ledger.head()
+    rotated = service.rotate(ctx, "k").receipts[-1].position
+    later = service.rotate(ctx, "other").receipts[-1].position
+    claimed = {None: None, "a later rotation": later, "the creation itself": rotated}
+    source = StrippingMaterial(service, version=2, claim=claimed[claim])
+    follower = open_replica(source, batch=1)
+    while follower.service.ledger.head().position < held.position:
+        follower.step()
+    assert follower.service.ledger.head() == held
+
+    with pytest.raises(ReplicaHalted) as halted:
+        follower.step()
+    assert halted.value.halt.reason == "MATERIAL_MISSING"
+    assert halted.value.halt.position == rotated
+    assert follower.service.ledger.head() == held
+    assert follower.status.as_json()["halt"]["reason"] == "MATERIAL_MISSING"
+    assert not follower.service.ledger.query(
+        "SELECT version FROM key_material WHERE version = 2"
+    )
+    # recorded: a restart stays halted
+    with pytest.raises(ReplicaHalted):
+        open_replica(source)
+
+
+def test_material_left_out_of_an_erased_version_is_accepted(
+    service: KeyService,
+    ctx: CommandContext,
+    clock: AdjustableClock,
+    open_replica: Callable[..., Follower],
+) -> None:
+    """Destroyed after the batch that created it: the signed erasure is checked."""
+    service.create_key(ctx, name="k")
+    service.rotate(ctx, "k")
+    service.schedule_destruction(ctx, "k", 1, days=7)
+    clock.advance(WEEK)
+    service.destroy_due()
+    source = ServiceSource(service)
+    follower = open_replica(source, batch=1)
+    follow_all(follower)
+    assert_same_ledger(service, follower.service)
+    assert follower.status.state == "following"
+
+
+def test_the_primary_lost_while_an_erasure_is_checked_is_retried_cleanly(
+    service: KeyService,
+    ctx: CommandContext,
+    clock: AdjustableClock,
+    open_replica: Callable[..., Follower],
+) -> None:
+    """Nothing of the interrupted batch sticks: the retry applies it once."""
+    service.create_key(ctx, name="k")
+
+    class Flaky(ServiceSource):
+        """Unreachable once: right after naming an erasure, before it is read."""
+
+        fail_next, failed = False, False
+
+        def materials(self, wanted: Sequence[tuple[str, int]]) -> Materials:
+            found = super().materials(wanted)
+            self.fail_next = bool(found.erased) and not self.failed
+            return found
+
+        def page(self, after: int, limit: int, wait: float) -> FeedPage:
+            if self.fail_next:
+                self.fail_next, self.failed = False, True
+                raise SourceUnavailable("ConnectError: the primary went away")
+            return super().page(after, limit, wait)
+
+    source = Flaky(service)
+    follower = open_replica(source)
+    follow_all(follower)
+    for _ in range(2):
+        service.rotate(ctx, "k")
+    service.schedule_destruction(ctx, "k", 2, days=7)
+    clock.advance(WEEK)
+    service.destroy_due()
+    held = follower.service.ledger.head()
+    with pytest.raises(SourceUnavailable):
+        follower.step()
+    assert follower.service.ledger.head() == held
+    follow_all(follower)
+    assert source.failed
+    assert_same_ledger(service, follower.service)
+    assert follower.status.state == "following"
 
 
 def test_pinning_refuses_no_pin_and_a_wrong_key() -> None:

@@ -394,6 +394,103 @@ def test_an_old_primary_that_rejoined_refuses_commands_when_served_again(
         primary.stop()
 
 
+def store_url(env: dict[str, str]) -> str:
+    """The URL of a process's store, as ``keyledger compare`` takes it."""
+    if "KEYLEDGER_DATABASE_URL" in env:
+        return env["KEYLEDGER_DATABASE_URL"]
+    return f"sqlite:///{Path(env['KEYLEDGER_DATA_DIR']) / 'ledger.sqlite3'}"
+
+
+def test_promotion_while_the_old_primary_still_writes_forks_where_it_promoted(
+    stores: Stores, tmp_path: Path
+) -> None:
+    """Both write after the promotion; the old one, rejoining, halts at the fork."""
+    primary = start_primary(tmp_path, stores)
+    replica = None
+    try:
+        httpx.post(f"{primary.url}/v1/keys", json={"name": "f"}, headers=HEADERS)
+        env = replica_env(tmp_path, "replica", primary, stores)
+        replica = start_replica(env, tmp_path / "r.log")
+        wait_until(lambda: caught_up(replica, primary))
+        old_key = signing_key(primary)
+
+        # promoted while the primary is alive and reachable
+        promoted = httpx.post(
+            f"{replica.url}/v1/replication/promote", json={}, headers=HEADERS
+        )
+        assert promoted.status_code == 200, promoted.text
+        epoch = promoted.json()["epoch"]
+        assert (epoch["epoch"], epoch["forced"]) == (2, False)
+        fork_at = epoch["applied_position"] + 1  # the promotion's own entry
+
+        # the old primary has not seen the epoch: it keeps accepting writes
+        for _ in range(2):
+            old_write = httpx.post(f"{primary.url}/v1/keys/f/rotate", headers=HEADERS)
+            assert old_write.status_code == 200, old_write.text
+        old_status = httpx.get(
+            f"{primary.url}/v1/replication/status", headers=HEADERS
+        ).json()
+        assert (old_status["role"], old_status["state"]) == ("primary", "primary")
+        assert head(primary)["position"] >= fork_at
+
+        # the promoted replica writes in epoch 2, signed with its own key
+        new_write = httpx.post(f"{replica.url}/v1/keys/f/rotate", headers=HEADERS)
+        assert new_write.status_code == 200, new_write.text
+        assert replica.status()["state"] == "promoted"
+        [promotion] = httpx.get(
+            f"{replica.url}/v1/events",
+            params={"after": fork_at - 1, "limit": 1},
+            headers=HEADERS,
+        ).json()["events"]
+        assert promotion["type"] == "keyledger.ledger.Promoted"
+        assert promotion["kid"] == epoch["kid"] != old_key["kid"]
+        latest = new_write.json()["receipts"][-1]["position"]
+        [written] = httpx.get(
+            f"{replica.url}/v1/events",
+            params={"after": latest - 1, "limit": 1},
+            headers=HEADERS,
+        ).json()["events"]
+        assert written["kid"] == epoch["kid"]
+        replica_head = head(replica)
+
+        # the old primary sees the new epoch by rejoining it: it halts at the
+        # fork, keeps its own entries, and takes none of the new primary's
+        primary.stop()
+        own_pem = tmp_path / "old-primary.pem"
+        own_pem.write_text(old_key["public_key_pem"])
+        new_pem = tmp_path / "new-primary.pem"
+        new_pem.write_text(signing_key(replica)["public_key_pem"])
+        rejoin = {
+            **primary.env,
+            "KEYLEDGER_REPLICA_SOURCE": replica.url,
+            "KEYLEDGER_REPLICA_TOKEN": TOKEN,
+            "KEYLEDGER_REPLICA_PIN_KEY": f"{own_pem},{new_pem}",
+        }
+        followed = _cli(rejoin, "replica", "--once")
+        assert followed.returncode == 3, followed.stdout + followed.stderr
+        assert f"HALTED at position {fork_at}: FORK" in followed.stdout
+        old_head = followed.stdout.rsplit("holds ", 1)[1].split()[0]
+        assert int(old_head) >= fork_at
+        # a later start stays halted (it never takes the new primary's entries)
+        again = _cli(rejoin, "replica", "--once")
+        assert again.returncode == 3
+        assert f"halted earlier at position {fork_at}: FORK" in again.stderr
+
+        # compare says the same from the two stores, each with its own head
+        compared = _cli(env, "compare", store_url(primary.env), store_url(env))
+        assert compared.returncode == 1, compared.stdout + compared.stderr
+        assert f"FORK at position {fork_at}" in compared.stdout
+        assert f"agree through {fork_at - 1} " in compared.stdout
+        assert f"(heads {old_head} and {head(replica)['position']})" in (
+            compared.stdout
+        )
+        assert head(replica)["position"] >= replica_head["position"]
+    finally:
+        if replica is not None:
+            replica.stop()
+        primary.stop()
+
+
 def test_a_replica_against_a_primary_whose_key_is_not_pinned_exits_2(
     tmp_path: Path,
 ) -> None:
@@ -404,6 +501,11 @@ def test_a_replica_against_a_primary_whose_key_is_not_pinned_exits_2(
         env = replica_env(tmp_path, "replica", primary, stores)
         other = tmp_path / "other.pem"
         other.write_text(public_key_pem(Ed25519PrivateKey.generate().public_key()))
+        for timeout in ("0", "-1", "301"):
+            bad = _cli(env, "replica", "--once", "--http-timeout", timeout)
+            assert bad.returncode == 2, bad.stdout + bad.stderr
+            assert "--http-timeout is seconds" in bad.stderr
+        assert not (Path(env["KEYLEDGER_DATA_DIR"]) / "ledger.sqlite3").exists()
         env["KEYLEDGER_REPLICA_PIN_KEY"] = str(other)
         result = _cli(env, "replica", "--once")
         assert result.returncode == 2, result.stdout + result.stderr
@@ -427,18 +529,25 @@ def signing_key(server: Server) -> dict[str, str]:
 
 
 class Proxy:
-    """An HTTP proxy in front of the primary that can cut or change one byte."""
+    """An HTTP proxy in front of the primary: a black hole, a changed byte, or
+    one version's material left out."""
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
-        self.cut = False
+        self.released = threading.Event()
+        self.released.set()
+        self.held = 0  # connections accepted and left unanswered so far
         self.tamper_at: int | None = None
         self.tampered = False
+        self.strip_version: int | None = None
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                if proxy.cut:
+                if not proxy.released.is_set():
+                    # a black hole: the connection is open, no answer ever comes
+                    proxy.held += 1
+                    proxy.released.wait()
                     self.close_connection = True
                     return
                 answer = httpx.get(
@@ -461,8 +570,23 @@ class Proxy:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
+    def cut(self) -> None:
+        """Hold every request from now on without answering."""
+        self.released.clear()
+
+    def restore(self) -> None:
+        self.released.set()
+
     def change(self, path: str, body: bytes) -> bytes:
-        """Change one byte of the entry at ``tamper_at``'s request id, once."""
+        """Change one byte of the entry at ``tamper_at`` (once), or strip material."""
+        if self.strip_version is not None and "/v1/replication/material" in path:
+            answer = json.loads(body)
+            answer["material"] = [
+                item
+                for item in answer["material"]
+                if item["version"] != self.strip_version
+            ]
+            return json.dumps(answer).encode()
         if self.tamper_at is None or self.tampered or "/v1/events" not in path:
             return body
         at = body.find(f'"position":{self.tamper_at},'.encode())
@@ -475,6 +599,7 @@ class Proxy:
         return bytes(changed)
 
     def close(self) -> None:
+        self.restore()
         self.server.shutdown()
         self.server.server_close()
 
@@ -507,6 +632,7 @@ def test_a_byte_changed_in_transit_halts_the_replica(
 def test_a_network_cut_longer_than_the_poll_is_survived(
     stores: Stores, tmp_path: Path
 ) -> None:
+    """A black hole outlasting a poll and its timeout; then it catches up, no gap."""
     primary = start_primary(tmp_path, stores)
     proxy = Proxy(primary.url)
     replica = None
@@ -514,16 +640,95 @@ def test_a_network_cut_longer_than_the_poll_is_survived(
         httpx.post(f"{primary.url}/v1/keys", json={"name": "cut"}, headers=HEADERS)
         env = replica_env(tmp_path, "replica", primary, stores, source=proxy.url)
         env["KEYLEDGER_REPLICA_POLL_WAIT"] = "1"
+        env["KEYLEDGER_REPLICA_HTTP_TIMEOUT"] = "1"
         replica = start_replica(env, tmp_path / "r.log")
         wait_until(lambda: caught_up(replica, primary))
-        proxy.cut = True
-        wait_until(lambda: replica.status()["source_reachable"] is False)
+        held = replica.status()["applied"]
+
+        proxy.cut()
         for _ in range(3):
-            httpx.post(f"{primary.url}/v1/keys/cut/rotate", headers=HEADERS)
-        assert replica.status()["state"] == "following"
-        proxy.cut = False
+            rotated = httpx.post(f"{primary.url}/v1/keys/cut/rotate", headers=HEADERS)
+            assert rotated.status_code == 200, rotated.text
+
+        # held until the replica itself saw a long-poll wait out its poll and its
+        # timeout with no answer
+        def waited_out_a_poll() -> bool:
+            unreachable = replica.status()["unreachable"]
+            return (
+                unreachable is not None
+                and unreachable["timed_out_reads"] >= 1
+                and unreachable["longest_wait_seconds"] >= 1 + 1
+            )
+
+        wait_until(waited_out_a_poll, timeout=60)
+        status = replica.status()
+        assert status["source_reachable"] is False
+        assert "ReadTimeout" in status["last_error"]
+        assert status["state"] == "following"
+        assert status["applied"] == held
+        assert proxy.held >= 1
+
+        proxy.restore()
+        wait_until(lambda: caught_up(replica, primary), timeout=60)
+        status = replica.status()
+        assert status["source_reachable"] is True
+        assert status["unreachable"] is None
+        assert status["state"] == "following"
+        assert status["applied"]["hash"] == head(primary)["hash"]
+        # no gap: every position, each with the primary's hash
+        assert feed_hashes(replica) == feed_hashes(primary)
+    finally:
+        if replica is not None:
+            replica.stop()
+        proxy.close()
+        primary.stop()
+
+
+def feed_hashes(server: Server) -> list[tuple[int, str]]:
+    """Every (position, hash) of a server's ledger, read through its feed."""
+    found: list[tuple[int, str]] = []
+    while True:
+        page = httpx.get(
+            f"{server.url}/v1/events",
+            params={"after": len(found), "limit": 1000},
+            headers=HEADERS,
+        ).json()
+        if not page["events"]:
+            return found
+        found += [(event["position"], event["hash"]) for event in page["events"]]
+
+
+def test_a_serving_replica_with_exit_on_halt_exits_3(
+    stores: Stores, tmp_path: Path
+) -> None:
+    """Live material left out in transit: MATERIAL_MISSING, and the process exits 3."""
+    primary = start_primary(tmp_path, stores)
+    proxy = Proxy(primary.url)
+    replica = None
+    try:
+        httpx.post(f"{primary.url}/v1/keys", json={"name": "m"}, headers=HEADERS)
+        env = replica_env(tmp_path, "replica", primary, stores, source=proxy.url)
+        env["KEYLEDGER_REPLICA_POLL_WAIT"] = "1"
+        replica = start_replica(env, tmp_path / "r.log", "--exit-on-halt")
         wait_until(lambda: caught_up(replica, primary))
-        assert replica.status()["source_reachable"] is True
+        held = replica.status()["applied"]
+
+        proxy.strip_version = 2
+        rotated = httpx.post(f"{primary.url}/v1/keys/m/rotate", headers=HEADERS)
+        position = rotated.json()["receipts"][-1]["position"]
+        assert replica.process.wait(timeout=60) == 3
+        log = (tmp_path / "r.log").read_text()
+        assert "replica_halted" in log
+        assert "MATERIAL_MISSING" in log
+
+        # what it holds is kept, and the halt is recorded: a restart says so
+        again = _cli(env, "replica", "--once")
+        assert again.returncode == 3
+        assert f"halted earlier at position {position}: MATERIAL_MISSING" in (
+            again.stderr
+        )
+        report = verify_replica(env, env["KEYLEDGER_REPLICA_PIN_KEY"])
+        assert held["hash"] in report
     finally:
         if replica is not None:
             replica.stop()
