@@ -26,10 +26,16 @@ from backup.service import BackupService
 from domain.access import ALL_ROLES
 from domain.access_audit import BootstrapTokenUse, ServiceRun
 from domain.clock import AdjustableClock, Clock, SystemClock
-from domain.errors import KeyledgerError, PrimaryFencedError, UnknownEventTypeError
+from domain.errors import (
+    KeyledgerError,
+    PrimaryFencedError,
+    StoreIsReplicaError,
+    UnknownEventTypeError,
+)
 from ledger.access import AccessService, Coalescer
 from ledger.application import redact_url
 from ledger.dual_control import DualControl
+from ledger.replica import unpromoted_replica
 from ledger.service import DestructionBounds, KeyService, load_local_secrets
 from ledger.settings import Settings
 from ledger.signing import load_trusted_keys
@@ -255,6 +261,23 @@ def build_runtime(settings: Settings, *, appends: bool = True) -> Runtime:
             "which this release cannot read; upgrade keyledger to serve it.",
             position=position,
             topic=topic,
+        )
+    # A replica's store may serve as a primary once promoted; fenced by a newer
+    # epoch (an old primary that rejoined), it serves reads and records nothing.
+    following = (
+        unpromoted_replica(service) if appends and service.fenced_by() is None else None
+    )
+    if following is not None:
+        service.close()
+        raise StoreIsReplicaError(
+            f"This store is a replica of {following['source']} "
+            f"(state {following['state']}"
+            + (f", {following['reason']}" if following["reason"] else "")
+            + "): serve it with `keyledger replica`, or promote it first with "
+            "`keyledger promote`.",
+            source=following["source"],
+            state=following["state"],
+            reason=following["reason"],
         )
     service.trusted_keys.update(load_trusted_keys(data_dir))
     if isinstance(clock, AdjustableClock):

@@ -96,6 +96,16 @@ class LedgerUnavailableError(KeyledgerError):
     code = "LEDGER_UNAVAILABLE"
 
 
+class StoreIsReplicaError(KeyledgerError):
+    """This store follows a primary as a replica and was never promoted.
+
+    Serving it as a primary would append to a copy of someone else's ledger and
+    fork it. ``details`` name the source and the replica's state.
+    """
+
+    code = "STORE_IS_A_REPLICA"
+
+
 class UnknownEventTypeError(KeyledgerError):
     """The ledger holds an event type this release cannot read (HTTP 500).
 

@@ -1317,6 +1317,19 @@ def promote(
     return epoch
 
 
+def unpromoted_replica(service: KeyService) -> dict[str, Any] | None:
+    """This store's replica state, if it follows a primary and was never promoted.
+
+    Such a store must not serve as a primary: an old primary that rejoined and
+    halted on a fork, or a replica started by mistake with ``keyledger serve``,
+    would append to a copy of another ledger.
+    """
+    state = _replica_state(service)
+    if state is None or state["state"] == PROMOTED:
+        return None
+    return state
+
+
 def _replica_state(service: KeyService) -> dict[str, Any] | None:
     service.ledger.execute([(ddl, ()) for ddl in STATE_DDL])
     rows = service.ledger.query(

@@ -12,11 +12,17 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+)
 from eventsourcing.persistence import IntegrityError, StoredEvent
 
+from api.runtime import build_runtime
 from domain.clock import AdjustableClock
 from domain.epochs import Epoch
-from domain.errors import PrimaryFencedError
+from domain.errors import PrimaryFencedError, StoreIsReplicaError
 from ledger import replica as replica_module
 from ledger.export import ExportScope, build_export
 from ledger.key_use import KeyUser, UseItem
@@ -28,8 +34,9 @@ from ledger.replica import (
     announce_signer,
     promote,
 )
-from ledger.service import CommandContext, KeyService
-from ledger.signing import LedgerSigner, public_key_pem
+from ledger.service import SIGNING_KEY_FILE, CommandContext, KeyService
+from ledger.settings import Settings
+from ledger.signing import LedgerSigner, public_key_pem, write_secret_file
 from ledger.store import CurrentEpoch, LedgerWrite, Sequencer
 from ledger.verify import verify_ledger
 from projections import key_view
@@ -448,3 +455,40 @@ def test_compare_hashes_reports_prefix_identity_and_fork() -> None:
     # exports that skip positions compare on the positions both hold
     sparse = compare_hashes([(2, "b"), (5, "e")], [(1, "a"), (2, "b"), (5, "z")])
     assert sparse.fork_at == 5
+
+
+def test_a_replica_store_is_served_as_a_primary_only_once_promoted(
+    service: KeyService,
+    ctx: CommandContext,
+    clock: AdjustableClock,
+    open_replica: Callable[..., Follower],
+    replica_url: str,
+    tmp_path: Path,
+) -> None:
+    """``keyledger serve`` on a replica's store would fork it: refused till promoted."""
+    workload(service, ctx, clock)
+    follower = announced_replica(service, open_replica, ctx)
+    replica = follower.service
+    head = replica.ledger.head()
+    # the replica's own data folder, holding the key it signs with once promoted
+    served = tmp_path / "served"
+    served.mkdir(mode=0o700)
+    pem = replica.signer._private_key.private_bytes(
+        Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()
+    )
+    write_secret_file(served / SIGNING_KEY_FILE, pem)
+    settings = Settings(data_dir=served, database_url=replica_url)
+
+    with pytest.raises(StoreIsReplicaError) as refused:
+        build_runtime(settings)
+
+    assert refused.value.details["state"] == "following"
+    assert "keyledger replica" in refused.value.message
+    assert replica.ledger.head() == head
+
+    follower.promote(OPERATOR, "promote", force=False)
+    runtime = build_runtime(settings)
+    try:
+        assert runtime.fenced is None
+    finally:
+        runtime.close()
