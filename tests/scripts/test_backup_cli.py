@@ -18,6 +18,7 @@ import pytest
 from backup.key import BackupKey
 from backup.service import BackupService
 from domain.clock import SystemClock
+from domain.errors import KeyNotFoundError
 from ledger.service import CommandContext, KeyService, load_local_secrets
 from scripts.cli import main
 from tests.conftest import ADMIN, new_database
@@ -590,3 +591,34 @@ def test_prune_from_the_command_line_is_an_event_and_fails_closed(
     record = next(b for b in listed["backups"] if b["backup_id"] == old.backup_id)
     assert record["pruned"] == ["dc1", "dc2"]
     assert [f["code"] for f in record["prune_failures"]] == ["READ_ONLY"]
+
+
+def test_a_restore_under_a_new_name_never_revives_a_compromise(
+    ledger: tuple[Path, list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``keyledger restore --into`` of a backup from before a compromise exits 1."""
+    _, options = ledger
+    code, taken = run(capsys, "backup", "k1", *options)
+    assert code == 0 and taken is not None
+    service = open_instance(Path(options[1]), options[3])
+    try:
+        service.mark_compromised(
+            CommandContext(ADMIN, "req-leak"), "k1", 1, reason="leaked"
+        )
+        head = service.head_position()
+    finally:
+        service.close()
+
+    code = main(
+        ["restore", "k1", "--backup-id", taken["backup_id"], "--into", "k2", *options]
+    )
+
+    assert code == 1
+    assert "RESTORE_WOULD_REVIVE_COMPROMISED" in capsys.readouterr().err
+    service = open_instance(Path(options[1]), options[3])
+    try:
+        assert service.head_position() == head
+        with pytest.raises(KeyNotFoundError):
+            service.get_key("k2")
+    finally:
+        service.close()
