@@ -35,7 +35,13 @@ from backup.ledger_archive import (
     open_archive,
     restore_statements,
 )
-from backup.targets import Target, TargetError, build_target, object_name
+from backup.targets import (
+    Target,
+    TargetError,
+    build_target,
+    check_dir_options,
+    object_name,
+)
 from domain.backups import (
     LEDGER_BACKUPS_ID,
     SCHEDULER_ID,
@@ -155,11 +161,22 @@ class BackupService:
         """Record a target's configuration (nothing if it is already so).
 
         The target is built first, so a configuration that cannot work (an S3
-        bucket without Object Lock) is refused and nothing is recorded.
+        bucket without Object Lock) is refused and nothing is recorded. A new
+        or changed ``dir`` target's options are checked first
+        (``check_dir_options``: an absolute path to an existing directory, a
+        safe prefix); one already recorded as it is is left alone, so a
+        settings file applied again at startup never fails on a target that
+        is away for a while.
+
+        Raises:
+            InvalidArgumentError: the name, location or options are wrong (422).
+            BackupRefusedError: the target refuses (``TARGET_<code>``, 409).
         """
         validate_target_name(name)
         validate_location(location)
         config = {"name": name, "kind": kind, "location": location, "options": options}
+        if kind == "dir" and self.targets().get(name) != config:
+            check_dir_options(name, options)
         try:
             self.target_factory(config)
         except TargetError as error:

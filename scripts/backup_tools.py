@@ -148,8 +148,14 @@ class ConfigureTarget:
         parser.add_argument(
             "--location", required=True, help="Its location label, e.g. dc1."
         )
-        parser.add_argument("--path", help="dir: the directory.")
-        parser.add_argument("--prefix", help="dir, s3: a folder or key prefix.")
+        parser.add_argument(
+            "--path", help="dir: the directory, an absolute path that exists."
+        )
+        parser.add_argument(
+            "--prefix",
+            help="dir: one folder name under the path (letters, digits, '.', '_', "
+            "'-'; no '..'); s3: a key prefix.",
+        )
         parser.add_argument("--bucket", help="s3: the bucket (with Object Lock).")
         parser.add_argument("--endpoint-url", help="s3: the endpoint, if not AWS.")
         parser.add_argument("--region", help="s3: the region.")

@@ -622,3 +622,41 @@ def test_a_restore_under_a_new_name_never_revives_a_compromise(
             service.get_key("k2")
     finally:
         service.close()
+
+
+@pytest.mark.parametrize(
+    ("options", "code"),
+    [
+        pytest.param(["--path", "relative"], "TARGET_PATH_NOT_ABSOLUTE", id="relative"),
+        pytest.param(
+            ["--path", "/etc/passwd"], "TARGET_PATH_NOT_A_DIRECTORY", id="file"
+        ),
+        pytest.param(
+            ["--path", "{root}", "--prefix", "../../escape"],
+            "INVALID_TARGET_PREFIX",
+            id="prefix",
+        ),
+    ],
+)
+def test_a_bad_dir_target_from_the_command_line_exits_1_and_records_nothing(
+    ledger: tuple[Path, list[str]],
+    capsys: pytest.CaptureFixture[str],
+    options: list[str],
+    code: str,
+) -> None:
+    """backup-target refuses a bad path or prefix with its code (exit 1)."""
+    root, ledger_options = ledger
+    options = [o.replace("{root}", str(root)) for o in options]
+    moved = head(ledger_options)
+
+    exit_code = main(
+        [
+            *("backup-target", "dc4", "--kind", "dir", "--location", "x"),
+            *options,
+            *ledger_options,
+        ]
+    )
+
+    assert exit_code == 1
+    assert f"refused ({code})" in capsys.readouterr().err
+    assert head(ledger_options) == moved
