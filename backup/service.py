@@ -31,6 +31,7 @@ from backup.bundle import BundleError, build_bundle, digest_of, open_bundle
 from backup.key import BackupKey
 from backup.ledger_archive import (
     Archive,
+    OpenedArchive,
     build_archive,
     open_archive,
     restore_statements,
@@ -773,25 +774,24 @@ class BackupService:
         data: bytes,
         *,
         source_public_keys: dict[str, Ed25519PublicKey] | None = None,
+        opened: OpenedArchive | None = None,
     ) -> list[Receipt]:
         """Rebuild this (empty) ledger from an archive, then record that it was.
+
+        ``opened`` is ``data`` already checked by ``verify_ledger_archive`` (a
+        tool that checks before it creates anything); without it the archive
+        is checked here, against this ledger's key and ``source_public_keys``.
 
         Raises:
             BackupRefusedError: ``LEDGER_NOT_EMPTY``, or the archive failed a
                 check (``ARCHIVE_INVALID`` with the reason); nothing is written.
         """
-        public_keys = {self.keys.signer.kid: self.keys.signer.public_key}
-        public_keys.update(source_public_keys or {})
-        try:
-            opened = open_archive(
+        if opened is None:
+            public_keys = {self.keys.signer.kid: self.keys.signer.public_key}
+            public_keys.update(source_public_keys or {})
+            opened = verify_ledger_archive(
                 data, public_keys=public_keys, backup_key=self.backup_key
             )
-        except BundleError as error:
-            raise BackupRefusedError(
-                "The archive failed verification; nothing was restored.",
-                code="ARCHIVE_INVALID",
-                reason=error.reason,
-            ) from None
         statements = restore_statements(self.keys, opened)
         with self.keys.ledger.exclusive() as transaction:
             if transaction.query(
@@ -1088,6 +1088,28 @@ def owner_gone(owner: str | None) -> bool:
     if fields[0] == "Z":
         return True  # it ended; only its exit status is left
     return start != "-" and fields[19] != start
+
+
+def verify_ledger_archive(
+    data: bytes,
+    *,
+    public_keys: dict[str, Ed25519PublicKey],
+    backup_key: BackupKey,
+) -> OpenedArchive:
+    """Check a whole-ledger archive without any ledger: signature, chain, blobs.
+
+    Raises:
+        BackupRefusedError: ``ARCHIVE_INVALID`` with the reason (for example
+            ``FROM_OTHER_LEDGER``: no key in ``public_keys`` signed it).
+    """
+    try:
+        return open_archive(data, public_keys=public_keys, backup_key=backup_key)
+    except BundleError as error:
+        raise BackupRefusedError(
+            "The archive failed verification; nothing was restored.",
+            code="ARCHIVE_INVALID",
+            reason=error.reason,
+        ) from None
 
 
 def _shares_material(origin: ManagedKey, versions: list[dict[str, Any]]) -> bool:

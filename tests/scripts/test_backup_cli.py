@@ -192,6 +192,9 @@ def test_a_ledger_archive_restores_into_a_fresh_instance_and_verifies(
     tampered.write_bytes(bytes(data))
     assert run(capsys, "restore-ledger", str(tampered), *fresh_options)[0] == 1
     assert main(["restore-ledger", str(archive), *fresh_options]) == 1  # foreign
+    assert "FROM_OTHER_LEDGER" in capsys.readouterr().err
+    assert_untouched(fresh, fresh_url)
+    assert main(["verify", *fresh_options]) != 0
     capsys.readouterr()
     restore = ["restore-ledger", str(archive), "--source-public-key", str(public)]
     code, restored = run(capsys, *restore, *fresh_options)
@@ -216,6 +219,51 @@ def test_a_ledger_archive_restores_into_a_fresh_instance_and_verifies(
     capsys.readouterr()
     assert main([*restore, *fresh_options]) == 1
     assert "LEDGER_NOT_EMPTY" in capsys.readouterr().err
+
+
+def assert_untouched(folder: Path, url: str) -> None:
+    """The fresh instance holds only the backup key, and its store no table."""
+    from backup.key import BACKUP_KEY_FILE
+
+    assert sorted(p.name for p in folder.iterdir()) == [BACKUP_KEY_FILE]
+    if url.startswith("sqlite:"):
+        assert not Path(url.removeprefix("sqlite:///")).exists()
+        return
+    import psycopg
+
+    with psycopg.connect(url) as connection:
+        row = connection.execute(
+            "SELECT count(*) FROM information_schema.tables "
+            "WHERE table_schema NOT IN ('pg_catalog', 'information_schema')"
+        ).fetchone()
+    assert row is not None and row[0] == 0
+
+
+def test_a_refused_ledger_restore_leaves_the_new_folder_as_it_was(
+    ledger: tuple[Path, list[str]],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """A restore refused after its checks (the store is not empty) removes the
+    signing key and KEK it made: the folder holds only what it held before."""
+    _, options = ledger
+    archive = tmp_path / "ledger.klarchive"
+    assert run(capsys, "backup-ledger", "--out", str(archive), *options)[0] == 0
+    public = source_public_key(options, tmp_path)
+    fresh = fresh_folder(options, tmp_path / "fresh")
+    moved = head(options)
+
+    code = main(
+        [
+            *("restore-ledger", str(archive), "--source-public-key", str(public)),
+            *("--data-dir", str(fresh), "--database-url", options[3]),
+        ]
+    )
+
+    assert code == 1
+    assert "LEDGER_NOT_EMPTY" in capsys.readouterr().err
+    assert_untouched(fresh, "sqlite:///" + str(fresh / "none.sqlite3"))
+    assert head(options) == moved
 
 
 def head(options: list[str]) -> int:
