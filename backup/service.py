@@ -31,11 +31,18 @@ from backup.bundle import BundleError, build_bundle, digest_of, open_bundle
 from backup.key import BackupKey
 from backup.ledger_archive import (
     Archive,
+    OpenedArchive,
     build_archive,
     open_archive,
     restore_statements,
 )
-from backup.targets import Target, TargetError, build_target, object_name
+from backup.targets import (
+    Target,
+    TargetError,
+    build_target,
+    check_dir_options,
+    object_name,
+)
 from domain.backups import (
     LEDGER_BACKUPS_ID,
     SCHEDULER_ID,
@@ -57,6 +64,7 @@ from domain.errors import (
     InvalidArgumentError,
     KeyExistsError,
     KeyledgerError,
+    KeyLifecycleError,
     KeyNotFoundError,
 )
 from domain.keys import ManagedKey, key_id_for, validate_key_name
@@ -154,11 +162,22 @@ class BackupService:
         """Record a target's configuration (nothing if it is already so).
 
         The target is built first, so a configuration that cannot work (an S3
-        bucket without Object Lock) is refused and nothing is recorded.
+        bucket without Object Lock) is refused and nothing is recorded. A new
+        or changed ``dir`` target's options are checked first
+        (``check_dir_options``: an absolute path to an existing directory, a
+        safe prefix); one already recorded as it is is left alone, so a
+        settings file applied again at startup never fails on a target that
+        is away for a while.
+
+        Raises:
+            InvalidArgumentError: the name, location or options are wrong (422).
+            BackupRefusedError: the target refuses (``TARGET_<code>``, 409).
         """
         validate_target_name(name)
         validate_location(location)
         config = {"name": name, "kind": kind, "location": location, "options": options}
+        if kind == "dir" and self.targets().get(name) != config:
+            check_dir_options(name, options)
         try:
             self.target_factory(config)
         except TargetError as error:
@@ -548,9 +567,25 @@ class BackupService:
     ) -> CommandResult:
         """Restore a bundle into its own key or as a new key called ``into``.
 
+        A restore never leaves a version in a weaker state than this ledger
+        records for it now. In place, the key's compromised and
+        destroy-scheduled versions keep their state (only ``enabled`` and
+        ``disabled`` come from the bundle). As a new key, the source key's
+        versions are checked (when this ledger holds the source key: the
+        bundle is its own, or a version's material is the same), and the
+        restore is refused when the bundle would bring back a compromised
+        version as uncompromised (``RESTORE_WOULD_REVIVE_COMPROMISED``), a
+        version scheduled for destruction as not scheduled, or due later
+        (``RESTORE_WOULD_CANCEL_DESTRUCTION``), or a destroyed or trimmed
+        version at all (``RESTORE_WOULD_UNDESTROY``). To copy such a key,
+        restore a backup taken after the change: it carries the states.
+
         Nothing is recorded when the bundle fails verification, when the
         restore would roll back a key with newer versions, or when it would
-        bring back a version this ledger destroyed (all 409).
+        weaken a version's state as above (all 409).
+
+        Limitation: the source key is read before the restore is written, so
+        a compromise recorded on it between the two is not seen by this check.
         """
         if into is not None:
             validate_key_name(into)
@@ -571,11 +606,13 @@ class BackupService:
         ]
         existing = self._current_key(name)
         now = self.keys.clock.now()
-        if opened.body["ledger_kid"] == self.keys.signer.kid and name != source_name:
-            # A copy under a new name must not revive what the source destroyed.
+        if name != source_name:
             origin = self._current_key(source_name)
-            if origin is not None:
-                origin.require_nothing_undestroyed(versions)
+            if origin is not None and (
+                opened.body["ledger_kid"] == self.keys.signer.kid
+                or _shares_material(origin, versions)
+            ):
+                require_no_weaker_state(origin, versions)
         if existing is None:
             key = ManagedKey.restore(
                 name=name,
@@ -737,25 +774,24 @@ class BackupService:
         data: bytes,
         *,
         source_public_keys: dict[str, Ed25519PublicKey] | None = None,
+        opened: OpenedArchive | None = None,
     ) -> list[Receipt]:
         """Rebuild this (empty) ledger from an archive, then record that it was.
+
+        ``opened`` is ``data`` already checked by ``verify_ledger_archive`` (a
+        tool that checks before it creates anything); without it the archive
+        is checked here, against this ledger's key and ``source_public_keys``.
 
         Raises:
             BackupRefusedError: ``LEDGER_NOT_EMPTY``, or the archive failed a
                 check (``ARCHIVE_INVALID`` with the reason); nothing is written.
         """
-        public_keys = {self.keys.signer.kid: self.keys.signer.public_key}
-        public_keys.update(source_public_keys or {})
-        try:
-            opened = open_archive(
+        if opened is None:
+            public_keys = {self.keys.signer.kid: self.keys.signer.public_key}
+            public_keys.update(source_public_keys or {})
+            opened = verify_ledger_archive(
                 data, public_keys=public_keys, backup_key=self.backup_key
             )
-        except BundleError as error:
-            raise BackupRefusedError(
-                "The archive failed verification; nothing was restored.",
-                code="ARCHIVE_INVALID",
-                reason=error.reason,
-            ) from None
         statements = restore_statements(self.keys, opened)
         with self.keys.ledger.exclusive() as transaction:
             if transaction.query(
@@ -1052,6 +1088,92 @@ def owner_gone(owner: str | None) -> bool:
     if fields[0] == "Z":
         return True  # it ended; only its exit status is left
     return start != "-" and fields[19] != start
+
+
+def verify_ledger_archive(
+    data: bytes,
+    *,
+    public_keys: dict[str, Ed25519PublicKey],
+    backup_key: BackupKey,
+) -> OpenedArchive:
+    """Check a whole-ledger archive without any ledger: signature, chain, blobs.
+
+    Raises:
+        BackupRefusedError: ``ARCHIVE_INVALID`` with the reason (for example
+            ``FROM_OTHER_LEDGER``: no key in ``public_keys`` signed it).
+    """
+    try:
+        return open_archive(data, public_keys=public_keys, backup_key=backup_key)
+    except BundleError as error:
+        raise BackupRefusedError(
+            "The archive failed verification; nothing was restored.",
+            code="ARCHIVE_INVALID",
+            reason=error.reason,
+        ) from None
+
+
+def _shares_material(origin: ManagedKey, versions: list[dict[str, Any]]) -> bool:
+    """Whether a bundle holds a version of ``origin``: same number, same material."""
+    for item in versions:
+        record = origin.versions.get(int(item["version"]))
+        if record is not None and record.fingerprint == item["fingerprint"]:
+            return True
+    return False
+
+
+def require_no_weaker_state(origin: ManagedKey, versions: list[dict[str, Any]]) -> None:
+    """Refuse a copy of ``origin`` that would weaken a state the ledger records.
+
+    ``versions`` are a bundle's records with a ``material`` flag. Compromise,
+    destruction and a scheduled destruction are one-way for a copy: the copy
+    must carry each as the ledger records it now. ``enabled`` and
+    ``disabled`` (and the key's use floors) are the operator's reversible
+    choices, so the bundle's are kept.
+
+    Raises:
+        KeyLifecycleError: ``RESTORE_WOULD_UNDESTROY``.
+        BackupRefusedError: ``RESTORE_WOULD_REVIVE_COMPROMISED`` or
+            ``RESTORE_WOULD_CANCEL_DESTRUCTION``, with the key and version.
+    """
+    origin.require_nothing_undestroyed(versions)
+    for item in sorted(versions, key=lambda item: int(item["version"])):
+        number = int(item["version"])
+        record = origin.versions.get(number)
+        if record is None:
+            continue
+        if record.state == "destroyed" and item["state"] != "destroyed":
+            raise KeyLifecycleError(
+                f"Version {number} of {origin.name!r} was destroyed; a restore "
+                "never brings it back.",
+                code="RESTORE_WOULD_UNDESTROY",
+                key=origin.name,
+                version=number,
+            )
+        if record.compromised and not item.get("compromised"):
+            raise BackupRefusedError(
+                f"Version {number} of {origin.name!r} is compromised; the backup "
+                "predates that and would bring it back usable.",
+                code="RESTORE_WOULD_REVIVE_COMPROMISED",
+                key=origin.name,
+                version=number,
+                state=record.state,
+                backup_state=item["state"],
+            )
+        if record.state == "destroy_scheduled" and (
+            item["state"] != "destroy_scheduled"
+            or item.get("destroy_at") is None
+            or item["destroy_at"] > (record.destroy_at or "")
+        ):
+            raise BackupRefusedError(
+                f"Version {number} of {origin.name!r} is to be destroyed at "
+                f"{record.destroy_at}; the backup would bring it back without "
+                "that destruction.",
+                code="RESTORE_WOULD_CANCEL_DESTRUCTION",
+                key=origin.name,
+                version=number,
+                destroy_at=record.destroy_at,
+                backup_state=item["state"],
+            )
 
 
 def _require_bundle_of(source_name: str, expected_key: str | None) -> None:

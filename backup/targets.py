@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -21,8 +22,13 @@ from typing import Any, Protocol
 
 from domain.backups import CLAIM_TIMEOUT
 from domain.clock import format_time, parse_time
+from domain.errors import InvalidArgumentError
 
 OBJECT_SUFFIX = ".klbackup"
+# Objects and their retention files: readable by the service's user alone.
+OBJECT_MODE = 0o400
+DIR_OPTIONS = frozenset({"path", "prefix"})
+_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 class TargetError(Exception):
@@ -32,6 +38,70 @@ class TargetError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+def safe_prefix(prefix: object) -> bool:
+    """Whether ``prefix`` is one safe folder name (or empty, for none).
+
+    1 to 64 ASCII letters, digits, ``.``, ``_`` or ``-``, starting with a
+    letter or digit, without ``..``: never absolute, never a path of its own,
+    so the folder is always inside the target's path.
+    """
+    return prefix == "" or (
+        isinstance(prefix, str)
+        and bool(_PREFIX.fullmatch(prefix))
+        and ".." not in prefix
+    )
+
+
+def check_dir_options(target: str, options: dict[str, Any]) -> None:
+    """Refuse the options of a ``dir`` target that cannot be right (HTTP 422).
+
+    ``path`` MUST be an absolute path to a directory that exists now, and
+    ``prefix`` (optional) one safe folder name (see ``safe_prefix``).
+
+    Raises:
+        InvalidArgumentError: ``INVALID_TARGET`` (a missing or unknown option,
+            or one not a string), ``TARGET_PATH_NOT_ABSOLUTE``,
+            ``TARGET_PATH_NOT_A_DIRECTORY`` (with ``exists``) or
+            ``INVALID_TARGET_PREFIX``; each with the target's name.
+    """
+    unknown = sorted(set(options) - DIR_OPTIONS)
+    path = options.get("path")
+    if unknown or not isinstance(path, str):
+        raise InvalidArgumentError(
+            "A dir target needs the option path (a string) and takes only "
+            "path and prefix.",
+            code="INVALID_TARGET",
+            target=target,
+            unknown=unknown,
+        )
+    if not os.path.isabs(path):
+        raise InvalidArgumentError(
+            f"The path of target {target!r} must be absolute.",
+            code="TARGET_PATH_NOT_ABSOLUTE",
+            target=target,
+        )
+    try:
+        exists = os.path.lexists(path)
+        is_dir = os.path.isdir(path)
+    except ValueError:  # a NUL byte: no such file can exist
+        exists = is_dir = False
+    if not is_dir:
+        raise InvalidArgumentError(
+            f"The path of target {target!r} must be an existing directory.",
+            code="TARGET_PATH_NOT_A_DIRECTORY",
+            target=target,
+            exists=exists,
+        )
+    if not safe_prefix(options.get("prefix", "")):
+        raise InvalidArgumentError(
+            f"The prefix of target {target!r} must be one folder name: 1 to 64 "
+            "ASCII letters, digits, '.', '_' or '-', starting with a letter or "
+            "digit, without '..'.",
+            code="INVALID_TARGET_PREFIX",
+            target=target,
+        )
 
 
 def object_name(digest: str) -> str:
@@ -63,7 +133,10 @@ class DirTarget:
     Objects are written to a temporary file opened create-only, flushed and
     synced, then linked to their final name (which fails if it exists) and the
     directory synced: the final name never shows a partial object. Objects and
-    their retention files are then made read-only. A directory without write
+    their retention files are then made read-only, for their owner alone
+    (0400). ``path`` and ``prefix`` are checked when the target is configured
+    (``check_dir_options``); a prefix that would leave ``path`` is refused on
+    every use too. A directory without write
     bits, or on a read-only mount, is refused as ``READ_ONLY``, even for root.
 
     Limitation: a directory cannot stop its owner or root from deleting files;
@@ -80,6 +153,18 @@ class DirTarget:
 
     @property
     def folder(self) -> Path:
+        """Where the objects are: ``path/prefix``, never outside ``path``.
+
+        Raises:
+            TargetError: ``UNSAFE_PREFIX`` for a prefix configured before
+                prefixes were checked that would leave ``path``.
+        """
+        if not safe_prefix(self.prefix):
+            raise TargetError(
+                "UNSAFE_PREFIX",
+                f"Target {self.name!r} has a prefix that is not one folder name; "
+                "configure it again.",
+            )
         return self.path / self.prefix if self.prefix else self.path
 
     def put(self, name: str, data: bytes, *, retain_until: datetime) -> str:
@@ -101,7 +186,7 @@ class DirTarget:
             with contextlib.suppress(FileExistsError):
                 self._write_new(retain, format_time(retain_until).encode("ascii"))
             for path in (final, retain):
-                os.chmod(path, 0o444)
+                os.chmod(path, OBJECT_MODE)
             self._sync_folder(folder)
         except OSError as error:
             raise self._error(error) from None

@@ -148,8 +148,14 @@ class ConfigureTarget:
         parser.add_argument(
             "--location", required=True, help="Its location label, e.g. dc1."
         )
-        parser.add_argument("--path", help="dir: the directory.")
-        parser.add_argument("--prefix", help="dir, s3: a folder or key prefix.")
+        parser.add_argument(
+            "--path", help="dir: the directory, an absolute path that exists."
+        )
+        parser.add_argument(
+            "--prefix",
+            help="dir: one folder name under the path (letters, digits, '.', '_', "
+            "'-'; no '..'); s3: a key prefix.",
+        )
         parser.add_argument("--bucket", help="s3: the bucket (with Object Lock).")
         parser.add_argument("--endpoint-url", help="s3: the endpoint, if not AWS.")
         parser.add_argument("--region", help="s3: the region.")
@@ -515,7 +521,18 @@ class BackupLedger:
 
 
 class RestoreLedger:
-    """``keyledger restore-ledger FILE``: build a new instance from an archive."""
+    """``keyledger restore-ledger FILE``: build a new instance from an archive.
+
+    The archive is checked in full (signature, every entry and checkpoint, every
+    blob) before anything is created, against ``--source-public-key`` and the
+    data folder's own signing key if it has one. Only then are the signing key
+    and KEK made (when the folder has none) and the store opened; a restore
+    refused after that (``LEDGER_NOT_EMPTY``, a store fault) removes the files
+    it made, so the folder is left as it was.
+
+    Limitation: a PostgreSQL store keeps the empty tables that opening it made
+    when the restore then fails on a fault of the store itself.
+    """
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -523,18 +540,25 @@ class RestoreLedger:
         parser.add_argument("archive", help="The archive file (from backup-ledger).")
         parser.add_argument(
             "--source-public-key",
-            help="PEM file of the source ledger's public key, when this instance "
-            "signs with another key.",
+            help="PEM file of the source ledger's public key. Needed unless the "
+            "data folder already holds the source's signing key: a new instance "
+            "signs with a key of its own, and an archive no given key signed is "
+            "refused (ARCHIVE_INVALID, reason FROM_OTHER_LEDGER).",
         )
 
     @staticmethod
     def main(args: argparse.Namespace) -> int:
         from backup.key import BackupKey
-        from backup.service import BackupService
+        from backup.service import BackupService, verify_ledger_archive
         from domain.clock import SystemClock
-        from ledger.service import KeyService, load_local_secrets
+        from ledger.service import (
+            KEK_FILE,
+            SIGNING_KEY_FILE,
+            KeyService,
+            load_local_secrets,
+        )
         from ledger.settings import Settings
-        from ledger.signing import key_id, load_public_key
+        from ledger.signing import LedgerSigner, key_id, load_public_key
 
         overrides = {
             name: value
@@ -546,8 +570,35 @@ class RestoreLedger:
         }
         try:
             settings = Settings(**overrides)
-            backup_key = BackupKey.load_or_create(settings.data_dir, create=False)
-            signer, kek, _ = load_local_secrets(settings.data_dir)
+            data_dir = settings.data_dir
+            backup_key = BackupKey.load_or_create(data_dir, create=False)
+        except (KeyledgerError, ValueError, OSError) as error:
+            print(f"keyledger restore-ledger: cannot open: {error}", file=sys.stderr)
+            return 2
+
+        # Check the whole archive before anything is created.
+        try:
+            data = Path(args.archive).read_bytes()
+            public_keys = {}
+            if args.source_public_key is not None:
+                public_key = load_public_key(Path(args.source_public_key).read_bytes())
+                public_keys[key_id(public_key)] = public_key
+            if (data_dir / SIGNING_KEY_FILE).is_file():
+                own, _ = LedgerSigner.load_or_create(data_dir / SIGNING_KEY_FILE)
+                public_keys[own.kid] = own.public_key
+            opened = verify_ledger_archive(
+                data, public_keys=public_keys, backup_key=backup_key
+            )
+        except (KeyledgerError, ValueError, OSError) as error:
+            return _restore_ledger_refused(error)
+
+        # Whatever this command creates from here is removed if it fails.
+        made = _absent_files(
+            [data_dir / SIGNING_KEY_FILE, data_dir / KEK_FILE],
+            settings.resolved_database_url,
+        )
+        try:
+            signer, kek, _ = load_local_secrets(data_dir)
             service = KeyService.open(
                 database_url=settings.resolved_database_url,
                 signer=signer,
@@ -556,27 +607,48 @@ class RestoreLedger:
                 checkpoint_interval=settings.checkpoint_interval,
             )
         except (KeyledgerError, ValueError, OSError) as error:
+            _remove(made)
             print(f"keyledger restore-ledger: cannot open: {error}", file=sys.stderr)
             return 2
         try:
-            source_keys = None
-            if args.source_public_key is not None:
-                public_key = load_public_key(Path(args.source_public_key).read_bytes())
-                source_keys = {key_id(public_key): public_key}
             receipts = BackupService(service, backup_key).restore_ledger(
-                cli_context("restore-ledger"),
-                Path(args.archive).read_bytes(),
-                source_public_keys=source_keys,
+                cli_context("restore-ledger"), data, opened=opened
             )
-            _print({"restored": True, "position": receipts[-1].position})
-            return 0
         except (KeyledgerError, OSError) as error:
-            code = getattr(error, "code", type(error).__name__)
-            details = getattr(error, "details", {})
-            print(
-                f"keyledger restore-ledger: refused ({code}): {error} {details}",
-                file=sys.stderr,
-            )
-            return 1
-        finally:
             service.close()
+            _remove(made)
+            return _restore_ledger_refused(error)
+        service.close()
+        _print({"restored": True, "position": receipts[-1].position})
+        return 0
+
+
+def _restore_ledger_refused(error: Exception) -> int:
+    code = getattr(error, "code", type(error).__name__)
+    details = getattr(error, "details", {})
+    print(
+        f"keyledger restore-ledger: refused ({code}): {error} {details}",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def _absent_files(secrets: list[Path], database_url: str) -> list[Path]:
+    """The files a restore may create that are not there yet."""
+    from ledger.application import sqlite_path
+
+    candidates = list(secrets)
+    if database_url.startswith("sqlite:"):
+        try:
+            store = sqlite_path(database_url)
+        except ValueError:  # opening the store refuses it before making a file
+            store = ""
+        candidates += [
+            Path(store + suffix) for suffix in ("", "-wal", "-shm", "-journal") if store
+        ]
+    return [path for path in candidates if not path.exists()]
+
+
+def _remove(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)

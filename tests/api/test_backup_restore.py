@@ -23,8 +23,17 @@ from domain.clock import AdjustableClock
 from ledger.material import KeyEncryptionKey
 from ledger.service import CommandContext, KeyService
 from ledger.signing import LedgerSigner, public_key_pem
-from tests.api._support import assert_refused, create, get_key, post_ok, snapshot
+from tests.api._access import add_principal, bearer
+from tests.api._support import (
+    assert_error,
+    assert_refused,
+    create,
+    get_key,
+    post_ok,
+    snapshot,
+)
 from tests.api.test_backups import configure_targets, take
+from tests.api.test_transit import assert_vault_error
 from tests.conftest import ADMIN, T0
 
 
@@ -285,3 +294,167 @@ def test_restore_into_an_existing_other_key_is_refused(
         "BUNDLE_KEY_MISMATCH",
     )
     assert snapshot(client, "k1").view is not None
+
+
+def _decrypt_refused(client: TestClient, name: str, ciphertext: str, code: str) -> None:
+    response = client.post(f"/v1/keys/{name}/decrypt", json={"ciphertext": ciphertext})
+    assert_error(response, 409, code)
+
+
+def test_a_copy_never_brings_back_a_compromised_version(
+    client: TestClient, folders: dict[str, Path]
+) -> None:
+    """A backup from before a compromise is refused into a new name; nothing moves."""
+    # given: payments backed up while v1 was enabled, then v1 compromised
+    create(client, "payments")
+    ciphertext = encrypt(client, "payments", b"card")
+    backup = take(client, "payments")
+    post_ok(client, "/v1/keys/payments/versions/1/compromise", {"reason": "leaked"})
+    source = snapshot(client, "payments")
+
+    # when / then: the copy is refused, by backup id and by bundle
+    for body in (
+        {"backup_id": backup["backup_id"]},
+        {"bundle": b64(bundle_bytes(folders, backup))},
+    ):
+        details = assert_refused(
+            client,
+            "payments-http",
+            lambda body=body: restore(  # type: ignore[misc]
+                client, "payments", into="payments-http", **body
+            ),
+            409,
+            "RESTORE_WOULD_REVIVE_COMPROMISED",
+        )
+        assert (details["key"], details["version"]) == ("payments", 1)
+    assert snapshot(client, "payments") == source
+    _decrypt_refused(client, "payments", ciphertext, "VERSION_COMPROMISED")
+    assert client.get("/v1/keys/payments-http").status_code == 404
+
+
+def test_a_copy_never_cancels_a_scheduled_destruction(
+    client: TestClient, folders: dict[str, Path]
+) -> None:
+    """A backup from before a scheduled destruction is refused into a new name."""
+    # given: v1 backed up enabled, then disabled and scheduled for destruction
+    create(client, "payments")
+    ciphertext = encrypt(client, "payments", b"card")
+    post_ok(client, "/v1/keys/payments/rotate")
+    backup = take(client, "payments")
+    post_ok(client, "/v1/keys/payments/versions/1/disable")
+    scheduled = take(client, "payments")
+    post_ok(client, "/v1/keys/payments/versions/1/schedule-destruction", {"days": 7})
+    source = snapshot(client, "payments")
+
+    for older in (backup, scheduled):
+        details = assert_refused(
+            client,
+            "payments-http",
+            lambda older=older: restore(  # type: ignore[misc]
+                client, "payments", backup_id=older["backup_id"], into="payments-http"
+            ),
+            409,
+            "RESTORE_WOULD_CANCEL_DESTRUCTION",
+        )
+        assert details["version"] == 1
+        assert details["destroy_at"] == source.view["versions"][0]["destroy_at"]
+    assert snapshot(client, "payments") == source
+    _decrypt_refused(client, "payments", ciphertext, "VERSION_DESTROY_SCHEDULED")
+
+
+def test_a_backup_taken_after_the_change_copies_the_stricter_states(
+    client: TestClient, folders: dict[str, Path]
+) -> None:
+    """A copy from a backup that holds the compromise and the schedule keeps both."""
+    create(client, "payments")
+    old = encrypt(client, "payments", b"card")
+    post_ok(client, "/v1/keys/payments/rotate")
+    post_ok(client, "/v1/keys/payments/rotate")
+    post_ok(client, "/v1/keys/payments/versions/1/compromise", {"reason": "leaked"})
+    post_ok(client, "/v1/keys/payments/versions/2/disable")
+    post_ok(client, "/v1/keys/payments/versions/2/schedule-destruction", {"days": 7})
+    backup = take(client, "payments")
+
+    response = restore(
+        client, "payments", backup_id=backup["backup_id"], into="payments-http"
+    )
+
+    assert response.status_code == 200, response.text
+    copy, source = get_key(client, "payments-http"), get_key(client, "payments")
+    states = ["state", "compromised", "destroy_at"]
+    assert [[v[s] for s in states] for v in copy["versions"]] == [
+        [v[s] for s in states] for v in source["versions"]
+    ]
+    _decrypt_refused(client, "payments-http", old, "VERSION_COMPROMISED")
+
+
+def test_a_restore_in_place_keeps_compromise_and_scheduled_destruction(
+    client: TestClient, folders: dict[str, Path]
+) -> None:
+    """Over its own key an older backup puts material back, never weaker states."""
+    # given: v1 and v2 backed up enabled, then v1 compromised, v2 scheduled
+    create(client, "payments")
+    first = encrypt(client, "payments", b"v1")
+    post_ok(client, "/v1/keys/payments/rotate")
+    second = encrypt(client, "payments", b"v2")
+    post_ok(client, "/v1/keys/payments/rotate")
+    backup = take(client, "payments")
+    post_ok(client, "/v1/keys/payments/versions/1/compromise", {"reason": "leaked"})
+    post_ok(client, "/v1/keys/payments/versions/2/disable")
+    post_ok(client, "/v1/keys/payments/versions/2/schedule-destruction", {"days": 7})
+    before = get_key(client, "payments")["versions"]
+
+    response = restore(client, "payments", backup_id=backup["backup_id"])
+
+    assert response.status_code == 200, response.text
+    assert get_key(client, "payments")["versions"] == before
+    _decrypt_refused(client, "payments", first, "VERSION_COMPROMISED")
+    _decrypt_refused(client, "payments", second, "VERSION_DESTROY_SCHEDULED")
+
+
+def test_a_transit_restore_under_a_new_name_never_revives_a_compromise(
+    client: TestClient, vault: TestClient, folders: dict[str, Path]
+) -> None:
+    """The Vault restore route applies the same rule: 400 with the code, no key."""
+    create(client, "payments")
+    data = bundle_bytes(folders, take(client, "payments"))
+    post_ok(client, "/v1/keys/payments/versions/1/compromise", {"reason": "leaked"})
+    head = snapshot(client, "payments-http")
+
+    response = vault.post(
+        "/v1/transit/restore/payments-http", json={"backup": b64(data)}
+    )
+
+    assert_vault_error(response, 400, "RESTORE_WOULD_REVIVE_COMPROMISED")
+    assert snapshot(client, "payments-http") == head
+
+
+def test_an_approved_restore_is_checked_again_when_it_runs(
+    client: TestClient, folders: dict[str, Path]
+) -> None:
+    """A copy requested before a compromise and approved after it is refused."""
+    # given: a backup-operator's copy of payments waits for a custodian
+    create(client, "payments")
+    backup = take(client, "payments")
+    olga = bearer(add_principal(client, "olga", ["backup-operator"])["token"])
+    carl = bearer(add_principal(client, "carl", ["custodian"])["token"])
+    asked = client.post(
+        "/v1/keys/payments/restore",
+        json={"backup_id": backup["backup_id"], "into": "payments-http"},
+        headers=olga,
+    )
+    assert asked.status_code == 202, asked.text
+    approval = asked.json()["approval"]
+
+    # when: v1 is compromised before the approval
+    post_ok(client, "/v1/keys/payments/versions/1/compromise", {"reason": "leaked"})
+    copy = snapshot(client, "payments-http")
+    approved = client.post(
+        f"/v1/approvals/{approval['id']}/approve", json={}, headers=carl
+    )
+
+    # then: refused; the request failed and no copy exists
+    assert_error(approved, 409, "RESTORE_WOULD_REVIVE_COMPROMISED")
+    assert copy.view is None
+    assert client.get("/v1/keys/payments-http").status_code == 404
+    assert client.get(f"/v1/approvals/{approval['id']}").json()["status"] == "failed"

@@ -79,3 +79,41 @@ def test_a_bad_settings_file_stops_the_start(
     """A settings file of the wrong shape fails the start with a clear error."""
     with pytest.raises(InvalidArgumentError):
         build_runtime(_settings(tmp_path, store_url, document))
+
+
+@pytest.mark.parametrize(
+    ("options", "code"),
+    [
+        pytest.param(
+            {"path": "relative/dir"}, "TARGET_PATH_NOT_ABSOLUTE", id="relative"
+        ),
+        pytest.param({"path": "/etc/passwd"}, "TARGET_PATH_NOT_A_DIRECTORY", id="file"),
+        pytest.param(
+            {"path": "{tmp}", "prefix": "../escape"},
+            "INVALID_TARGET_PREFIX",
+            id="prefix",
+        ),
+    ],
+)
+def test_a_settings_file_with_a_bad_dir_target_stops_the_start(
+    tmp_path: Path, store_url: str, options: dict[str, str], code: str
+) -> None:
+    """A dir target in the file with a bad path or prefix fails the start with its
+    code, and records no target."""
+    options = {k: v.replace("{tmp}", str(tmp_path)) for k, v in options.items()}
+    document = {
+        "targets": [
+            {"name": "dc1", "kind": "dir", "location": "site-a", "options": options}
+        ]
+    }
+    settings = _settings(tmp_path, store_url, document)
+
+    with pytest.raises(InvalidArgumentError) as refused:
+        build_runtime(settings)
+
+    assert refused.value.code == code
+    runtime = build_runtime(_settings(tmp_path, store_url, {}))
+    try:
+        assert runtime.backups.targets() == {}
+    finally:
+        runtime.close()

@@ -85,6 +85,8 @@ def test_backup_writes_whole_read_only_copies_to_both_locations(
         path = folder / backup["copies"][0]["object"]
         assert path.read_bytes().startswith(b'{"body":')
         assert not path.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
+        for written in (path, path.with_name(path.name + ".retain")):
+            assert stat.S_IMODE(written.stat().st_mode) == 0o400
         assert not list(folder.glob(".partial-*"))
     types = [r["type"] for r in result["receipts"]]
     assert types == [
@@ -592,3 +594,82 @@ def test_a_prune_the_target_refuses_is_recorded_and_answered_502(
     assert backup["pruned"] == ["dc1"]
     assert [f["code"] for f in backup["prune_failures"]] == ["READ_ONLY"]
     assert status_of(client, "k1")["copies_by_location"] == {"site-dc2": 1}
+
+
+def _targets(client: TestClient) -> Any:
+    response = client.get("/v1/backup-targets")
+    assert response.status_code == 200, response.text
+    return response.json()["targets"]
+
+
+@pytest.mark.parametrize(
+    ("options", "code"),
+    [
+        pytest.param(
+            {"path": "targets/dc3"}, "TARGET_PATH_NOT_ABSOLUTE", id="relative"
+        ),
+        pytest.param(
+            {"path": "{root}/absent"}, "TARGET_PATH_NOT_A_DIRECTORY", id="absent"
+        ),
+        pytest.param(
+            {"path": "/etc/passwd"}, "TARGET_PATH_NOT_A_DIRECTORY", id="a file"
+        ),
+        pytest.param({"path": "{root}\x00"}, "TARGET_PATH_NOT_A_DIRECTORY", id="NUL"),
+        pytest.param({"prefix": "../../escape"}, "INVALID_TARGET_PREFIX", id="dot-dot"),
+        pytest.param({"prefix": "/tmp/escape"}, "INVALID_TARGET_PREFIX", id="absolute"),
+        pytest.param({"prefix": "a\\b"}, "INVALID_TARGET_PREFIX", id="backslash"),
+        pytest.param({"prefix": "keys/more"}, "INVALID_TARGET_PREFIX", id="two levels"),
+        pytest.param({"prefix": ".hidden"}, "INVALID_TARGET_PREFIX", id="dot first"),
+        pytest.param({"prefix": "a..b"}, "INVALID_TARGET_PREFIX", id="inner dot-dot"),
+        pytest.param({"prefix": "k" * 65}, "INVALID_TARGET_PREFIX", id="too long"),
+        pytest.param({"prefix": "ключ"}, "INVALID_TARGET_PREFIX", id="not ASCII"),
+        pytest.param({"bogus": "x"}, "INVALID_TARGET", id="unknown option"),
+    ],
+)
+def test_a_dir_target_that_cannot_be_right_is_refused_at_configuration(
+    client: TestClient,
+    folders: dict[str, Path],
+    tmp_path: Path,
+    options: dict[str, str],
+    code: str,
+) -> None:
+    """A bad path or prefix is 422 with its code; nothing is recorded or written."""
+    root = tmp_path / "dc3"
+    root.mkdir()
+    body = {"path": str(root), **options}
+    body["path"] = body["path"].replace("{root}", str(root))
+    before = (_targets(client), head_position(client))
+    listing = sorted(tmp_path.rglob("*"))
+
+    response = client.put(
+        "/v1/backup-targets/dc3",
+        json={"kind": "dir", "location": "site-3", "options": body},
+    )
+
+    details = assert_error(response, 422, code)
+    assert details["target"] == "dc3"
+    assert (_targets(client), head_position(client)) == before
+    assert sorted(tmp_path.rglob("*")) == listing
+
+
+def test_changing_a_dir_target_is_checked_but_a_recorded_one_is_left_alone(
+    client: TestClient, folders: dict[str, Path]
+) -> None:
+    """A target recorded as it is answers 200 even while its folder is away; a
+    change to a folder that is not there is 422."""
+    config = client.get("/v1/backup-targets").json()["targets"][0]
+    root = folders["dc1"].parent
+    root.rename(root.with_name("dc1-away"))
+    body = {k: config[k] for k in ("kind", "location", "options")}
+
+    again = client.put("/v1/backup-targets/dc1", json=body)
+
+    assert again.status_code == 200, again.text
+    assert again.json()["receipts"] == []
+    moved = {**body, "options": {**body["options"], "path": str(root / "elsewhere")}}
+    assert_error(
+        client.put("/v1/backup-targets/dc1", json=moved),
+        422,
+        "TARGET_PATH_NOT_A_DIRECTORY",
+    )
+    assert client.get("/v1/backup-targets").json()["targets"][0] == config

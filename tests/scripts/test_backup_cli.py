@@ -18,6 +18,7 @@ import pytest
 from backup.key import BackupKey
 from backup.service import BackupService
 from domain.clock import SystemClock
+from domain.errors import KeyNotFoundError
 from ledger.service import CommandContext, KeyService, load_local_secrets
 from scripts.cli import main
 from tests.conftest import ADMIN, new_database
@@ -191,6 +192,9 @@ def test_a_ledger_archive_restores_into_a_fresh_instance_and_verifies(
     tampered.write_bytes(bytes(data))
     assert run(capsys, "restore-ledger", str(tampered), *fresh_options)[0] == 1
     assert main(["restore-ledger", str(archive), *fresh_options]) == 1  # foreign
+    assert "FROM_OTHER_LEDGER" in capsys.readouterr().err
+    assert_untouched(fresh, fresh_url)
+    assert main(["verify", *fresh_options]) != 0
     capsys.readouterr()
     restore = ["restore-ledger", str(archive), "--source-public-key", str(public)]
     code, restored = run(capsys, *restore, *fresh_options)
@@ -215,6 +219,51 @@ def test_a_ledger_archive_restores_into_a_fresh_instance_and_verifies(
     capsys.readouterr()
     assert main([*restore, *fresh_options]) == 1
     assert "LEDGER_NOT_EMPTY" in capsys.readouterr().err
+
+
+def assert_untouched(folder: Path, url: str) -> None:
+    """The fresh instance holds only the backup key, and its store no table."""
+    from backup.key import BACKUP_KEY_FILE
+
+    assert sorted(p.name for p in folder.iterdir()) == [BACKUP_KEY_FILE]
+    if url.startswith("sqlite:"):
+        assert not Path(url.removeprefix("sqlite:///")).exists()
+        return
+    import psycopg
+
+    with psycopg.connect(url) as connection:
+        row = connection.execute(
+            "SELECT count(*) FROM information_schema.tables "
+            "WHERE table_schema NOT IN ('pg_catalog', 'information_schema')"
+        ).fetchone()
+    assert row is not None and row[0] == 0
+
+
+def test_a_refused_ledger_restore_leaves_the_new_folder_as_it_was(
+    ledger: tuple[Path, list[str]],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """A restore refused after its checks (the store is not empty) removes the
+    signing key and KEK it made: the folder holds only what it held before."""
+    _, options = ledger
+    archive = tmp_path / "ledger.klarchive"
+    assert run(capsys, "backup-ledger", "--out", str(archive), *options)[0] == 0
+    public = source_public_key(options, tmp_path)
+    fresh = fresh_folder(options, tmp_path / "fresh")
+    moved = head(options)
+
+    code = main(
+        [
+            *("restore-ledger", str(archive), "--source-public-key", str(public)),
+            *("--data-dir", str(fresh), "--database-url", options[3]),
+        ]
+    )
+
+    assert code == 1
+    assert "LEDGER_NOT_EMPTY" in capsys.readouterr().err
+    assert_untouched(fresh, "sqlite:///" + str(fresh / "none.sqlite3"))
+    assert head(options) == moved
 
 
 def head(options: list[str]) -> int:
@@ -590,3 +639,72 @@ def test_prune_from_the_command_line_is_an_event_and_fails_closed(
     record = next(b for b in listed["backups"] if b["backup_id"] == old.backup_id)
     assert record["pruned"] == ["dc1", "dc2"]
     assert [f["code"] for f in record["prune_failures"]] == ["READ_ONLY"]
+
+
+def test_a_restore_under_a_new_name_never_revives_a_compromise(
+    ledger: tuple[Path, list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``keyledger restore --into`` of a backup from before a compromise exits 1."""
+    _, options = ledger
+    code, taken = run(capsys, "backup", "k1", *options)
+    assert code == 0 and taken is not None
+    service = open_instance(Path(options[1]), options[3])
+    try:
+        service.mark_compromised(
+            CommandContext(ADMIN, "req-leak"), "k1", 1, reason="leaked"
+        )
+        head = service.head_position()
+    finally:
+        service.close()
+
+    code = main(
+        ["restore", "k1", "--backup-id", taken["backup_id"], "--into", "k2", *options]
+    )
+
+    assert code == 1
+    assert "RESTORE_WOULD_REVIVE_COMPROMISED" in capsys.readouterr().err
+    service = open_instance(Path(options[1]), options[3])
+    try:
+        assert service.head_position() == head
+        with pytest.raises(KeyNotFoundError):
+            service.get_key("k2")
+    finally:
+        service.close()
+
+
+@pytest.mark.parametrize(
+    ("options", "code"),
+    [
+        pytest.param(["--path", "relative"], "TARGET_PATH_NOT_ABSOLUTE", id="relative"),
+        pytest.param(
+            ["--path", "/etc/passwd"], "TARGET_PATH_NOT_A_DIRECTORY", id="file"
+        ),
+        pytest.param(
+            ["--path", "{root}", "--prefix", "../../escape"],
+            "INVALID_TARGET_PREFIX",
+            id="prefix",
+        ),
+    ],
+)
+def test_a_bad_dir_target_from_the_command_line_exits_1_and_records_nothing(
+    ledger: tuple[Path, list[str]],
+    capsys: pytest.CaptureFixture[str],
+    options: list[str],
+    code: str,
+) -> None:
+    """backup-target refuses a bad path or prefix with its code (exit 1)."""
+    root, ledger_options = ledger
+    options = [o.replace("{root}", str(root)) for o in options]
+    moved = head(ledger_options)
+
+    exit_code = main(
+        [
+            *("backup-target", "dc4", "--kind", "dir", "--location", "x"),
+            *options,
+            *ledger_options,
+        ]
+    )
+
+    assert exit_code == 1
+    assert f"refused ({code})" in capsys.readouterr().err
+    assert head(ledger_options) == moved
