@@ -288,7 +288,12 @@ def command_context(
     status: int,
     render: Any,
 ) -> CommandContext:
-    """Build the context of a command, with its idempotency record if asked for."""
+    """Build the context of a command, with its idempotency record if asked for.
+
+    The record is scoped to the calling principal: a key another principal used
+    never replays here. Within one principal the saved request hash covers the
+    method, the path and the body, so a key reused for another request is 422.
+    """
     record = None
     if idempotency_key is not None:
         if not 1 <= len(idempotency_key) <= 255:
@@ -302,6 +307,7 @@ def command_context(
             request_hash=getattr(request.state, "body_digest", ""),
             status=status,
             render=render,
+            scope=actor.principal,
         )
     return CommandContext(actor, request_id, expected_version, record)
 

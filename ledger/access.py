@@ -36,7 +36,15 @@ from domain.principals import (
     validate_principal_name,
 )
 from ledger.application import KeyLedger
-from ledger.service import CommandContext, _unavailable
+from ledger.service import (
+    CommandContext,
+    Replay,
+    _unavailable,
+    check_replay,
+    idempotency_statement,
+    replay_saved,
+    saved_response,
+)
 from ledger.store import SYSTEM_ACTOR, Actor, LedgerWrite, Receipt
 from projections import access_view
 
@@ -78,6 +86,7 @@ class AccessService:
         description: str = "",
     ) -> tuple[dict[str, Any], list[Receipt]]:
         validate_principal_name(name)
+        replay_saved(self.ledger, context)
         if self._find(name) is not None:
             raise self._exists(name)
         principal = Principal.create(
@@ -92,6 +101,7 @@ class AccessService:
         self, context: CommandContext, name: str, roles: frozenset[Role]
     ) -> tuple[dict[str, Any], list[Receipt]]:
         principal = self._load(name)
+        replay_saved(self.ledger, context)
         principal.change_roles(roles, now=self.clock.now())
         return self._save(principal, context)
 
@@ -105,6 +115,7 @@ class AccessService:
     ) -> IssuedToken:
         """Issue a random token; the caller shows it once, the ledger keeps its hash."""
         principal = self._load(name)
+        replay_saved(self.ledger, context)
         now = self.clock.now()
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         token_id = "tok_" + secrets.token_hex(8)
@@ -130,6 +141,7 @@ class AccessService:
         permissions: frozenset[Permission],
     ) -> tuple[dict[str, Any], list[Receipt]]:
         principal = self._load(name)
+        replay_saved(self.ledger, context)
         principal.set_grant(keys, permissions, now=self.clock.now())
         return self._save(principal, context)
 
@@ -137,6 +149,7 @@ class AccessService:
         self, context: CommandContext, name: str, *, keys: str
     ) -> tuple[dict[str, Any], list[Receipt]]:
         principal = self._load(name)
+        replay_saved(self.ledger, context)
         principal.remove_grant(keys, now=self.clock.now())
         return self._save(principal, context)
 
@@ -151,6 +164,7 @@ class AccessService:
                 f"No token {token_id!r}.", code="TOKEN_NOT_FOUND", token_id=token_id
             )
         principal = self._load(rows[0]["principal"])
+        replay_saved(self.ledger, context)
         principal.revoke_token(token_id, reason=reason, now=self.clock.now())
         return self._save(principal, context)
 
@@ -238,9 +252,20 @@ class AccessService:
                 principal, receipts[-1].position
             )
         )
+        record = context.idempotency
+        if record is not None:
+            summary = principal.summary()
+            write.after_sealed.append(
+                lambda receipts: [
+                    idempotency_statement(record, (summary, receipts), self.clock.now())
+                ]
+            )
         try:
             self.app.save(principal, ledger=write)
         except IntegrityError as error:
+            saved = saved_response(self.ledger, record) if record else None
+            if record is not None and saved is not None:
+                raise Replay(check_replay(record, saved)) from None
             raise ConcurrentModificationError(
                 f"Another change to principal {principal.name!r} was recorded first.",
                 principal=principal.name,

@@ -94,12 +94,23 @@ class CommandContext:
 
 @dataclass
 class IdempotencyRecord:
-    """Saves a command's response with its events, so a retry replays it."""
+    """Saves a command's response with its events, so a retry replays it.
+
+    A saved response is found by ``stored_key``: the caller's key within its
+    ``scope`` (the principal), so the same key sent by another principal never
+    finds it. ``request_hash`` covers the method, the path and the body.
+    """
 
     key: str
     request_hash: str
     status: int
-    render: Callable[[CommandResult], dict[str, Any]]
+    render: Callable[[Any], dict[str, Any]]
+    scope: str = ""
+
+    @property
+    def stored_key(self) -> str:
+        # A principal name holds no line break, so the two parts never blur.
+        return f"{self.scope}\n{self.key}" if self.scope else self.key
 
 
 @dataclass
@@ -674,31 +685,16 @@ class KeyService:
 
     def _replay(self, context: CommandContext) -> None:
         """Raise ``Replay`` if this idempotency key already has a saved response."""
-        record = context.idempotency
-        if record is None:
-            return
-        saved = self.saved_response(record.key)
-        if saved is not None:
-            raise _Replay(self._check_replay(record, saved))
+        replay_saved(self.ledger, context)
 
-    def saved_response(self, idempotency_key: str) -> dict[str, Any] | None:
-        rows = self.ledger.query(
-            "SELECT request_hash, status, body FROM idempotency_keys "
-            "WHERE idempotency_key = %s",
-            (idempotency_key,),
-        )
-        return rows[0] if rows else None
+    def saved_response(self, record: IdempotencyRecord) -> dict[str, Any] | None:
+        return saved_response(self.ledger, record)
 
     @staticmethod
     def _check_replay(
         record: IdempotencyRecord, saved: dict[str, Any]
     ) -> ReplayedResponse:
-        if saved["request_hash"] != record.request_hash:
-            raise InvalidArgumentError(
-                "This Idempotency-Key was already used with a different request.",
-                code="IDEMPOTENCY_KEY_REUSED",
-            )
-        return ReplayedResponse(int(saved["status"]), json.loads(saved["body"]))
+        return check_replay(record, saved)
 
     def _put_material(self, key_id: str, version: int, material: bytes) -> Statement:
         wrapped = self.kek.wrap(material, key_id=key_id, version=version)
@@ -754,7 +750,7 @@ class KeyService:
             self.app.save(key, ledger=write)
         except IntegrityError as error:
             if record is not None:
-                saved = self.saved_response(record.key)
+                saved = self.saved_response(record)
                 if saved is not None:
                     raise _Replay(self._check_replay(record, saved)) from None
             current = self._load(key.name).version
@@ -775,17 +771,54 @@ class KeyService:
     def _idempotency_statement(
         self, record: IdempotencyRecord, result: CommandResult
     ) -> Statement:
-        return (
-            "INSERT INTO idempotency_keys (idempotency_key, request_hash, status, "
-            "body, created_at) VALUES (%s, %s, %s, %s, %s)",
-            (
-                record.key,
-                record.request_hash,
-                record.status,
-                json.dumps(record.render(result)),
-                format_time(self.clock.now()),
-            ),
+        return idempotency_statement(record, result, self.clock.now())
+
+
+def saved_response(ledger: Any, record: IdempotencyRecord) -> dict[str, Any] | None:
+    """The response saved under the record's scoped key, if any."""
+    rows = ledger.query(
+        "SELECT request_hash, status, body FROM idempotency_keys "
+        "WHERE idempotency_key = %s",
+        (record.stored_key,),
+    )
+    return rows[0] if rows else None
+
+
+def check_replay(record: IdempotencyRecord, saved: dict[str, Any]) -> ReplayedResponse:
+    """The saved response, or 422 ``IDEMPOTENCY_KEY_REUSED`` for another request."""
+    if saved["request_hash"] != record.request_hash:
+        raise InvalidArgumentError(
+            "This Idempotency-Key was already used with a different request.",
+            code="IDEMPOTENCY_KEY_REUSED",
         )
+    return ReplayedResponse(int(saved["status"]), json.loads(saved["body"]))
+
+
+def replay_saved(ledger: Any, context: CommandContext) -> None:
+    """Raise ``Replay`` if the context's idempotency key has a saved response."""
+    record = context.idempotency
+    if record is None:
+        return
+    saved = saved_response(ledger, record)
+    if saved is not None:
+        raise _Replay(check_replay(record, saved))
+
+
+def idempotency_statement(
+    record: IdempotencyRecord, result: Any, now: datetime
+) -> Statement:
+    """The row that saves ``record.render(result)``, written with the events."""
+    return (
+        "INSERT INTO idempotency_keys (idempotency_key, request_hash, status, "
+        "body, created_at) VALUES (%s, %s, %s, %s, %s)",
+        (
+            record.stored_key,
+            record.request_hash,
+            record.status,
+            json.dumps(record.render(result)),
+            format_time(now),
+        ),
+    )
 
 
 class _Replay(Exception):  # noqa: N818 - control flow, never reaches a caller
