@@ -27,6 +27,8 @@ from domain.dual_control import (
     ApprovalRequest,
     DualControlPolicy,
     policy_id_for,
+    validate_actions,
+    validate_ttl,
 )
 from domain.errors import (
     ConcurrentModificationError,
@@ -58,12 +60,23 @@ class DualControl:
         return found if isinstance(found, DualControlPolicy) else None
 
     def guard(
-        self, context: CommandContext, key: str, action: str, arguments: dict[str, Any]
+        self,
+        context: CommandContext,
+        key: str,
+        action: str,
+        arguments: dict[str, Any],
+        check: Callable[[], object] | None = None,
     ) -> ApprovalRequest | None:
-        """None if ``action`` on ``key`` may go ahead; else the request now pending."""
+        """None if ``action`` on ``key`` may go ahead; else the request now pending.
+
+        ``check`` runs the action against the key as it is now without recording
+        it; it raises the action's own refusal, and then nothing is requested.
+        """
         policy = self.policy(key)
         if policy is None or action not in policy.actions:
             return None
+        if check is not None:
+            check()
         return self.request(context, key, action, arguments, policy.ttl_seconds)
 
     def guard_restore(
@@ -134,6 +147,9 @@ class DualControl:
             if "weaken-policy" in policy.actions and policy.is_weakened_by(
                 actions, ttl_seconds
             ):
+                # The change must be one the approval can carry out.
+                validate_actions(actions)
+                validate_ttl(ttl_seconds)
                 arguments = {"actions": actions, "ttl_seconds": ttl_seconds}
                 raise PolicyChangePending(
                     self.request(

@@ -90,6 +90,9 @@ class CommandContext:
     request_id: str
     expected_version: int | None = None
     idempotency: IdempotencyRecord | None = None
+    # Check the command against the key as it is now, and record nothing: the
+    # check dual control makes before it records a request for approval.
+    dry_run: bool = False
 
 
 @dataclass
@@ -715,6 +718,8 @@ class KeyService:
         result_notes = dict(notes or {})
         if version is not None:
             result_notes["version"] = version
+        if context.dry_run:
+            return CommandResult(key.summary(), [], result_notes, [])
         removed = key_view.removed_versions(key.pending_events)
         touched = key_view.touched_versions(key.pending_events) - removed
         view = key.summary()
