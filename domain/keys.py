@@ -52,14 +52,16 @@ def validate_key_name(name: object) -> str:
     return name
 
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# C0 controls but tab and line breaks, DEL, and the C1 controls U+0080 to U+009F.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 def validate_text(value: str, *, field: str, max_length: int, required: bool) -> str:
     """Return ``value`` if it is acceptable free text, else raise.
 
-    Free text (descriptions, reasons) may hold any Unicode but control
-    characters other than tab and line breaks, which no store keeps alike.
+    Free text (descriptions, reasons, labels) may hold any Unicode but control
+    characters (C0, DEL and C1) other than tab and line breaks, which no store
+    keeps alike.
     """
     if required and not value.strip():
         raise InvalidArgumentError(
