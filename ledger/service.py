@@ -15,7 +15,7 @@ import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,12 @@ MATERIAL_DDL = [
     "idempotency_key TEXT PRIMARY KEY, request_hash TEXT NOT NULL, "
     "status INTEGER NOT NULL, body TEXT NOT NULL, created_at TEXT NOT NULL)",
 ]
+
+
+# The development clock never reaches this time: every deadline the service
+# computes from "now" (token expiry, destruction, rotation due dates) stays far
+# from the end of the calendar Python can represent (year 9999).
+LATEST_CLOCK_TIME = datetime(9000, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -559,14 +565,26 @@ class KeyService:
         """Record a move of the development clock; the caller then moves it.
 
         Recorded first, so a move that is not on the ledger never happens.
+
+        Raises:
+            InvalidArgumentError: ``CLOCK_OUT_OF_RANGE`` when the move would take
+                the clock to ``LATEST_CLOCK_TIME`` or past it; nothing recorded.
         """
+        now = self.clock.now()
+        if seconds >= (LATEST_CLOCK_TIME - now).total_seconds():
+            raise InvalidArgumentError(
+                f"The clock cannot pass {format_time(LATEST_CLOCK_TIME)}.",
+                code="CLOCK_OUT_OF_RANGE",
+                now=format_time(now),
+                latest=format_time(LATEST_CLOCK_TIME),
+            )
         try:
             clock: ServiceClock = self.app.repository.get(SERVICE_CLOCK_ID)
         except AggregateNotFoundError:
-            clock = ServiceClock.start(now=self.clock.now())
+            clock = ServiceClock.start(now=now)
         except PersistenceError as error:
             raise _unavailable(error) from error
-        clock.advance(seconds, now=self.clock.now() + timedelta(seconds=seconds))
+        clock.advance(seconds, now=now + timedelta(seconds=seconds))
         write = LedgerWrite(
             actor=context.actor,
             request_id=context.request_id,
