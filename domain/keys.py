@@ -800,7 +800,8 @@ class ManagedKey(Aggregate):
         latest version). ``min_encryption_version`` is None (only the primary
         encrypts) or from the decryption floor to the latest version. With
         ``set_min_encryption`` false the encryption floor is left as it is.
-        Nothing is recorded when either bound is broken.
+        Nothing is recorded when either bound is broken, or when both floors
+        already have the values asked for.
 
         Raises:
             InvalidArgumentError: ``MIN_VERSION_OUT_OF_RANGE``, with the field,
@@ -852,6 +853,11 @@ class ManagedKey(Aggregate):
                 min=decryption,
                 max=latest,
             )
+        if (decryption, encryption) == (
+            self.min_decryption_version,
+            self.min_encryption_version,
+        ):
+            return  # already so: nothing to record
         self.trigger_event(
             self.MinimumVersionsChanged,
             min_decryption_version=decryption,
@@ -862,13 +868,16 @@ class ManagedKey(Aggregate):
     def change_rotation_period(self, seconds: int | None, *, now: datetime) -> None:
         """Set the rotation period to ``seconds``, or clear it with None.
 
-        Nothing is recorded when the period is outside the bounds.
+        Nothing is recorded when the period is outside the bounds, or is
+        already ``seconds``.
 
         Raises:
             InvalidArgumentError: ``ROTATION_PERIOD_OUT_OF_RANGE`` with the value
                 and the allowed range.
         """
         validate_rotation_period(seconds)
+        if seconds == self.rotation_period_seconds:
+            return  # already so: nothing to record
         self.trigger_event(
             self.RotationPeriodChanged, rotation_period_seconds=seconds, timestamp=now
         )

@@ -16,6 +16,7 @@ from tests.api._support import (
     create,
     get_key,
     post_ok,
+    snapshot,
 )
 
 
@@ -139,6 +140,54 @@ def test_config_respects_expected_version(client: TestClient) -> None:
     )
 
     assert details["actual"] == 3
+
+
+NO_OPS = [
+    pytest.param({"min_encryption_version": None}, id="null-encryption-floor"),
+    pytest.param({"min_decryption_version": 1}, id="same-decryption-floor"),
+    pytest.param(
+        {"min_decryption_version": 1, "min_encryption_version": None},
+        id="both-floors",
+    ),
+    pytest.param({"rotation_period_seconds": None}, id="no-period-again"),
+    pytest.param(
+        {"min_decryption_version": 1, "rotation_period_seconds": None}, id="all"
+    ),
+]
+
+
+@pytest.mark.parametrize("body", NO_OPS)
+def test_config_that_changes_nothing_is_200_and_records_nothing(
+    client: TestClient, body: dict[str, object]
+) -> None:
+    """Asking for the values the key already has answers it, with no new event."""
+    _key_at_v3(client)
+    before = snapshot(client, "k1")
+
+    for _ in range(2):
+        response = client.post("/v1/keys/k1/config", json=body)
+
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        assert answer["receipts"] == [] and answer["unchanged"] is True
+        assert answer["key"]["stream_version"] == 3
+        assert response.headers["Ledger-Position"] == str(before.head_position)
+        assert snapshot(client, "k1") == before
+
+
+def test_config_no_op_after_a_change_records_only_the_change(
+    client: TestClient,
+) -> None:
+    """The same change sent twice records one event; the second answers unchanged."""
+    _key_at_v3(client)
+    first = post_ok(client, "/v1/keys/k1/config", {"rotation_period_seconds": 86400})
+    after_first = snapshot(client, "k1")
+
+    second = post_ok(client, "/v1/keys/k1/config", {"rotation_period_seconds": 86400})
+
+    assert len(first["receipts"]) == 1 and second["receipts"] == []
+    assert snapshot(client, "k1") == after_first
+    assert get_key(client, "k1")["rotation_period_seconds"] == 86400
 
 
 def test_rollback_below_the_floor_is_refused(client: TestClient) -> None:
