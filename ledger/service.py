@@ -441,9 +441,9 @@ class KeyService:
         """Change the key's floors, its rotation period, or both, in one write.
 
         Each change is bounds checked before anything is recorded; with neither
-        asked for the request is refused with ``NOTHING_TO_CHANGE``. When the
-        key already has every value asked for nothing is recorded: the result
-        has no receipts and the note ``unchanged``.
+        asked for the request is refused with ``NOTHING_TO_CHANGE``; when the
+        key already has every value asked for, with ``CONFIG_UNCHANGED`` (409,
+        as a principal's unchanged roles are ``ROLES_UNCHANGED``).
         """
         floors = min_decryption_version is not None or set_min_encryption
         if not floors and not set_rotation_period:
@@ -467,11 +467,11 @@ class KeyService:
         key = self._load_for_command(name, context)
         change(key, self.clock.now())
         if not key.pending_events:
-            # The key already is as asked: answer with it, record nothing.
-            current = key_view.get_key(self.ledger, name, versions_limit=1)
-            position = current["last_position"] if current else 0
-            view = {**key.summary(), "last_position": position}
-            return CommandResult(view, [], {"unchanged": True})
+            raise KeyLifecycleError(
+                f"Key {name!r} already has every value asked for; nothing changed.",
+                code="CONFIG_UNCHANGED",
+                key=name,
+            )
         return self._save(key, context, [])
 
     def destroy_due(self, limit: int = 100) -> list[CommandResult]:

@@ -49,9 +49,7 @@ def _schema(model: type[BaseModel]) -> dict[str, Any]:
 
 
 def _respond(response: Response, result: CommandResult) -> dict[str, Any]:
-    # A command that changed nothing (no receipts) answers with the key's position.
-    position = result.position or result.key.get("last_position", 0)
-    response.headers["Ledger-Position"] = str(position)
+    response.headers["Ledger-Position"] = str(result.position)
     return render_command(result)
 
 

@@ -16,7 +16,6 @@ from tests.api._support import (
     create,
     get_key,
     post_ok,
-    snapshot,
 )
 
 
@@ -157,37 +156,55 @@ NO_OPS = [
 
 
 @pytest.mark.parametrize("body", NO_OPS)
-def test_config_that_changes_nothing_is_200_and_records_nothing(
+def test_config_that_changes_nothing_is_409_and_records_nothing(
     client: TestClient, body: dict[str, object]
 ) -> None:
-    """Asking for the values the key already has answers it, with no new event."""
+    """Asking only for the values the key already has is 409, with no new event."""
     _key_at_v3(client)
-    before = snapshot(client, "k1")
 
     for _ in range(2):
-        response = client.post("/v1/keys/k1/config", json=body)
+        assert_refused(
+            client,
+            "k1",
+            lambda: client.post("/v1/keys/k1/config", json=body),
+            409,
+            "CONFIG_UNCHANGED",
+        )
 
-        assert response.status_code == 200, response.text
-        answer = response.json()
-        assert answer["receipts"] == [] and answer["unchanged"] is True
-        assert answer["key"]["stream_version"] == 3
-        assert response.headers["Ledger-Position"] == str(before.head_position)
-        assert snapshot(client, "k1") == before
 
-
-def test_config_no_op_after_a_change_records_only_the_change(
-    client: TestClient,
-) -> None:
-    """The same change sent twice records one event; the second answers unchanged."""
+def test_the_same_config_sent_twice_records_one_event(client: TestClient) -> None:
+    """The second of two equal changes is 409 CONFIG_UNCHANGED; one event in all."""
     _key_at_v3(client)
     first = post_ok(client, "/v1/keys/k1/config", {"rotation_period_seconds": 86400})
-    after_first = snapshot(client, "k1")
+    assert len(first["receipts"]) == 1
 
-    second = post_ok(client, "/v1/keys/k1/config", {"rotation_period_seconds": 86400})
-
-    assert len(first["receipts"]) == 1 and second["receipts"] == []
-    assert snapshot(client, "k1") == after_first
+    assert_refused(
+        client,
+        "k1",
+        lambda: client.post(
+            "/v1/keys/k1/config", json={"rotation_period_seconds": 86400}
+        ),
+        409,
+        "CONFIG_UNCHANGED",
+    )
     assert get_key(client, "k1")["rotation_period_seconds"] == 86400
+
+
+def test_config_records_only_what_changes(client: TestClient) -> None:
+    """An unchanged floor beside a new period records the period alone."""
+    _key_at_v3(client)
+    before = len(all_history(client, "k1"))
+
+    changed = post_ok(
+        client,
+        "/v1/keys/k1/config",
+        {"min_decryption_version": 1, "rotation_period_seconds": 86400},
+    )
+
+    assert len(changed["receipts"]) == 1
+    history = all_history(client, "k1")
+    assert len(history) == before + 1
+    assert history[-1]["type"].endswith("RotationPeriodChanged")
 
 
 def test_rollback_below_the_floor_is_refused(client: TestClient) -> None:
