@@ -26,6 +26,7 @@ from domain.clock import Clock, parse_time
 from domain.errors import (
     AuthenticationError,
     ConcurrentModificationError,
+    InvalidArgumentError,
     PrincipalNotFoundError,
 )
 from domain.principals import (
@@ -49,6 +50,7 @@ from ledger.store import SYSTEM_ACTOR, Actor, LedgerWrite, Receipt
 from projections import access_view
 
 TOKEN_PREFIX = "kl_"
+MIN_TOKEN_SECONDS = 60
 MAX_TOKEN_SECONDS = 400 * 24 * 3600
 
 
@@ -113,7 +115,21 @@ class AccessService:
         expires_in_seconds: int,
         label: str = "",
     ) -> IssuedToken:
-        """Issue a random token; the caller shows it once, the ledger keeps its hash."""
+        """Issue a random token; the caller shows it once, the ledger keeps its hash.
+
+        Raises:
+            InvalidArgumentError: ``INVALID_EXPIRY`` unless the lifetime is
+                ``MIN_TOKEN_SECONDS`` to ``MAX_TOKEN_SECONDS``.
+        """
+        if not MIN_TOKEN_SECONDS <= expires_in_seconds <= MAX_TOKEN_SECONDS:
+            raise InvalidArgumentError(
+                f"expires_in_seconds is {MIN_TOKEN_SECONDS} to {MAX_TOKEN_SECONDS} "
+                "(60 s to 400 days).",
+                code="INVALID_EXPIRY",
+                field="expires_in_seconds",
+                min=MIN_TOKEN_SECONDS,
+                max=MAX_TOKEN_SECONDS,
+            )
         principal = self._load(name)
         replay_saved(self.ledger, context)
         now = self.clock.now()

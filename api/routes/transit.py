@@ -18,6 +18,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from api.body import validate
@@ -761,3 +762,20 @@ def restore_as(
 ) -> Response:
     """Restore a backup as the key ``name`` (a new key, or its own with force)."""
     return _restore(runtime, actor, request_id, body, name)
+
+
+def _accept_put() -> None:
+    """Vault takes PUT and POST alike for writes: every POST route answers PUT too."""
+    for route in list(router.routes):
+        if not isinstance(route, APIRoute) or "POST" not in (route.methods or ()):
+            continue
+        router.add_api_route(
+            route.path.removeprefix(router.prefix),
+            route.endpoint,
+            methods=["PUT"],
+            status_code=route.status_code,
+            include_in_schema=False,
+        )
+
+
+_accept_put()
