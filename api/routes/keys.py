@@ -209,9 +209,11 @@ def _key_command(
     ) -> dict[str, Any]:
         if dual_control is not None:
             pending = _guard(
+                request,
                 runtime,
                 actor,
                 request_id,
+                idempotency_key,
                 body,
                 model,
                 dual_control,
@@ -266,9 +268,11 @@ def _version_command(
         number = parse_version(version)
         if dual_control is not None:
             pending = _guard(
+                request,
                 runtime,
                 actor,
                 request_id,
+                idempotency_key,
                 body,
                 model,
                 dual_control,
@@ -306,9 +310,11 @@ def _version_command(
 
 
 def _guard(
+    request: Request,
     runtime: Any,
     actor: Actor,
     request_id: str,
+    idempotency_key: str | None,
     body: dict[str, Any],
     model: type[Command],
     action: str,
@@ -324,7 +330,9 @@ def _guard(
     """
     command = validate(model, body)
     arguments = {**command.model_dump(mode="json"), **(extra or {})}
-    context = CommandContext(actor, request_id)
+    context = command_context(
+        request, actor, request_id, None, idempotency_key, 202, render_command
+    )
     dry = CommandContext(actor, request_id, command.expected_version, dry_run=True)
     pending = runtime.dual_control.guard(
         context, name, action, arguments, check=lambda: check(dry, command)

@@ -157,3 +157,86 @@ def test_a_key_command_and_a_principal_command_share_one_key_space(
     assert_error(response, 422, "IDEMPOTENCY_KEY_REUSED")
     assert_error(client.get("/v1/principals/carol"), 404, "PRINCIPAL_NOT_FOUND")
     assert snapshot(client, "k") == before
+
+
+@pytest.fixture
+def guarded(client: TestClient) -> tuple[dict[str, str], dict[str, str]]:
+    """Key k at version 2 with rollback under dual control; alice and bob."""
+    assert client.post("/v1/keys", json={"name": "k"}).status_code == 201
+    assert client.post("/v1/keys/k/rotate", json={}).status_code == 200
+    policy = {"actions": ["rollback", "weaken-policy"], "ttl_seconds": 3600}
+    assert client.post("/v1/keys/k/dual-control", json=policy).status_code == 200
+    alice = bearer(add_principal(client, "alice", ["custodian"])["token"])
+    bob = bearer(add_principal(client, "bob", ["custodian"])["token"])
+    return alice, bob
+
+
+def test_a_retried_guarded_command_replays_its_request_once(
+    client: TestClient, runtime: Runtime, guarded: tuple[dict[str, str], ...]
+) -> None:
+    """The same key on a guarded command replays the 202: one request recorded."""
+    alice, bob = guarded
+    headers = {"Idempotency-Key": "rb-1"}
+    first = client.post(
+        "/v1/keys/k/rollback", json={"version": 1}, headers={**headers, **alice}
+    )
+    assert first.status_code == 202, first.text
+    types = ledger_types(runtime)
+
+    again = client.post(
+        "/v1/keys/k/rollback", json={"version": 1}, headers={**headers, **alice}
+    )
+
+    assert again.status_code == 202, again.text
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.json() == first.json()
+    assert ledger_types(runtime) == types
+    # Bob's request under the same key is his own.
+    his = client.post(
+        "/v1/keys/k/rollback", json={"version": 1}, headers={**headers, **bob}
+    )
+    assert his.status_code == 202, his.text
+    assert his.json()["approval"]["id"] != first.json()["approval"]["id"]
+    assert ledger_types(runtime) == [*types, "keyledger.dual_control.Requested"]
+
+
+def test_a_retried_approval_replays_its_answer(
+    client: TestClient, runtime: Runtime, guarded: tuple[dict[str, str], ...]
+) -> None:
+    """A retried approve replays the first answer, not 409 APPROVAL_NOT_PENDING."""
+    alice, bob = guarded
+    asked = client.post("/v1/keys/k/rollback", json={"version": 1}, headers=alice)
+    approval = asked.json()["approval"]["id"]
+    headers = {"Idempotency-Key": "ap-1", **bob}
+    first = client.post(f"/v1/approvals/{approval}/approve", json={}, headers=headers)
+    assert first.status_code == 200, first.text
+    types = ledger_types(runtime)
+
+    again = client.post(f"/v1/approvals/{approval}/approve", json={}, headers=headers)
+
+    assert again.status_code == 200, again.text
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.json() == first.json()
+    assert again.json()["approval"]["status"] == "approved"
+    assert ledger_types(runtime) == types
+    assert client.get("/v1/keys/k").json()["primary_version"] == 1
+
+
+def test_a_retried_policy_change_replays(
+    client: TestClient, runtime: Runtime, guarded: tuple[dict[str, str], ...]
+) -> None:
+    """Setting a policy, or asking to weaken one, replays under the same key."""
+    alice, _ = guarded
+    stronger = {"actions": ["rollback", "weaken-policy"], "ttl_seconds": 600}
+    weaker = {"actions": ["weaken-policy"], "ttl_seconds": 600}
+    for body, status in ((stronger, 200), (weaker, 202)):
+        headers = {"Idempotency-Key": f"pol-{status}", **alice}
+        first = client.post("/v1/keys/k/dual-control", json=body, headers=headers)
+        assert first.status_code == status, first.text
+        types = ledger_types(runtime)
+
+        again = client.post("/v1/keys/k/dual-control", json=body, headers=headers)
+
+        assert again.status_code == status, again.text
+        assert again.json() == first.json()
+        assert ledger_types(runtime) == types
