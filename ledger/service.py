@@ -580,6 +580,7 @@ class KeyService:
             InvalidArgumentError: ``CLOCK_OUT_OF_RANGE`` when the move would take
                 the clock to ``LATEST_CLOCK_TIME`` or past it; nothing recorded.
         """
+        self._replay(context)
         now = self.clock.now()
         if seconds >= (LATEST_CLOCK_TIME - now).total_seconds():
             raise InvalidArgumentError(
@@ -594,17 +595,36 @@ class KeyService:
             clock = ServiceClock.start(now=now)
         except PersistenceError as error:
             raise _unavailable(error) from error
-        clock.advance(seconds, now=now + timedelta(seconds=seconds))
+        reached = now + timedelta(seconds=seconds)
+        clock.advance(seconds, now=reached)
         write = LedgerWrite(
             actor=context.actor,
             request_id=context.request_id,
             subjects={str(SERVICE_CLOCK_ID): "service-clock"},
         )
+        view = {"offset_seconds": clock.offset_seconds}
+        notes = {"now": format_time(reached)}
+        record = context.idempotency
+        if record is not None:
+            write.after_sealed.append(
+                lambda receipts: [
+                    self._idempotency_statement(
+                        record, CommandResult(view, receipts, notes)
+                    )
+                ]
+            )
         try:
             self.app.save(clock, ledger=write)
+        except IntegrityError as error:
+            saved = self.saved_response(record) if record is not None else None
+            if record is not None and saved is not None:
+                raise _Replay(self._check_replay(record, saved)) from None
+            raise ConcurrentModificationError(
+                "Another move of the clock was recorded first."
+            ) from error
         except PersistenceError as error:
             raise _unavailable(error) from error
-        return CommandResult({"offset_seconds": clock.offset_seconds}, write.receipts)
+        return CommandResult(view, write.receipts, notes)
 
     def clock_offset_seconds(self) -> int:
         """How far the recorded moves of the development clock add up to."""

@@ -59,3 +59,28 @@ def test_a_report_works_at_the_latest_reachable_time(
 
     assert report.status_code == 200, report.text
     assert datetime(8999, 12, 1, tzinfo=UTC) < clock.now() < LATEST_CLOCK_TIME
+
+
+def test_a_retried_move_replays_and_moves_the_clock_once(
+    client: TestClient, clock: AdjustableClock
+) -> None:
+    """The same Idempotency-Key and body replays the answer; the clock moved once."""
+    headers = {"Idempotency-Key": "tick-1"}
+    first = client.post("/v1/dev/clock", json={"seconds": 3600}, headers=headers)
+    assert first.status_code == 200, first.text
+    now, position = clock.now(), head_position(client)
+
+    again = client.post("/v1/dev/clock", json={"seconds": 3600}, headers=headers)
+
+    assert again.status_code == 200, again.text
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.json()["offset_seconds"] == first.json()["offset_seconds"]
+    assert again.json()["receipts"] == first.json()["receipts"]
+    assert clock.now() == now
+    assert head_position(client) == position
+    assert_error(
+        client.post("/v1/dev/clock", json={"seconds": 60}, headers=headers),
+        422,
+        "IDEMPOTENCY_KEY_REUSED",
+    )
+    assert clock.now() == now
