@@ -315,6 +315,22 @@ def command_context(
 IdempotencyKeyDep = Annotated[str | None, Header(alias="Idempotency-Key")]
 
 
+def refuse_idempotency_key(idempotency_key: IdempotencyKeyDep = None) -> None:
+    """For a command that cannot replay its answer: the header is refused, not ignored.
+
+    Declare it after the actor, so a caller without a token is told that first.
+    """
+    if idempotency_key is not None:
+        raise ApiError(
+            422,
+            "IDEMPOTENCY_KEY_NOT_SUPPORTED",
+            "This route does not replay answers; send it without an Idempotency-Key.",
+        )
+
+
+NoReplayDep = Annotated[None, Depends(refuse_idempotency_key)]
+
+
 def render_command(result: CommandResult) -> dict[str, Any]:
     """The response body of every command: the key, the receipts, any notes."""
     body: dict[str, Any] = {

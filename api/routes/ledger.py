@@ -11,6 +11,7 @@ from api.body import validate
 from api.deps import (
     BodyDep,
     IdempotencyKeyDep,
+    NoReplayDep,
     RequestIdDep,
     RuntimeDep,
     command_context,
@@ -97,6 +98,7 @@ def create_checkpoint(
     response: Response,
     runtime: RuntimeDep,
     actor: Annotated[Actor, require(Permission.LEDGER_CHECKPOINT)],
+    no_replay: NoReplayDep,
 ) -> dict[str, Any]:
     """Sign the current head now and store it as a checkpoint."""
     signed = runtime.service.checkpoint_now()
@@ -120,7 +122,9 @@ def verify(
 
 @router.post("/v1/scheduler/run", operation_id="run_scheduler")
 def run_scheduler(
-    runtime: RuntimeDep, actor: Annotated[Actor, require(Permission.ADMIN)]
+    runtime: RuntimeDep,
+    actor: Annotated[Actor, require(Permission.ADMIN)],
+    no_replay: NoReplayDep,
 ) -> dict[str, Any]:
     """Destroy every version whose waiting period has passed, and record the
     expiry of every approval request past its time limit, now."""

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 from api.body import validate
 from api.deps import (
     BodyDep,
+    NoReplayDep,
     RequestIdDep,
     RuntimeDep,
     key_filter,
@@ -255,6 +256,7 @@ def create_key(
     runtime: RuntimeDep,
     actor: Manage,
     request_id: RequestIdDep,
+    no_replay: NoReplayDep,
     body: BodyDep,
 ) -> dict[str, Any]:
     """Create an aes256-gcm96 key; an existing key is left as it is (a warning)."""
@@ -327,7 +329,11 @@ router.add_api_route("/keys", list_keys, methods=["LIST"], include_in_schema=Fal
 
 @router.delete("/keys/{name}", operation_id="transit_delete_key")
 def delete_key(
-    name: str, runtime: RuntimeDep, actor: Manage, request_id: RequestIdDep
+    name: str,
+    runtime: RuntimeDep,
+    actor: Manage,
+    request_id: RequestIdDep,
+    no_replay: NoReplayDep,
 ) -> dict[str, Any]:
     """Always refused: a key's history is kept and its versions destroyed on a
     schedule, never deleted at once (see README)."""
@@ -347,6 +353,7 @@ def rotate_key(
     runtime: RuntimeDep,
     actor: Manage,
     request_id: RequestIdDep,
+    no_replay: NoReplayDep,
     body: BodyDep,
 ) -> dict[str, Any]:
     """Add a new version and make it primary."""
@@ -362,6 +369,7 @@ def configure_key(
     runtime: RuntimeDep,
     actor: Manage,
     request_id: RequestIdDep,
+    no_replay: NoReplayDep,
     body: BodyDep,
 ) -> dict[str, Any]:
     """Change min_decryption_version and min_encryption_version (0: primary only).
@@ -407,6 +415,7 @@ def trim_key(
     runtime: RuntimeDep,
     actor: Manage,
     request_id: RequestIdDep,
+    no_replay: NoReplayDep,
     body: BodyDep,
 ) -> Response:
     """Trim every version below min_available_version and erase its material."""
@@ -602,6 +611,7 @@ def _use_route(operation: Operation, doc: str) -> None:
         runtime: RuntimeDep,
         actor: Use,
         request_id: RequestIdDep,
+        no_replay: NoReplayDep,
         body: BodyDep,
     ) -> JSONResponse:
         return _use(operation, name, runtime, actor, request_id, body)
@@ -635,6 +645,7 @@ def datakey(
     runtime: RuntimeDep,
     actor: Use,
     request_id: RequestIdDep,
+    no_replay: NoReplayDep,
     body: BodyDep,
 ) -> JSONResponse:
     """A fresh data key wrapped under the key; ``plaintext`` also returns it."""
@@ -746,7 +757,11 @@ Restorer = Annotated[Actor, require(Permission.BACKUP_RESTORE)]
 
 @router.post("/restore", operation_id="transit_restore", status_code=204)
 def restore(
-    runtime: RuntimeDep, actor: Restorer, request_id: RequestIdDep, body: BodyDep
+    runtime: RuntimeDep,
+    actor: Restorer,
+    request_id: RequestIdDep,
+    no_replay: NoReplayDep,
+    body: BodyDep,
 ) -> Response:
     """Restore a backup under the name of the key it holds."""
     return _restore(runtime, actor, request_id, body, None)
@@ -758,6 +773,7 @@ def restore_as(
     runtime: RuntimeDep,
     actor: Restorer,
     request_id: RequestIdDep,
+    no_replay: NoReplayDep,
     body: BodyDep,
 ) -> Response:
     """Restore a backup as the key ``name`` (a new key, or its own with force)."""

@@ -240,3 +240,42 @@ def test_a_retried_policy_change_replays(
         assert again.status_code == status, again.text
         assert again.json() == first.json()
         assert ledger_types(runtime) == types
+
+
+NO_REPLAY = [
+    pytest.param("/v1/keys/k/encrypt", {"plaintext": "eA=="}, 422, id="encrypt"),
+    pytest.param("/v1/keys/k/datakey", {}, 422, id="datakey"),
+    pytest.param("/v1/ledger/checkpoints", {}, 422, id="checkpoint"),
+    pytest.param("/v1/scheduler/run", {}, 422, id="scheduler"),
+    pytest.param("/v1/transit/keys/k/rotate", {}, 400, id="transit-rotate"),
+    pytest.param("/v1/transit/keys/t", {}, 400, id="transit-create"),
+    pytest.param("/v1/transit/datakey/plaintext/k", {}, 400, id="transit-datakey"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "status"), NO_REPLAY)
+def test_routes_that_cannot_replay_refuse_the_header(
+    client: TestClient,
+    runtime: Runtime,
+    path: str,
+    body: dict[str, object],
+    status: int,
+) -> None:
+    """Where no answer can be replayed, an Idempotency-Key is refused, not ignored."""
+    assert client.post("/v1/keys", json={"name": "k"}).status_code == 201
+    before = ledger_types(runtime)
+
+    response = client.post(path, json=body, headers={"Idempotency-Key": "x-1"})
+
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == "IDEMPOTENCY_KEY_NOT_SUPPORTED"
+    if status == 400:  # the Vault transit API: Vault's envelope too
+        assert response.json()["errors"]
+    assert ledger_types(runtime) == before
+    # Checked after the token: a caller without one is told that first.
+    anonymous = client.post(
+        path,
+        json=body,
+        headers={"Idempotency-Key": "x-1", "Authorization": "Bearer kl_nope"},
+    )
+    assert anonymous.status_code in (401, 403), anonymous.text
