@@ -709,4 +709,5 @@ def test_other_methods_are_405_in_vaults_envelope(
 
 
 def test_an_unknown_transit_path_is_404_in_vaults_envelope(vault: TestClient) -> None:
+    """A path the transit API does not have is 404 with Vault's (empty) errors list."""
     assert_vault_error(vault.get("/v1/transit/nowhere"), 404, "NOT_FOUND")
