@@ -288,7 +288,12 @@ def command_context(
     status: int,
     render: Any,
 ) -> CommandContext:
-    """Build the context of a command, with its idempotency record if asked for."""
+    """Build the context of a command, with its idempotency record if asked for.
+
+    The record is scoped to the calling principal: a key another principal used
+    never replays here. Within one principal the saved request hash covers the
+    method, the path and the body, so a key reused for another request is 422.
+    """
     record = None
     if idempotency_key is not None:
         if not 1 <= len(idempotency_key) <= 255:
@@ -302,11 +307,28 @@ def command_context(
             request_hash=getattr(request.state, "body_digest", ""),
             status=status,
             render=render,
+            scope=actor.principal,
         )
     return CommandContext(actor, request_id, expected_version, record)
 
 
 IdempotencyKeyDep = Annotated[str | None, Header(alias="Idempotency-Key")]
+
+
+def refuse_idempotency_key(idempotency_key: IdempotencyKeyDep = None) -> None:
+    """For a command that cannot replay its answer: the header is refused, not ignored.
+
+    Declare it after the actor, so a caller without a token is told that first.
+    """
+    if idempotency_key is not None:
+        raise ApiError(
+            422,
+            "IDEMPOTENCY_KEY_NOT_SUPPORTED",
+            "This route does not replay answers; send it without an Idempotency-Key.",
+        )
+
+
+NoReplayDep = Annotated[None, Depends(refuse_idempotency_key)]
 
 
 def render_command(result: CommandResult) -> dict[str, Any]:

@@ -37,6 +37,9 @@ from ledger.service import Replay
 
 logger = logging.getLogger(__name__)
 
+# Paths of the Vault transit API, whose errors also carry Vault's envelope.
+VAULT_PREFIX = "/v1/transit/"
+
 
 class ApiError(KeyledgerError):
     """An error of the HTTP layer itself, with its status code."""
@@ -122,10 +125,13 @@ def install(app: FastAPI) -> None:
         request: Request, error: StarletteHTTPException
     ) -> JSONResponse:
         codes = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
-        return JSONResponse(
-            error_body(codes.get(error.status_code, "HTTP_ERROR"), str(error.detail)),
-            status_code=error.status_code,
-        )
+        body = error_body(codes.get(error.status_code, "HTTP_ERROR"), str(error.detail))
+        if request.url.path.startswith(VAULT_PREFIX):
+            # Under the Vault transit API, Vault's envelope beside ours; a 404
+            # has an empty list, as Vault's answer for a missing key does.
+            messages = [] if error.status_code == 404 else [str(error.detail)]
+            body = {"errors": messages, **body}
+        return JSONResponse(body, status_code=error.status_code, headers=error.headers)
 
     @app.exception_handler(PersistenceError)
     async def storage_error(request: Request, error: PersistenceError) -> JSONResponse:

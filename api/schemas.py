@@ -249,11 +249,12 @@ class PrincipalRolesUpdate(BaseModel):
 class TokenCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    # The bounds are checked by the service (422 INVALID_EXPIRY); here they are
+    # only shown in the OpenAPI document.
     expires_in_seconds: StrictInt = Field(
         90 * 24 * 3600,
-        ge=60,
-        le=400 * 24 * 3600,
         description="Lifetime of the token: 60 s to 400 days (default 90 days).",
+        json_schema_extra={"minimum": 60, "maximum": 400 * 24 * 3600},
     )
     label: Annotated[StrictStr, Field(max_length=200)] = ""
 

@@ -84,7 +84,7 @@ class DualControlPolicy(Aggregate):
             id=policy_id_for(key),
             key=key,
             actions=validate_actions(actions),
-            ttl_seconds=_ttl(ttl_seconds),
+            ttl_seconds=validate_ttl(ttl_seconds),
             timestamp=now,
         )
 
@@ -92,7 +92,7 @@ class DualControlPolicy(Aggregate):
         self.trigger_event(
             self.Changed,
             actions=validate_actions(actions),
-            ttl_seconds=_ttl(ttl_seconds),
+            ttl_seconds=validate_ttl(ttl_seconds),
             previous_actions=list(self.actions),
             timestamp=now,
         )
@@ -109,7 +109,8 @@ class DualControlPolicy(Aggregate):
         }
 
 
-def _ttl(seconds: int) -> int:
+def validate_ttl(seconds: int) -> int:
+    """Return ``seconds`` if it is an allowed time limit for requests, else 422."""
     if not MIN_TTL_SECONDS <= seconds <= MAX_TTL_SECONDS:
         raise InvalidArgumentError(
             f"ttl_seconds is {MIN_TTL_SECONDS} to {MAX_TTL_SECONDS}.",

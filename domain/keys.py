@@ -52,14 +52,16 @@ def validate_key_name(name: object) -> str:
     return name
 
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# C0 controls but tab and line breaks, DEL, and the C1 controls U+0080 to U+009F.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 def validate_text(value: str, *, field: str, max_length: int, required: bool) -> str:
     """Return ``value`` if it is acceptable free text, else raise.
 
-    Free text (descriptions, reasons) may hold any Unicode but control
-    characters other than tab and line breaks, which no store keeps alike.
+    Free text (descriptions, reasons, labels) may hold any Unicode but control
+    characters (C0, DEL and C1) other than tab and line breaks, which no store
+    keeps alike.
     """
     if required and not value.strip():
         raise InvalidArgumentError(
@@ -798,7 +800,8 @@ class ManagedKey(Aggregate):
         latest version). ``min_encryption_version`` is None (only the primary
         encrypts) or from the decryption floor to the latest version. With
         ``set_min_encryption`` false the encryption floor is left as it is.
-        Nothing is recorded when either bound is broken.
+        Nothing is recorded when either bound is broken, or when both floors
+        already have the values asked for.
 
         Raises:
             InvalidArgumentError: ``MIN_VERSION_OUT_OF_RANGE``, with the field,
@@ -850,6 +853,11 @@ class ManagedKey(Aggregate):
                 min=decryption,
                 max=latest,
             )
+        if (decryption, encryption) == (
+            self.min_decryption_version,
+            self.min_encryption_version,
+        ):
+            return  # already so: nothing to record
         self.trigger_event(
             self.MinimumVersionsChanged,
             min_decryption_version=decryption,
@@ -860,13 +868,16 @@ class ManagedKey(Aggregate):
     def change_rotation_period(self, seconds: int | None, *, now: datetime) -> None:
         """Set the rotation period to ``seconds``, or clear it with None.
 
-        Nothing is recorded when the period is outside the bounds.
+        Nothing is recorded when the period is outside the bounds, or is
+        already ``seconds``.
 
         Raises:
             InvalidArgumentError: ``ROTATION_PERIOD_OUT_OF_RANGE`` with the value
                 and the allowed range.
         """
         validate_rotation_period(seconds)
+        if seconds == self.rotation_period_seconds:
+            return  # already so: nothing to record
         self.trigger_event(
             self.RotationPeriodChanged, rotation_period_seconds=seconds, timestamp=now
         )

@@ -26,6 +26,7 @@ from domain.clock import Clock, parse_time
 from domain.errors import (
     AuthenticationError,
     ConcurrentModificationError,
+    InvalidArgumentError,
     PrincipalNotFoundError,
 )
 from domain.principals import (
@@ -36,11 +37,20 @@ from domain.principals import (
     validate_principal_name,
 )
 from ledger.application import KeyLedger
-from ledger.service import CommandContext, _unavailable
+from ledger.service import (
+    CommandContext,
+    Replay,
+    _unavailable,
+    check_replay,
+    idempotency_statement,
+    replay_saved,
+    saved_response,
+)
 from ledger.store import SYSTEM_ACTOR, Actor, LedgerWrite, Receipt
 from projections import access_view
 
 TOKEN_PREFIX = "kl_"
+MIN_TOKEN_SECONDS = 60
 MAX_TOKEN_SECONDS = 400 * 24 * 3600
 
 
@@ -78,6 +88,7 @@ class AccessService:
         description: str = "",
     ) -> tuple[dict[str, Any], list[Receipt]]:
         validate_principal_name(name)
+        replay_saved(self.ledger, context)
         if self._find(name) is not None:
             raise self._exists(name)
         principal = Principal.create(
@@ -92,6 +103,7 @@ class AccessService:
         self, context: CommandContext, name: str, roles: frozenset[Role]
     ) -> tuple[dict[str, Any], list[Receipt]]:
         principal = self._load(name)
+        replay_saved(self.ledger, context)
         principal.change_roles(roles, now=self.clock.now())
         return self._save(principal, context)
 
@@ -103,8 +115,23 @@ class AccessService:
         expires_in_seconds: int,
         label: str = "",
     ) -> IssuedToken:
-        """Issue a random token; the caller shows it once, the ledger keeps its hash."""
+        """Issue a random token; the caller shows it once, the ledger keeps its hash.
+
+        Raises:
+            InvalidArgumentError: ``INVALID_EXPIRY`` unless the lifetime is
+                ``MIN_TOKEN_SECONDS`` to ``MAX_TOKEN_SECONDS``.
+        """
+        if not MIN_TOKEN_SECONDS <= expires_in_seconds <= MAX_TOKEN_SECONDS:
+            raise InvalidArgumentError(
+                f"expires_in_seconds is {MIN_TOKEN_SECONDS} to {MAX_TOKEN_SECONDS} "
+                "(60 s to 400 days).",
+                code="INVALID_EXPIRY",
+                field="expires_in_seconds",
+                min=MIN_TOKEN_SECONDS,
+                max=MAX_TOKEN_SECONDS,
+            )
         principal = self._load(name)
+        replay_saved(self.ledger, context)
         now = self.clock.now()
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         token_id = "tok_" + secrets.token_hex(8)
@@ -130,6 +157,7 @@ class AccessService:
         permissions: frozenset[Permission],
     ) -> tuple[dict[str, Any], list[Receipt]]:
         principal = self._load(name)
+        replay_saved(self.ledger, context)
         principal.set_grant(keys, permissions, now=self.clock.now())
         return self._save(principal, context)
 
@@ -137,6 +165,7 @@ class AccessService:
         self, context: CommandContext, name: str, *, keys: str
     ) -> tuple[dict[str, Any], list[Receipt]]:
         principal = self._load(name)
+        replay_saved(self.ledger, context)
         principal.remove_grant(keys, now=self.clock.now())
         return self._save(principal, context)
 
@@ -151,6 +180,7 @@ class AccessService:
                 f"No token {token_id!r}.", code="TOKEN_NOT_FOUND", token_id=token_id
             )
         principal = self._load(rows[0]["principal"])
+        replay_saved(self.ledger, context)
         principal.revoke_token(token_id, reason=reason, now=self.clock.now())
         return self._save(principal, context)
 
@@ -238,9 +268,20 @@ class AccessService:
                 principal, receipts[-1].position
             )
         )
+        record = context.idempotency
+        if record is not None:
+            summary = principal.summary()
+            write.after_sealed.append(
+                lambda receipts: [
+                    idempotency_statement(record, (summary, receipts), self.clock.now())
+                ]
+            )
         try:
             self.app.save(principal, ledger=write)
         except IntegrityError as error:
+            saved = saved_response(self.ledger, record) if record else None
+            if record is not None and saved is not None:
+                raise Replay(check_replay(record, saved)) from None
             raise ConcurrentModificationError(
                 f"Another change to principal {principal.name!r} was recorded first.",
                 principal=principal.name,

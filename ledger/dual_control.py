@@ -14,6 +14,7 @@ import logging
 import secrets
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -27,6 +28,8 @@ from domain.dual_control import (
     ApprovalRequest,
     DualControlPolicy,
     policy_id_for,
+    validate_actions,
+    validate_ttl,
 )
 from domain.errors import (
     ConcurrentModificationError,
@@ -34,7 +37,17 @@ from domain.errors import (
     PrincipalNotFoundError,
 )
 from ledger.application import KeyLedger
-from ledger.service import CommandContext, CommandResult, _unavailable
+from ledger.service import (
+    CommandContext,
+    CommandResult,
+    IdempotencyRecord,
+    Replay,
+    _unavailable,
+    check_replay,
+    idempotency_statement,
+    replay_saved,
+    saved_response,
+)
 from ledger.store import SYSTEM_ACTOR, LedgerWrite, Receipt
 from projections import audit_index
 
@@ -58,12 +71,24 @@ class DualControl:
         return found if isinstance(found, DualControlPolicy) else None
 
     def guard(
-        self, context: CommandContext, key: str, action: str, arguments: dict[str, Any]
+        self,
+        context: CommandContext,
+        key: str,
+        action: str,
+        arguments: dict[str, Any],
+        check: Callable[[], object] | None = None,
     ) -> ApprovalRequest | None:
-        """None if ``action`` on ``key`` may go ahead; else the request now pending."""
+        """None if ``action`` on ``key`` may go ahead; else the request now pending.
+
+        ``check`` runs the action against the key as it is now without recording
+        it; it raises the action's own refusal, and then nothing is requested.
+        """
         policy = self.policy(key)
         if policy is None or action not in policy.actions:
             return None
+        replay_saved(self.app.ledger, context)
+        if check is not None:
+            check()
         return self.request(context, key, action, arguments, policy.ttl_seconds)
 
     def guard_restore(
@@ -103,6 +128,12 @@ class DualControl:
         arguments: dict[str, Any],
         ttl_seconds: int,
     ) -> ApprovalRequest:
+        """Record a request for approval.
+
+        Under an idempotency key the answer saved with it is the 202 every
+        request gets, ``{"approval": ...}``, so a retry replays it.
+        """
+        replay_saved(self.app.ledger, context)
         now = self.clock.now()
         pending = ApprovalRequest.request(
             key=key,
@@ -113,7 +144,11 @@ class DualControl:
             expires_at=now + timedelta(seconds=ttl_seconds),
             now=now,
         )
-        self._save(pending, context, key)
+        record = context.idempotency
+        saved = None
+        if record is not None:
+            saved = replace(record, status=202, render=_approval_body)
+        self._save(pending, context, key, saved, lambda _: pending)
         return pending
 
     def set_policy(
@@ -124,6 +159,7 @@ class DualControl:
         Returns the policy, or raises ``PolicyChangePending`` when the change
         waits for approval.
         """
+        replay_saved(self.app.ledger, context)
         policy = self.policy(key)
         now = self.clock.now()
         if policy is None:
@@ -134,6 +170,9 @@ class DualControl:
             if "weaken-policy" in policy.actions and policy.is_weakened_by(
                 actions, ttl_seconds
             ):
+                # The change must be one the approval can carry out.
+                validate_actions(actions)
+                validate_ttl(ttl_seconds)
                 arguments = {"actions": actions, "ttl_seconds": ttl_seconds}
                 raise PolicyChangePending(
                     self.request(
@@ -141,8 +180,15 @@ class DualControl:
                     )
                 )
             policy.change(actions, ttl_seconds, now=now)
-        receipts = self._save(policy, context, key)
-        return policy.view(), receipts
+        view = policy.view()
+        receipts = self._save(
+            policy,
+            context,
+            key,
+            context.idempotency,
+            lambda receipts: (view, receipts),
+        )
+        return view, receipts
 
     def apply_policy(
         self, context: CommandContext, pending: ApprovalRequest
@@ -154,7 +200,15 @@ class DualControl:
         policy.change(
             arguments["actions"], arguments["ttl_seconds"], now=self.clock.now()
         )
-        return policy.view(), self._save(policy, context, pending.key)
+        view = policy.view()
+        receipts = self._save(
+            policy,
+            context,
+            pending.key,
+            context.idempotency,
+            lambda receipts: (view, receipts),
+        )
+        return view, receipts
 
     def approve(
         self, context: CommandContext, request_id: str, execute: Execute
@@ -247,22 +301,44 @@ class DualControl:
             raise _unavailable(error) from error
 
     def _save(
-        self, aggregate: Aggregate, context: CommandContext, key: str
+        self,
+        aggregate: Aggregate,
+        context: CommandContext,
+        key: str,
+        record: IdempotencyRecord | None = None,
+        result: Callable[[list[Receipt]], Any] | None = None,
     ) -> list[Receipt]:
+        """Save the aggregate's events; with ``record``, the answer to replay too.
+
+        ``result`` makes what ``record.render`` is given from the receipts.
+        """
         write = LedgerWrite(
             actor=context.actor,
             request_id=context.request_id,
             subjects={str(aggregate.id): f"key:{key}"},
         )
+        if record is not None and result is not None:
+            write.after_sealed.append(
+                lambda receipts: [
+                    idempotency_statement(record, result(receipts), self.clock.now())
+                ]
+            )
         try:
             self.app.save(aggregate, ledger=write)
         except IntegrityError as error:
+            saved = saved_response(self.app.ledger, record) if record else None
+            if record is not None and saved is not None:
+                raise Replay(check_replay(record, saved)) from None
             raise ConcurrentModificationError(
                 "Another change to this dual-control record was recorded first."
             ) from error
         except PersistenceError as error:
             raise _unavailable(error) from error
         return write.receipts
+
+
+def _approval_body(pending: ApprovalRequest) -> dict[str, Any]:
+    return {"approval": pending.view()}
 
 
 class PolicyChangePending(Exception):  # noqa: N818 - carries the pending request

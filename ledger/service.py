@@ -15,7 +15,7 @@ import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,12 @@ MATERIAL_DDL = [
 ]
 
 
+# The development clock never reaches this time: every deadline the service
+# computes from "now" (token expiry, destruction, rotation due dates) stays far
+# from the end of the calendar Python can represent (year 9999).
+LATEST_CLOCK_TIME = datetime(9000, 1, 1, tzinfo=UTC)
+
+
 @dataclass(frozen=True)
 class DestructionBounds:
     """The deployment's allowed waiting period before a version is destroyed."""
@@ -90,16 +96,30 @@ class CommandContext:
     request_id: str
     expected_version: int | None = None
     idempotency: IdempotencyRecord | None = None
+    # Check the command against the key as it is now, and record nothing: the
+    # check dual control makes before it records a request for approval.
+    dry_run: bool = False
 
 
 @dataclass
 class IdempotencyRecord:
-    """Saves a command's response with its events, so a retry replays it."""
+    """Saves a command's response with its events, so a retry replays it.
+
+    A saved response is found by ``stored_key``: the caller's key within its
+    ``scope`` (the principal), so the same key sent by another principal never
+    finds it. ``request_hash`` covers the method, the path and the body.
+    """
 
     key: str
     request_hash: str
     status: int
-    render: Callable[[CommandResult], dict[str, Any]]
+    render: Callable[[Any], dict[str, Any]]
+    scope: str = ""
+
+    @property
+    def stored_key(self) -> str:
+        # A principal name holds no line break, so the two parts never blur.
+        return f"{self.scope}\n{self.key}" if self.scope else self.key
 
 
 @dataclass
@@ -421,7 +441,9 @@ class KeyService:
         """Change the key's floors, its rotation period, or both, in one write.
 
         Each change is bounds checked before anything is recorded; with neither
-        asked for the request is refused with ``NOTHING_TO_CHANGE``.
+        asked for the request is refused with ``NOTHING_TO_CHANGE``; when the
+        key already has every value asked for, with ``CONFIG_UNCHANGED`` (409,
+        as a principal's unchanged roles are ``ROLES_UNCHANGED``).
         """
         floors = min_decryption_version is not None or set_min_encryption
         if not floors and not set_rotation_period:
@@ -442,7 +464,15 @@ class KeyService:
             if set_rotation_period:
                 key.change_rotation_period(rotation_period_seconds, now=now)
 
-        return self._simple(name, context, change)
+        key = self._load_for_command(name, context)
+        change(key, self.clock.now())
+        if not key.pending_events:
+            raise KeyLifecycleError(
+                f"Key {name!r} already has every value asked for; nothing changed.",
+                code="CONFIG_UNCHANGED",
+                key=name,
+            )
+        return self._save(key, context, [])
 
     def destroy_due(self, limit: int = 100) -> list[CommandResult]:
         """Destroy every version whose waiting period has passed, each exactly once.
@@ -545,24 +575,56 @@ class KeyService:
         """Record a move of the development clock; the caller then moves it.
 
         Recorded first, so a move that is not on the ledger never happens.
+
+        Raises:
+            InvalidArgumentError: ``CLOCK_OUT_OF_RANGE`` when the move would take
+                the clock to ``LATEST_CLOCK_TIME`` or past it; nothing recorded.
         """
+        self._replay(context)
+        now = self.clock.now()
+        if seconds >= (LATEST_CLOCK_TIME - now).total_seconds():
+            raise InvalidArgumentError(
+                f"The clock cannot pass {format_time(LATEST_CLOCK_TIME)}.",
+                code="CLOCK_OUT_OF_RANGE",
+                now=format_time(now),
+                latest=format_time(LATEST_CLOCK_TIME),
+            )
         try:
             clock: ServiceClock = self.app.repository.get(SERVICE_CLOCK_ID)
         except AggregateNotFoundError:
-            clock = ServiceClock.start(now=self.clock.now())
+            clock = ServiceClock.start(now=now)
         except PersistenceError as error:
             raise _unavailable(error) from error
-        clock.advance(seconds, now=self.clock.now() + timedelta(seconds=seconds))
+        reached = now + timedelta(seconds=seconds)
+        clock.advance(seconds, now=reached)
         write = LedgerWrite(
             actor=context.actor,
             request_id=context.request_id,
             subjects={str(SERVICE_CLOCK_ID): "service-clock"},
         )
+        view = {"offset_seconds": clock.offset_seconds}
+        notes = {"now": format_time(reached)}
+        record = context.idempotency
+        if record is not None:
+            write.after_sealed.append(
+                lambda receipts: [
+                    self._idempotency_statement(
+                        record, CommandResult(view, receipts, notes)
+                    )
+                ]
+            )
         try:
             self.app.save(clock, ledger=write)
+        except IntegrityError as error:
+            saved = self.saved_response(record) if record is not None else None
+            if record is not None and saved is not None:
+                raise _Replay(self._check_replay(record, saved)) from None
+            raise ConcurrentModificationError(
+                "Another move of the clock was recorded first."
+            ) from error
         except PersistenceError as error:
             raise _unavailable(error) from error
-        return CommandResult({"offset_seconds": clock.offset_seconds}, write.receipts)
+        return CommandResult(view, write.receipts, notes)
 
     def clock_offset_seconds(self) -> int:
         """How far the recorded moves of the development clock add up to."""
@@ -674,31 +736,16 @@ class KeyService:
 
     def _replay(self, context: CommandContext) -> None:
         """Raise ``Replay`` if this idempotency key already has a saved response."""
-        record = context.idempotency
-        if record is None:
-            return
-        saved = self.saved_response(record.key)
-        if saved is not None:
-            raise _Replay(self._check_replay(record, saved))
+        replay_saved(self.ledger, context)
 
-    def saved_response(self, idempotency_key: str) -> dict[str, Any] | None:
-        rows = self.ledger.query(
-            "SELECT request_hash, status, body FROM idempotency_keys "
-            "WHERE idempotency_key = %s",
-            (idempotency_key,),
-        )
-        return rows[0] if rows else None
+    def saved_response(self, record: IdempotencyRecord) -> dict[str, Any] | None:
+        return saved_response(self.ledger, record)
 
     @staticmethod
     def _check_replay(
         record: IdempotencyRecord, saved: dict[str, Any]
     ) -> ReplayedResponse:
-        if saved["request_hash"] != record.request_hash:
-            raise InvalidArgumentError(
-                "This Idempotency-Key was already used with a different request.",
-                code="IDEMPOTENCY_KEY_REUSED",
-            )
-        return ReplayedResponse(int(saved["status"]), json.loads(saved["body"]))
+        return check_replay(record, saved)
 
     def _put_material(self, key_id: str, version: int, material: bytes) -> Statement:
         wrapped = self.kek.wrap(material, key_id=key_id, version=version)
@@ -719,6 +766,8 @@ class KeyService:
         result_notes = dict(notes or {})
         if version is not None:
             result_notes["version"] = version
+        if context.dry_run:
+            return CommandResult(key.summary(), [], result_notes, [])
         removed = key_view.removed_versions(key.pending_events)
         touched = key_view.touched_versions(key.pending_events) - removed
         view = key.summary()
@@ -754,7 +803,7 @@ class KeyService:
             self.app.save(key, ledger=write)
         except IntegrityError as error:
             if record is not None:
-                saved = self.saved_response(record.key)
+                saved = self.saved_response(record)
                 if saved is not None:
                     raise _Replay(self._check_replay(record, saved)) from None
             current = self._load(key.name).version
@@ -775,17 +824,54 @@ class KeyService:
     def _idempotency_statement(
         self, record: IdempotencyRecord, result: CommandResult
     ) -> Statement:
-        return (
-            "INSERT INTO idempotency_keys (idempotency_key, request_hash, status, "
-            "body, created_at) VALUES (%s, %s, %s, %s, %s)",
-            (
-                record.key,
-                record.request_hash,
-                record.status,
-                json.dumps(record.render(result)),
-                format_time(self.clock.now()),
-            ),
+        return idempotency_statement(record, result, self.clock.now())
+
+
+def saved_response(ledger: Any, record: IdempotencyRecord) -> dict[str, Any] | None:
+    """The response saved under the record's scoped key, if any."""
+    rows = ledger.query(
+        "SELECT request_hash, status, body FROM idempotency_keys "
+        "WHERE idempotency_key = %s",
+        (record.stored_key,),
+    )
+    return rows[0] if rows else None
+
+
+def check_replay(record: IdempotencyRecord, saved: dict[str, Any]) -> ReplayedResponse:
+    """The saved response, or 422 ``IDEMPOTENCY_KEY_REUSED`` for another request."""
+    if saved["request_hash"] != record.request_hash:
+        raise InvalidArgumentError(
+            "This Idempotency-Key was already used with a different request.",
+            code="IDEMPOTENCY_KEY_REUSED",
         )
+    return ReplayedResponse(int(saved["status"]), json.loads(saved["body"]))
+
+
+def replay_saved(ledger: Any, context: CommandContext) -> None:
+    """Raise ``Replay`` if the context's idempotency key has a saved response."""
+    record = context.idempotency
+    if record is None:
+        return
+    saved = saved_response(ledger, record)
+    if saved is not None:
+        raise _Replay(check_replay(record, saved))
+
+
+def idempotency_statement(
+    record: IdempotencyRecord, result: Any, now: datetime
+) -> Statement:
+    """The row that saves ``record.render(result)``, written with the events."""
+    return (
+        "INSERT INTO idempotency_keys (idempotency_key, request_hash, status, "
+        "body, created_at) VALUES (%s, %s, %s, %s, %s)",
+        (
+            record.stored_key,
+            record.request_hash,
+            record.status,
+            json.dumps(record.render(result)),
+            format_time(now),
+        ),
+    )
 
 
 class _Replay(Exception):  # noqa: N818 - control flow, never reaches a caller

@@ -18,7 +18,7 @@ from domain.backups import BackupPolicy
 from domain.clock import format_time, parse_time
 from domain.errors import InvalidArgumentError
 from ledger.audit import AuditFilter, search, verify_range
-from ledger.service import KeyService
+from ledger.service import LATEST_CLOCK_TIME, KeyService
 from ledger.store import checkpoint_table
 from ledger.verify import verify_ledger
 from projections import audit_index, backup_status, key_view, usage_counts
@@ -51,7 +51,8 @@ def parse_period(start: str | None, end: str | None) -> tuple[datetime, datetime
 
     Raises:
         InvalidArgumentError: ``INVALID_PERIOD`` when a bound is missing, or
-            ``to`` is not after ``from``, or the period exceeds ten years;
+            ``to`` is not after ``from``, or after ``LATEST_CLOCK_TIME``, or
+            the period exceeds ten years;
             ``INVALID_TIME`` when a bound is not a time with an offset.
     """
     if not start or not end:
@@ -66,6 +67,11 @@ def parse_period(start: str | None, end: str | None) -> tuple[datetime, datetime
     if ends <= begins:
         raise InvalidArgumentError(
             "'to' must be later than 'from'.", code="INVALID_PERIOD"
+        )
+    if ends > LATEST_CLOCK_TIME:
+        raise InvalidArgumentError(
+            f"A report period ends by {format_time(LATEST_CLOCK_TIME)}.",
+            code="INVALID_PERIOD",
         )
     if ends - begins > MAX_PERIOD:
         raise InvalidArgumentError(

@@ -9,15 +9,18 @@ then does the action run, as the approver.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
 from api.body import validate
 from api.deps import (
     BodyDep,
+    IdempotencyKeyDep,
     RequestIdDep,
     RuntimeDep,
+    command_context,
     render_command,
     require,
     require_on_key,
@@ -28,7 +31,7 @@ from api.schemas import ApprovalDecision, DualControlUpdate, KeyRollback
 from domain.access import Permission
 from domain.dual_control import ApprovalRequest
 from ledger.dual_control import PolicyChangePending
-from ledger.service import CommandContext, CommandResult
+from ledger.service import CommandContext, CommandResult, replay_saved
 from ledger.store import Actor
 
 router = APIRouter(tags=["dual control"])
@@ -72,19 +75,28 @@ def get_policy(name: str, runtime: RuntimeDep, actor: ReaderDep) -> dict[str, An
     return view
 
 
+def _policy_body(result: tuple[dict[str, Any], list[Any]]) -> dict[str, Any]:
+    policy, receipts = result
+    return {**policy, "receipts": [receipt.as_json() for receipt in receipts]}
+
+
 @router.post("/v1/keys/{name}/dual-control", operation_id="set_dual_control")
 def set_policy(
     name: str,
+    request: Request,
     response: Response,
     runtime: RuntimeDep,
     actor: ManagerDep,
     request_id: RequestIdDep,
     body: BodyDep,
+    idempotency_key: IdempotencyKeyDep = None,
 ) -> dict[str, Any]:
     """Set the policy; weakening one that guards ``weaken-policy`` answers 202."""
     runtime.service.get_key(name)  # 404 for an unknown key
     command = validate(DualControlUpdate, body)
-    context = CommandContext(actor, request_id)
+    context = command_context(
+        request, actor, request_id, None, idempotency_key, 200, _policy_body
+    )
     try:
         policy, receipts = runtime.dual_control.set_policy(
             context, name, list(command.actions), command.ttl_seconds
@@ -92,7 +104,7 @@ def set_policy(
     except PolicyChangePending as waiting:
         response.status_code = 202
         return {"approval": waiting.pending.view()}
-    return {**policy, "receipts": [receipt.as_json() for receipt in receipts]}
+    return _policy_body((policy, receipts))
 
 
 @router.get("/v1/approvals/{request_id}", operation_id="get_approval")
@@ -118,11 +130,13 @@ def get_approval(
 )
 def approve(
     request_id: str,
+    request: Request,
     response: Response,
     runtime: RuntimeDep,
     actor: ManagerDep,
     request_id_header: RequestIdDep,
     body: BodyDep,
+    idempotency_key: IdempotencyKeyDep = None,
 ) -> dict[str, Any]:
     """Approve another principal's request; its action runs now, as the approver.
 
@@ -131,7 +145,10 @@ def approve(
     A restore of a bundle this ledger holds no copy of needs that ``bundle``.
     """
     decision = validate(ApprovalDecision, body)
-    context = CommandContext(actor, request_id_header)
+    context = command_context(
+        request, actor, request_id_header, None, idempotency_key, 200, render_command
+    )
+    replay_saved(runtime.service.ledger, context)
     waiting = runtime.dual_control.get(request_id)
     needed = APPROVER_PERMISSIONS.get(waiting.action, (Permission.KEY_MANAGE,))
     for permission in needed:
@@ -144,14 +161,25 @@ def approve(
         )
 
     def execute(context: CommandContext, pending: ApprovalRequest) -> Any:
+        record = context.idempotency
+        if record is not None:
+            # What a retry replays is this route's answer, saved with the action.
+            answer = replace(record, render=lambda result: _answer(pending, result))
+            context = replace(context, idempotency=answer)
         if pending.action == "weaken-policy":
             return runtime.dual_control.apply_policy(context, pending)
         return executors[pending.action](runtime, context, pending)
 
     pending, result = runtime.dual_control.approve(context, request_id, execute)
-    answer: dict[str, Any] = {"approval": pending.view()}
     if isinstance(result, CommandResult):
         response.headers["Ledger-Position"] = str(result.position)
+    return _answer(pending, result)
+
+
+def _answer(pending: ApprovalRequest, result: Any) -> dict[str, Any]:
+    """The approval and what its action did: a command's body, or the policy."""
+    answer: dict[str, Any] = {"approval": pending.view()}
+    if isinstance(result, CommandResult):
         answer["result"] = render_command(result)
     elif result is not None:
         answer["result"] = result[0]

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel
 
 from api.body import validate
-from api.deps import ActorDep, BodyDep, RequestIdDep, RuntimeDep, require
+from api.deps import ActorDep, BodyDep, NoReplayDep, RequestIdDep, RuntimeDep, require
 from api.errors import ApiError, error_body, status_for
 from api.schemas import (
     MAX_BATCH_ITEMS,
@@ -170,8 +170,10 @@ def _route(operation: Operation, model: type[BaseModel], doc: str) -> None:
         runtime: RuntimeDep,
         actor: Annotated[Actor, require(Permission.KEY_USE)],
         request_id: RequestIdDep,
+        no_replay: NoReplayDep,
         body: BodyDep,
     ) -> dict[str, Any]:
+        # A replay would hand out plaintext or a data key again: no Idempotency-Key.
         return _use(
             operation,
             model,

@@ -209,7 +209,16 @@ def _key_command(
     ) -> dict[str, Any]:
         if dual_control is not None:
             pending = _guard(
-                runtime, actor, request_id, body, model, dual_control, name
+                request,
+                runtime,
+                actor,
+                request_id,
+                idempotency_key,
+                body,
+                model,
+                dual_control,
+                name,
+                check=lambda context, command: call(runtime, context, name, command),
             )
             if pending is not None:
                 response.status_code = 202
@@ -259,14 +268,19 @@ def _version_command(
         number = parse_version(version)
         if dual_control is not None:
             pending = _guard(
+                request,
                 runtime,
                 actor,
                 request_id,
+                idempotency_key,
                 body,
                 model,
                 dual_control,
                 name,
                 {"version": number},
+                check=lambda context, command: call(
+                    runtime, context, name, number, command
+                ),
             )
             if pending is not None:
                 response.status_code = 202
@@ -296,20 +310,33 @@ def _version_command(
 
 
 def _guard(
+    request: Request,
     runtime: Any,
     actor: Actor,
     request_id: str,
+    idempotency_key: str | None,
     body: dict[str, Any],
     model: type[Command],
     action: str,
     name: str,
     extra: dict[str, Any] | None = None,
+    *,
+    check: Callable[[CommandContext, Any], CommandResult],
 ) -> dict[str, Any] | None:
-    """None if the action may run now; else the body of a 202: it waits for approval."""
+    """None if the action may run now; else the body of a 202: it waits for approval.
+
+    Before a request is recorded the action is run dry against the key as it is
+    now: a refusal it would meet at approval is the answer now, nothing recorded.
+    """
     command = validate(model, body)
     arguments = {**command.model_dump(mode="json"), **(extra or {})}
-    context = CommandContext(actor, request_id)
-    pending = runtime.dual_control.guard(context, name, action, arguments)
+    context = command_context(
+        request, actor, request_id, None, idempotency_key, 202, render_command
+    )
+    dry = CommandContext(actor, request_id, command.expected_version, dry_run=True)
+    pending = runtime.dual_control.guard(
+        context, name, action, arguments, check=lambda: check(dry, command)
+    )
     if pending is None:
         return None
     return {"approval": pending.view()}

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from api.body import validate
 from api.deps import (
     BodyDep,
+    IdempotencyKeyDep,
+    NoReplayDep,
     RequestIdDep,
     RuntimeDep,
+    command_context,
     require,
     require_whole_ledger,
 )
@@ -19,7 +22,7 @@ from api.errors import ApiError
 from api.schemas import ClockAdvance
 from domain.access import Permission, permissions_of
 from domain.clock import AdjustableClock, format_time
-from ledger.service import CommandContext
+from ledger.service import CommandResult
 from ledger.store import Actor, checkpoint_table
 from ledger.verify import verify_ledger
 
@@ -95,6 +98,7 @@ def create_checkpoint(
     response: Response,
     runtime: RuntimeDep,
     actor: Annotated[Actor, require(Permission.LEDGER_CHECKPOINT)],
+    no_replay: NoReplayDep,
 ) -> dict[str, Any]:
     """Sign the current head now and store it as a checkpoint."""
     signed = runtime.service.checkpoint_now()
@@ -118,7 +122,9 @@ def verify(
 
 @router.post("/v1/scheduler/run", operation_id="run_scheduler")
 def run_scheduler(
-    runtime: RuntimeDep, actor: Annotated[Actor, require(Permission.ADMIN)]
+    runtime: RuntimeDep,
+    actor: Annotated[Actor, require(Permission.ADMIN)],
+    no_replay: NoReplayDep,
 ) -> dict[str, Any]:
     """Destroy every version whose waiting period has passed, and record the
     expiry of every approval request past its time limit, now."""
@@ -138,23 +144,35 @@ dev_router = APIRouter(tags=["development"])
 
 @dev_router.post("/v1/dev/clock", operation_id="advance_clock")
 def advance_clock(
+    request: Request,
     response: Response,
     runtime: RuntimeDep,
     actor: Annotated[Actor, require(Permission.ADMIN)],
     request_id: RequestIdDep,
     body: BodyDep,
+    idempotency_key: IdempotencyKeyDep = None,
 ) -> dict[str, Any]:
-    """Experimental: move the clock forward, recorded on the ledger first."""
+    """Experimental: move the clock forward, recorded on the ledger first.
+
+    A retry under the same ``Idempotency-Key`` replays the answer; the clock
+    moves once.
+    """
     clock = runtime.clock
     if not runtime.settings.dev_clock or not isinstance(clock, AdjustableClock):
         raise ApiError(404, "NOT_FOUND", "The development clock is not enabled.")
     command = validate(ClockAdvance, body)
-    context = CommandContext(actor, request_id)
+    context = command_context(
+        request, actor, request_id, None, idempotency_key, 200, _clock_body
+    )
     result = runtime.service.advance_clock(context, command.seconds)
     now = clock.advance(timedelta(seconds=command.seconds))
     response.headers["Ledger-Position"] = str(result.position)
+    return _clock_body(result, now)
+
+
+def _clock_body(result: CommandResult, now: datetime | None = None) -> dict[str, Any]:
     return {
-        "now": format_time(now),
+        "now": result.notes["now"] if now is None else format_time(now),
         "offset_seconds": result.key["offset_seconds"],
         "receipts": [receipt.as_json() for receipt in result.receipts],
     }

@@ -18,11 +18,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from api.body import validate
 from api.deps import (
     BodyDep,
+    NoReplayDep,
     RequestIdDep,
     RuntimeDep,
     key_filter,
@@ -254,6 +256,7 @@ def create_key(
     runtime: RuntimeDep,
     actor: Manage,
     request_id: RequestIdDep,
+    no_replay: NoReplayDep,
     body: BodyDep,
 ) -> dict[str, Any]:
     """Create an aes256-gcm96 key; an existing key is left as it is (a warning)."""
@@ -326,7 +329,11 @@ router.add_api_route("/keys", list_keys, methods=["LIST"], include_in_schema=Fal
 
 @router.delete("/keys/{name}", operation_id="transit_delete_key")
 def delete_key(
-    name: str, runtime: RuntimeDep, actor: Manage, request_id: RequestIdDep
+    name: str,
+    runtime: RuntimeDep,
+    actor: Manage,
+    request_id: RequestIdDep,
+    no_replay: NoReplayDep,
 ) -> dict[str, Any]:
     """Always refused: a key's history is kept and its versions destroyed on a
     schedule, never deleted at once (see README)."""
@@ -346,6 +353,7 @@ def rotate_key(
     runtime: RuntimeDep,
     actor: Manage,
     request_id: RequestIdDep,
+    no_replay: NoReplayDep,
     body: BodyDep,
 ) -> dict[str, Any]:
     """Add a new version and make it primary."""
@@ -361,6 +369,7 @@ def configure_key(
     runtime: RuntimeDep,
     actor: Manage,
     request_id: RequestIdDep,
+    no_replay: NoReplayDep,
     body: BodyDep,
 ) -> dict[str, Any]:
     """Change min_decryption_version and min_encryption_version (0: primary only).
@@ -406,6 +415,7 @@ def trim_key(
     runtime: RuntimeDep,
     actor: Manage,
     request_id: RequestIdDep,
+    no_replay: NoReplayDep,
     body: BodyDep,
 ) -> Response:
     """Trim every version below min_available_version and erase its material."""
@@ -601,6 +611,7 @@ def _use_route(operation: Operation, doc: str) -> None:
         runtime: RuntimeDep,
         actor: Use,
         request_id: RequestIdDep,
+        no_replay: NoReplayDep,
         body: BodyDep,
     ) -> JSONResponse:
         return _use(operation, name, runtime, actor, request_id, body)
@@ -634,6 +645,7 @@ def datakey(
     runtime: RuntimeDep,
     actor: Use,
     request_id: RequestIdDep,
+    no_replay: NoReplayDep,
     body: BodyDep,
 ) -> JSONResponse:
     """A fresh data key wrapped under the key; ``plaintext`` also returns it."""
@@ -745,7 +757,11 @@ Restorer = Annotated[Actor, require(Permission.BACKUP_RESTORE)]
 
 @router.post("/restore", operation_id="transit_restore", status_code=204)
 def restore(
-    runtime: RuntimeDep, actor: Restorer, request_id: RequestIdDep, body: BodyDep
+    runtime: RuntimeDep,
+    actor: Restorer,
+    request_id: RequestIdDep,
+    no_replay: NoReplayDep,
+    body: BodyDep,
 ) -> Response:
     """Restore a backup under the name of the key it holds."""
     return _restore(runtime, actor, request_id, body, None)
@@ -757,7 +773,25 @@ def restore_as(
     runtime: RuntimeDep,
     actor: Restorer,
     request_id: RequestIdDep,
+    no_replay: NoReplayDep,
     body: BodyDep,
 ) -> Response:
     """Restore a backup as the key ``name`` (a new key, or its own with force)."""
     return _restore(runtime, actor, request_id, body, name)
+
+
+def _accept_put() -> None:
+    """Vault takes PUT and POST alike for writes: every POST route answers PUT too."""
+    for route in list(router.routes):
+        if not isinstance(route, APIRoute) or "POST" not in (route.methods or ()):
+            continue
+        router.add_api_route(
+            route.path.removeprefix(router.prefix),
+            route.endpoint,
+            methods=["PUT"],
+            status_code=route.status_code,
+            include_in_schema=False,
+        )
+
+
+_accept_put()

@@ -405,6 +405,13 @@ def test_empty_body_counts_as_empty_object(client: TestClient, key_k: int) -> No
         pytest.param(
             "/v1/keys/k/versions/1/compromise", {"reason": "  "}, id="blank reason"
         ),
+        pytest.param("/v1/keys", {"name": "n1", "description": "\u009b31m"}, id="CSI"),
+        pytest.param("/v1/keys", {"name": "n1", "description": "a\u0080"}, id="PAD"),
+        pytest.param("/v1/keys", {"name": "n1", "description": "a\u0085b"}, id="NEL"),
+        pytest.param("/v1/keys", {"name": "n1", "description": "\u009f"}, id="APC"),
+        pytest.param(
+            "/v1/keys/k/versions/1/compromise", {"reason": "x\u009b"}, id="C1 reason"
+        ),
     ],
 )
 def test_control_characters_in_text_are_422_on_every_store(
@@ -418,6 +425,43 @@ def test_control_characters_in_text_are_422_on_every_store(
     assert response.status_code == 422, response.text
     assert response.json()["error"]["code"] == "INVALID_TEXT"
     assert client.get("/v1/ledger/head").json()["head"]["position"] == before
+
+
+PRINCIPAL_TEXT = [
+    pytest.param(
+        "/v1/principals",
+        {"name": "carol", "roles": ["auditor"], "description": "x\u009by"},
+        id="principal-description",
+    ),
+    pytest.param(
+        "/v1/principals",
+        {"name": "carol", "roles": ["auditor"], "description": "x\u0007"},
+        id="principal-description-C0",
+    ),
+    pytest.param("/v1/principals/bob/tokens", {"label": "\u0090"}, id="token-label"),
+    pytest.param("/v1/tokens/{token}/revoke", {"reason": "lost\u009b"}, id="revoke"),
+]
+
+
+@pytest.mark.parametrize(("path", "body"), PRINCIPAL_TEXT)
+def test_control_characters_in_principal_text_are_422(
+    client: TestClient, runtime: Runtime, path: str, body: dict[str, Any]
+) -> None:
+    """Principal descriptions, token labels and revocation reasons refuse C0 and C1."""
+    made = client.post("/v1/principals", json={"name": "bob", "roles": ["auditor"]})
+    assert made.status_code == 201, made.text
+    issued = client.post("/v1/principals/bob/tokens", json={})
+    assert issued.status_code == 201, issued.text
+    before = client.get("/v1/ledger/head").json()["head"]["position"]
+    bob = client.get("/v1/principals/bob").json()
+
+    response = client.post(path.format(token=issued.json()["token_id"]), json=body)
+
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "INVALID_TEXT"
+    assert client.get("/v1/ledger/head").json()["head"]["position"] == before
+    assert client.get("/v1/principals/bob").json() == bob
+    assert client.get("/v1/principals/carol").status_code == 404
 
 
 def test_text_with_line_breaks_and_unicode_is_kept(client: TestClient) -> None:

@@ -165,7 +165,8 @@ def test_two_schedulers_record_an_expiry_exactly_once(
     approved = client.post(f"/v1/approvals/{done['id']}/approve", headers=bob)
     assert approved.status_code == 200, approved.text
     clock.advance(timedelta(seconds=3600))
-    fresh = _request(client, "/v1/keys/k/rollback", {"version": 1}, alice)
+    post_ok(client, "/v1/keys/k/rotate")  # version 1 waits for destruction
+    fresh = _request(client, "/v1/keys/k/rollback", {"version": 2}, alice)
     workers = [runtime.dual_control, DualControl(open_service().app, clock)]
     barrier = threading.Barrier(len(workers))
 
@@ -217,14 +218,113 @@ def test_an_approved_action_that_is_refused_is_recorded_as_failed(
 ) -> None:
     """If the key moved so the action no longer holds, the failure is an event."""
     alice, bob = custodians
-    approval = _request(client, "/v1/keys/k/versions/2/schedule-destruction", {}, alice)
+    approval = _request(client, "/v1/keys/k/versions/1/schedule-destruction", {}, alice)
+    # Meanwhile version 1 is trimmed away.
+    post_ok(client, "/v1/keys/k/config", {"min_decryption_version": 2})
+    post_ok(client, "/v1/keys/k/trim", {"min_available_version": 2})
 
     approved = client.post(f"/v1/approvals/{approval['id']}/approve", headers=bob)
 
-    assert approved.status_code == 409  # the primary cannot be destroyed
+    assert approved.status_code in (404, 409), approved.text
     assert client.get(f"/v1/approvals/{approval['id']}").json()["status"] == "failed"
     types = [e["type"] for e in runtime.service.events(limit=1000)]
     assert types[-1] == "keyledger.dual_control.ActionFailed"
+
+
+REFUSED_REQUESTS = [
+    pytest.param(
+        "/v1/keys/k/versions/1/schedule-destruction",
+        {"days": 1},
+        422,
+        "DESTRUCTION_PERIOD_OUT_OF_RANGE",
+        id="days-below-minimum",
+    ),
+    pytest.param(
+        "/v1/keys/k/versions/1/schedule-destruction",
+        {"days": 31},
+        422,
+        "DESTRUCTION_PERIOD_OUT_OF_RANGE",
+        id="days-above-maximum",
+    ),
+    pytest.param(
+        "/v1/keys/k/versions/2/schedule-destruction",
+        {},
+        409,
+        "CANNOT_DESTROY_PRIMARY",
+        id="primary-version",
+    ),
+    pytest.param(
+        "/v1/keys/k/versions/99/schedule-destruction",
+        {},
+        404,
+        "VERSION_NOT_FOUND",
+        id="unknown-version",
+    ),
+    pytest.param(
+        "/v1/keys/k/rollback", {"version": 2}, 409, None, id="rollback-to-primary"
+    ),
+    pytest.param(
+        "/v1/keys/k/rollback",
+        {"version": 99},
+        404,
+        "VERSION_NOT_FOUND",
+        id="rollback-to-unknown",
+    ),
+    pytest.param(
+        "/v1/keys/k/rollback",
+        {"to_stream_version": 50},
+        409,
+        "ROLLBACK_TARGET_NOT_IN_PAST",
+        id="rollback-to-the-future",
+    ),
+    pytest.param(
+        "/v1/keys/k/rollback",
+        {"version": 1, "expected_version": 1},
+        409,
+        "EXPECTED_VERSION_MISMATCH",
+        id="stale-expected-version",
+    ),
+    pytest.param(
+        "/v1/keys/k/dual-control",
+        {"actions": ["weaken-policy"], "ttl_seconds": 99999999999},
+        422,
+        "INVALID_TTL",
+        id="policy-ttl-out-of-range",
+    ),
+    pytest.param(
+        "/v1/keys/k/dual-control",
+        {"actions": [], "ttl_seconds": 30},
+        422,
+        "INVALID_TTL",
+        id="policy-ttl-too-short",
+    ),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "status", "code"), REFUSED_REQUESTS)
+def test_a_request_approval_would_refuse_is_refused_now_recording_nothing(
+    client: TestClient,
+    runtime: Runtime,
+    custodians: tuple[dict[str, str], dict[str, str]],
+    path: str,
+    body: dict[str, Any],
+    status: int,
+    code: str | None,
+) -> None:
+    """The action is checked against the key before a request is recorded."""
+    alice, _ = custodians
+    before = snapshot(client, "k")
+    policy = client.get("/v1/keys/k/dual-control").json()
+    head = runtime.service.head_position()
+
+    response = client.post(path, json=body, headers=alice)
+
+    assert response.status_code == status, response.text
+    if code is not None:
+        assert_error(response, status, code)
+    assert runtime.service.head_position() == head
+    assert snapshot(client, "k") == before
+    assert client.get("/v1/keys/k/dual-control").json() == policy
 
 
 def test_unknown_approval_is_404(client: TestClient) -> None:

@@ -141,6 +141,72 @@ def test_config_respects_expected_version(client: TestClient) -> None:
     assert details["actual"] == 3
 
 
+NO_OPS = [
+    pytest.param({"min_encryption_version": None}, id="null-encryption-floor"),
+    pytest.param({"min_decryption_version": 1}, id="same-decryption-floor"),
+    pytest.param(
+        {"min_decryption_version": 1, "min_encryption_version": None},
+        id="both-floors",
+    ),
+    pytest.param({"rotation_period_seconds": None}, id="no-period-again"),
+    pytest.param(
+        {"min_decryption_version": 1, "rotation_period_seconds": None}, id="all"
+    ),
+]
+
+
+@pytest.mark.parametrize("body", NO_OPS)
+def test_config_that_changes_nothing_is_409_and_records_nothing(
+    client: TestClient, body: dict[str, object]
+) -> None:
+    """Asking only for the values the key already has is 409, with no new event."""
+    _key_at_v3(client)
+
+    for _ in range(2):
+        assert_refused(
+            client,
+            "k1",
+            lambda: client.post("/v1/keys/k1/config", json=body),
+            409,
+            "CONFIG_UNCHANGED",
+        )
+
+
+def test_the_same_config_sent_twice_records_one_event(client: TestClient) -> None:
+    """The second of two equal changes is 409 CONFIG_UNCHANGED; one event in all."""
+    _key_at_v3(client)
+    first = post_ok(client, "/v1/keys/k1/config", {"rotation_period_seconds": 86400})
+    assert len(first["receipts"]) == 1
+
+    assert_refused(
+        client,
+        "k1",
+        lambda: client.post(
+            "/v1/keys/k1/config", json={"rotation_period_seconds": 86400}
+        ),
+        409,
+        "CONFIG_UNCHANGED",
+    )
+    assert get_key(client, "k1")["rotation_period_seconds"] == 86400
+
+
+def test_config_records_only_what_changes(client: TestClient) -> None:
+    """An unchanged floor beside a new period records the period alone."""
+    _key_at_v3(client)
+    before = len(all_history(client, "k1"))
+
+    changed = post_ok(
+        client,
+        "/v1/keys/k1/config",
+        {"min_decryption_version": 1, "rotation_period_seconds": 86400},
+    )
+
+    assert len(changed["receipts"]) == 1
+    history = all_history(client, "k1")
+    assert len(history) == before + 1
+    assert history[-1]["type"].endswith("RotationPeriodChanged")
+
+
 def test_rollback_below_the_floor_is_refused(client: TestClient) -> None:
     """Rolling the primary back below min_decryption_version is 409, unrecorded."""
     _key_at_v3(client)

@@ -261,6 +261,11 @@ def test_nasty_names_and_reasons_are_shown_escaped_not_obeyed(
         pytest.param({"from": TO, "to": FROM}, "INVALID_PERIOD", id="to before from"),
         pytest.param({"from": FROM, "to": FROM}, "INVALID_PERIOD", id="empty period"),
         pytest.param({"to": TO}, "INVALID_PERIOD", id="no from"),
+        pytest.param(
+            {"from": "9999-12-30T00:00:00Z", "to": "9999-12-31T23:59:59Z"},
+            "INVALID_PERIOD",
+            id="end of the calendar",
+        ),
         pytest.param({"from": "yesterday", "to": TO}, "INVALID_TIME", id="unparsed"),
         pytest.param(
             {"from": "2026-03-01T00:00:00", "to": TO}, "INVALID_TIME", id="no offset"

@@ -666,3 +666,48 @@ def test_backup_without_a_target_is_refused(vault: TestClient) -> None:
     vault_ok(vault, "keys/src", {})
     response = vault.get("/v1/transit/backup/src")
     assert_vault_error(response, 400, "NO_BACKUP_TARGETS")
+
+
+def test_writes_accept_put_as_vault_does(vault: TestClient, client: TestClient) -> None:
+    """Vault takes PUT for every write: create, rotate, config, encrypt, decrypt."""
+    created = vault.put("/v1/transit/keys/p", json={})
+    assert created.status_code == 200, created.text
+    rotated = vault.put("/v1/transit/keys/p/rotate", json={})
+    assert assert_envelope(rotated.json())["latest_version"] == 2
+    configured = vault.put(
+        "/v1/transit/keys/p/config", json={"min_decryption_version": 2}
+    )
+    assert configured.status_code == 200, configured.text
+    sealed = vault.put("/v1/transit/encrypt/p", json={"plaintext": b64(b"hi")})
+    ciphertext = assert_envelope(sealed.json())["ciphertext"]
+    opened = vault.put("/v1/transit/decrypt/p", json={"ciphertext": ciphertext})
+    assert base64.b64decode(assert_envelope(opened.json())["plaintext"]) == b"hi"
+    view = get_key(client, "p")
+    assert (view["primary_version"], view["min_decryption_version"]) == (2, 2)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        pytest.param("PATCH", "/v1/transit/keys/p", id="patch-key"),
+        pytest.param("GET", "/v1/transit/encrypt/p", id="get-encrypt"),
+        pytest.param("DELETE", "/v1/transit/keys/p/rotate", id="delete-rotate"),
+        pytest.param("PUT", "/v1/transit/keys", id="put-keys"),
+    ],
+)
+def test_other_methods_are_405_in_vaults_envelope(
+    vault: TestClient, client: TestClient, method: str, path: str
+) -> None:
+    """A method a transit path does not take is 405 with Vault's errors list."""
+    vault_ok(vault, "keys/p", {})
+    before = snapshot(client, "p")
+
+    response = vault.request(method, path, json={})
+
+    assert_vault_error(response, 405, "METHOD_NOT_ALLOWED")
+    assert snapshot(client, "p") == before
+
+
+def test_an_unknown_transit_path_is_404_in_vaults_envelope(vault: TestClient) -> None:
+    """A path the transit API does not have is 404 with Vault's (empty) errors list."""
+    assert_vault_error(vault.get("/v1/transit/nowhere"), 404, "NOT_FOUND")
