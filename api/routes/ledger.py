@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Any
 
+from anyio.to_thread import run_sync
 from fastapi import APIRouter, Query, Response
 
 from api.body import validate
@@ -16,7 +17,9 @@ from api.deps import (
     require_whole_ledger,
 )
 from api.errors import ApiError
+from api.runtime import Runtime
 from api.schemas import ClockAdvance
+from api.waiting import head_watch
 from domain.access import Permission, permissions_of
 from domain.clock import AdjustableClock, format_time
 from ledger.service import CommandContext
@@ -29,7 +32,7 @@ MAX_FEED_WAIT_SECONDS = 30
 
 
 @router.get("/v1/events", operation_id="list_events")
-def list_events(
+async def list_events(
     response: Response,
     runtime: RuntimeDep,
     actor: Annotated[Actor, require(Permission.LEDGER_READ, Permission.REPLICATION)],
@@ -42,21 +45,31 @@ def list_events(
             ge=0,
             le=MAX_FEED_WAIT_SECONDS,
             description="Long-poll: when nothing follows `after`, wait up to this "
-            "many seconds for the next entry before answering.",
+            "many seconds for the next entry before answering (at once when too "
+            "many long-polls are open already).",
         ),
     ] = 0,
 ) -> dict[str, Any]:
     """The ledger feed: entries with hashes and signatures, in position order."""
+    # Async, so a long-poll waits in the event loop and holds no worker thread;
+    # the reads themselves run in the threadpool, one short hop each.
     if Permission.REPLICATION not in permissions_of(actor.roles):
-        require_whole_ledger(runtime, actor)  # every key's entries are in it
-    events = runtime.service.events(after=after, limit=limit)
+        await run_sync(require_whole_ledger, runtime, actor)  # every key is in it
+    events, head = await run_sync(_feed_page, runtime, after, limit)
     if not events and wait > 0:
-        runtime.service.ledger.wait_for_position(after + 1, wait)
-        events = runtime.service.events(after=after, limit=limit)
-    head = runtime.service.head_position()
+        watch = head_watch(runtime.service.ledger)
+        await watch.wait_for(after + 1, wait, principal=actor.principal)
+        events, head = await run_sync(_feed_page, runtime, after, limit)
     response.headers["Ledger-Position"] = str(head)
     next_after = events[-1]["position"] if events else after
     return {"events": events, "next_after": next_after, "head_position": head}
+
+
+def _feed_page(
+    runtime: Runtime, after: int, limit: int
+) -> tuple[list[dict[str, Any]], int]:
+    events = runtime.service.events(after=after, limit=limit)
+    return events, runtime.service.head_position()
 
 
 @router.get("/v1/ledger/head", operation_id="get_ledger_head")
