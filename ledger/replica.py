@@ -1317,6 +1317,20 @@ def promote(
     return epoch
 
 
+def promotion_entry(service: KeyService, epoch: Epoch) -> Head:
+    """The position, hash and time of the ``Promoted`` entry that recorded ``epoch``.
+
+    Not the head: a promoted service appends its start (and more) right after.
+    """
+    rows = service.ledger.query(
+        f"SELECT notification_id, entry_hash, recorded_at FROM "
+        f"{service.ledger.events_table_name} WHERE originator_id = %s",
+        (epoch.id.hex if _is_sqlite(service) else epoch.id,),
+    )
+    row = rows[0]
+    return Head(int(row["notification_id"]), str(row["entry_hash"]), row["recorded_at"])
+
+
 def unpromoted_replica(service: KeyService) -> dict[str, Any] | None:
     """This store's replica state, if it follows a primary and was never promoted.
 

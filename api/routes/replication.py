@@ -29,7 +29,12 @@ from api.errors import ApiError, error_body
 from api.waiting import head_watch
 from domain.access import Permission
 from domain.errors import LedgerUnavailableError
-from ledger.replica import PromotionRefusedError, announce_signer, erasure_position
+from ledger.replica import (
+    PromotionRefusedError,
+    announce_signer,
+    erasure_position,
+    promotion_entry,
+)
 from ledger.store import Actor
 
 router = APIRouter(tags=["replication"])
@@ -157,11 +162,11 @@ def post_promote(
         epoch = follower.promote(actor, request_id, force=command.force)
     except PromotionRefusedError as refusal:
         raise ApiError(409, refusal.code, refusal.message, **refusal.details) from None
+    entry = promotion_entry(runtime.service, epoch)
     runtime.record_start()
     runtime.start_scheduler()
-    head = runtime.service.ledger.head()
-    response.headers["Ledger-Position"] = str(head.position)
-    return {"epoch": epoch_json(epoch), "position": head.position, "hash": head.hash}
+    response.headers["Ledger-Position"] = str(entry.position)
+    return {"epoch": epoch_json(epoch), "position": entry.position, "hash": entry.hash}
 
 
 def epoch_json(epoch: Any) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from api.routes.replication import install_replica
 from api.runtime import Runtime, token_digest
 from api.waiting import head_watch
 from domain.clock import AdjustableClock
+from domain.epochs import PROMOTED_TOPIC
 from ledger.replica import Follower, ReplicaHalted, announce_signer
 from ledger.service import CommandContext, KeyService
 from ledger.settings import Settings
@@ -324,6 +325,15 @@ def test_status_shows_the_primary_head_the_lag_and_the_promotion(
     promoted = client.post("/v1/replication/promote", json={})
     assert promoted.status_code == 200, promoted.text
     assert promoted.json()["epoch"]["epoch"] == 2
+    # the answer names the Promoted entry, not the service's start recorded after it
+    body = promoted.json()
+    [entry] = client.get(
+        "/v1/events", params={"after": body["position"] - 1, "limit": 1}
+    ).json()["events"]
+    assert entry["type"] == PROMOTED_TOPIC
+    assert entry["hash"] == body["hash"]
+    assert promoted.headers["Ledger-Position"] == str(body["position"])
+    assert follower.ledger.head().position > body["position"]
     status = client.get("/v1/replication/status").json()
     assert status["state"] == "promoted"
     assert status["role"] == "primary"
