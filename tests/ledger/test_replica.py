@@ -32,7 +32,7 @@ from ledger.replica import (
     pin_keys,
     public_key_fingerprint,
 )
-from ledger.service import CommandContext, KeyService
+from ledger.service import CommandContext, KeyService, load_local_secrets
 from ledger.signing import LedgerSigner, public_key_pem
 from ledger.store import SealedEntry
 from projections import access_view
@@ -415,6 +415,33 @@ def test_pinning_refuses_no_pin_and_a_wrong_key() -> None:
     assert set(pin_keys(pem, key_files=[pem.encode()])) == {primary.kid}
     fingerprint = public_key_fingerprint(primary.public_key)
     assert set(pin_keys(pem, fingerprints=[fingerprint])) == {primary.kid}
+
+
+def test_verify_fingerprints_prints_what_a_replica_pins(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """keyledger verify --fingerprints prints the line --pin-fingerprint accepts,
+    from the data folder's key or a PEM file; a folder without keys exits 2."""
+    from scripts.cli import main
+
+    data_dir = tmp_path / "primary"
+    signer, _, _ = load_local_secrets(data_dir)
+    pem = public_key_pem(signer.public_key)
+    pem_file = tmp_path / "primary.pem"
+    pem_file.write_text(pem)
+
+    assert main(["verify", "--data-dir", str(data_dir), "--fingerprints"]) == 0
+    own = capsys.readouterr().out.split()
+    assert main(["verify", "--public-key", str(pem_file), "--fingerprints"]) == 0
+    from_file = capsys.readouterr().out.split()
+
+    expected = [public_key_fingerprint(signer.public_key), signer.kid]
+    assert own[:2] == expected
+    assert from_file[:2] == expected
+    assert set(pin_keys(pem, fingerprints=[own[0]])) == {signer.kid}
+    empty = tmp_path / "empty"
+    assert main(["verify", "--data-dir", str(empty), "--fingerprints"]) == 2
+    assert "cannot read the key" in capsys.readouterr().err
 
 
 def test_decoded_entries_are_the_stored_bytes(
