@@ -31,6 +31,14 @@ already holds. Reasons are the verifier's codes (``GAP``, ``BROKEN_LINK``,
 ``MATERIAL_MISSING``       the primary sent no material for a version, and no
                            entry signed by it erases that version
 ``REPLICA_CONFLICT``       something else appended to the replica's own ledger
+``CHECKPOINT_INVALID``     a checkpoint of the primary is not signed by a trusted key
+``CHECKPOINT_MISMATCH``    a checkpoint of the primary names another hash than the
+                           entry the replica holds at its position
+
+The primary's signed checkpoints follow too: the feed carries those over the
+positions it delivers (and any made later over positions already held), and
+the replica stores each once it holds the entry it covers, after checking its
+signature and that it names that entry's hash.
 """
 
 from __future__ import annotations
@@ -69,11 +77,27 @@ from domain.principals import Principal
 from domain.usage import KeyUse
 from ledger.entry import canonical_json
 from ledger.material import KeyEncryptionKey, UnwrapError, fingerprint
-from ledger.offline import KeyBook, StoredEntry, _Signed, entry_hash, verify_entries
+from ledger.offline import (
+    KeyBook,
+    StoredEntry,
+    _Signed,
+    check_checkpoint_signature,
+    entry_hash,
+    verify_entries,
+)
 from ledger.service import KeyService
 from ledger.signing import key_id, load_public_key
 from ledger.signing import public_key_pem as pem_of
-from ledger.store import Actor, Head, LedgerWrite, SealedEntry, Statement
+from ledger.store import (
+    Actor,
+    Checkpoint,
+    Head,
+    LedgerRecorder,
+    LedgerWrite,
+    SealedEntry,
+    Statement,
+    checkpoint_table,
+)
 from projections import access_view, backup_status, key_view, usage_counts
 
 logger = logging.getLogger(__name__)
@@ -110,6 +134,7 @@ _PROJECTED_TOPICS = _topics(ManagedKey) | _topics(Principal) | _topics(KeyBackup
 # Usage records feed only the usage counts, written as on the primary.
 _USAGE_TOPIC = KeyUse.KeyUsed.TOPIC
 MATERIAL_PAGE = 200
+FEED_CHECKPOINTS = 100  # at most, per feed page
 _AGGREGATE_CACHE = 1000
 
 
@@ -236,6 +261,7 @@ class FeedPage:
     entries: list[SealedEntry]
     head_position: int
     malformed: Halt | None = None  # an item after ``entries`` that is not an entry
+    checkpoints: list[Checkpoint] = field(default_factory=list)
 
 
 @dataclass
@@ -257,7 +283,13 @@ class Source(Protocol):
     name: str
 
     def signing_key_pem(self) -> str: ...
-    def page(self, after: int, limit: int, wait: float) -> FeedPage: ...
+    def page(
+        self,
+        after: int,
+        limit: int,
+        wait: float,
+        checkpoints_after: int | None = None,
+    ) -> FeedPage: ...
     def materials(self, wanted: Sequence[tuple[str, int]]) -> Materials: ...
 
 
@@ -296,8 +328,16 @@ class HttpSource:
                 "the primary did not name its signing key"
             ) from None
 
-    def page(self, after: int, limit: int, wait: float) -> FeedPage:
-        params = {"after": after, "limit": limit, "wait": wait}
+    def page(
+        self,
+        after: int,
+        limit: int,
+        wait: float,
+        checkpoints_after: int | None = None,
+    ) -> FeedPage:
+        params: dict[str, Any] = {"after": after, "limit": limit, "wait": wait}
+        if checkpoints_after is not None:
+            params["checkpoints_after"] = checkpoints_after
         body = self._get("/v1/events", params, wait + self._timeout)
         return decode_page(body, after)
 
@@ -388,13 +428,66 @@ def decode_page(body: Any, after: int) -> FeedPage:
     head = body.get("head_position")
     if not isinstance(head, int) or isinstance(head, bool):
         raise _MalformedFeedError(after + 1, "the feed page has no head position")
+    checkpoints = decode_checkpoints(body.get("checkpoints", []), after)
     entries = []
     for offset, item in enumerate(body["events"]):
         try:
             entries.append(decode_entry(item, after + 1 + offset))
         except _MalformedFeedError as error:
-            return FeedPage(entries, head, error.halt())
-    return FeedPage(entries, head)
+            return FeedPage(entries, head, error.halt(), checkpoints)
+    return FeedPage(entries, head, checkpoints=checkpoints)
+
+
+def decode_checkpoints(items: Any, after: int) -> list[Checkpoint]:
+    """The checkpoints of a feed page (or _MalformedFeedError for the whole page)."""
+    if not isinstance(items, list):
+        raise _MalformedFeedError(after + 1, "the feed's checkpoints are not a list")
+    checkpoints = []
+    for item in items:
+        try:
+            position = item["position"]
+            if not isinstance(position, int) or isinstance(position, bool):
+                raise TypeError("a checkpoint's position must be an integer")
+            checkpoints.append(
+                Checkpoint(
+                    position=position,
+                    hash=str(item["hash"]),
+                    recorded_at=str(item["recorded_at"]),
+                    kid=str(item["kid"]),
+                    signature=bytes.fromhex(str(item["signature"])),
+                )
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise _MalformedFeedError(
+                after + 1, f"a checkpoint in the feed is malformed: {error}"
+            ) from None
+    return checkpoints
+
+
+def feed_checkpoints(
+    ledger: LedgerRecorder, after: int, upto: int
+) -> list[dict[str, Any]]:
+    """The signed checkpoints over positions after ``after`` up to ``upto``.
+
+    As the feed gives them, to replicas asking with ``checkpoints_after``: the
+    first ``FEED_CHECKPOINTS`` in position order.
+    """
+    rows = ledger.query(
+        "SELECT position, hash, recorded_at, kid, signature FROM "
+        f"{checkpoint_table(ledger.events_table_name)} "
+        "WHERE position > %s AND position <= %s ORDER BY position LIMIT %s",
+        (after, upto, FEED_CHECKPOINTS),
+    )
+    return [
+        {
+            "position": int(row["position"]),
+            "hash": str(row["hash"]),
+            "recorded_at": str(row["recorded_at"]),
+            "kid": str(row["kid"]),
+            "signature": bytes(row["signature"]).hex(),
+        }
+        for row in rows
+    ]
 
 
 def decode_entry(item: Any, expected: int) -> SealedEntry:
@@ -503,6 +596,7 @@ class Follower:
         self.kek = kek
         self._keys: OrderedDict[uuid.UUID, ManagedKey] = OrderedDict()
         self._held_checked = False
+        self._checkpoints_after = 0  # the last of the primary's checkpoints kept
         self._applying = threading.RLock()
         head = self.ledger.head()
         self.status = ReplicaStatus(source.name, FOLLOWING, head.position, head.hash, 0)
@@ -525,6 +619,7 @@ class Follower:
         self._head = head
         self.status.position, self.status.hash = head.position, head.hash
         self.book = key_book(self.service, self.public_keys)
+        self._checkpoints_after = self._last_checkpoint()
         if not rows:
             self.ledger.execute(
                 [
@@ -660,7 +755,12 @@ class Follower:
             self._check_held(held)
             self._held_checked = True
         try:
-            page = self.source.page(held.position, self.batch, wait)
+            page = self.source.page(
+                held.position,
+                self.batch,
+                wait,
+                checkpoints_after=self._checkpoints_after,
+            )
         except _MalformedFeedError as error:
             raise self.halt(
                 Halt(error.position, "MALFORMED_FEED", error.detail)
@@ -679,10 +779,12 @@ class Follower:
             raise self.halt(page.malformed)
         if not entries:
             self._seen_head(page.head_position)
+            self._keep_checkpoints(page.checkpoints)
             return 0
         verified, failure = self._verify(entries, held)
         if verified:
             self._apply(verified, page.head_position)
+            self._keep_checkpoints(page.checkpoints)
         failure = failure or page.malformed
         if failure is not None:
             if (
@@ -695,6 +797,48 @@ class Follower:
         if self.caught_up():
             self.status.caught_up_at = time.time()
         return len(verified)
+
+    def _keep_checkpoints(self, checkpoints: Sequence[Checkpoint]) -> None:
+        """Store the primary's checkpoints over entries held, each checked first.
+
+        A checkpoint is kept once the replica holds the entry it covers (until
+        then the next page brings it again); one whose signature or hash does
+        not check out halts the replica, as a bad entry does.
+        """
+        for checkpoint in checkpoints:
+            position = checkpoint.position
+            if not self._checkpoints_after < position <= self._head.position:
+                continue
+            failure = check_checkpoint_signature(
+                {
+                    "position": position,
+                    "hash": checkpoint.hash,
+                    "recorded_at": checkpoint.recorded_at,
+                    "kid": checkpoint.kid,
+                    "signature": checkpoint.signature,
+                },
+                self.book.keys,
+            )
+            if failure is not None:
+                raise self.halt(Halt(position, failure.reason, failure.detail))
+            if self._own_hash(position) != checkpoint.hash:
+                raise self.halt(
+                    Halt(
+                        position,
+                        "CHECKPOINT_MISMATCH",
+                        f"the primary's checkpoint at {position} names another "
+                        "hash than the entry the replica holds there",
+                    )
+                )
+            self.ledger.insert_checkpoint(checkpoint)
+            self._checkpoints_after = position
+
+    def _last_checkpoint(self) -> int:
+        rows = self.ledger.query(
+            "SELECT max(position) AS position FROM "
+            f"{checkpoint_table(self.ledger.events_table_name)}"
+        )
+        return int(rows[0]["position"] or 0) if rows else 0
 
     def _check_primary_head(self, head_position: int, held: Head) -> None:
         seen = max(self.status.primary_head, held.position)

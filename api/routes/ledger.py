@@ -22,6 +22,7 @@ from api.schemas import ClockAdvance
 from api.waiting import head_watch
 from domain.access import Permission, permissions_of
 from domain.clock import AdjustableClock, format_time
+from ledger.replica import feed_checkpoints
 from ledger.service import CommandContext
 from ledger.store import Actor, checkpoint_table
 from ledger.verify import verify_ledger
@@ -49,27 +50,43 @@ async def list_events(
             "many long-polls are open already).",
         ),
     ] = 0,
+    checkpoints_after: Annotated[
+        int | None,
+        Query(
+            ge=0,
+            le=2**63 - 1,
+            description="Also list, under `checkpoints`, the signed checkpoints "
+            "over positions after this one up to the page's last (at most 100); "
+            "replicas ask for them.",
+        ),
+    ] = None,
 ) -> dict[str, Any]:
     """The ledger feed: entries with hashes and signatures, in position order."""
     # Async, so a long-poll waits in the event loop and holds no worker thread;
     # the reads themselves run in the threadpool, one short hop each.
     if Permission.REPLICATION not in permissions_of(actor.roles):
         await run_sync(require_whole_ledger, runtime, actor)  # every key is in it
-    events, head = await run_sync(_feed_page, runtime, after, limit)
-    if not events and wait > 0:
+    page = await run_sync(_feed_page, runtime, after, limit, checkpoints_after)
+    if not page["events"] and wait > 0:
         watch = head_watch(runtime.service.ledger)
         await watch.wait_for(after + 1, wait, principal=actor.principal)
-        events, head = await run_sync(_feed_page, runtime, after, limit)
-    response.headers["Ledger-Position"] = str(head)
-    next_after = events[-1]["position"] if events else after
-    return {"events": events, "next_after": next_after, "head_position": head}
+        page = await run_sync(_feed_page, runtime, after, limit, checkpoints_after)
+    response.headers["Ledger-Position"] = str(page["head_position"])
+    return page
 
 
 def _feed_page(
-    runtime: Runtime, after: int, limit: int
-) -> tuple[list[dict[str, Any]], int]:
+    runtime: Runtime, after: int, limit: int, checkpoints_after: int | None
+) -> dict[str, Any]:
     events = runtime.service.events(after=after, limit=limit)
-    return events, runtime.service.head_position()
+    head = runtime.service.head_position()
+    next_after = events[-1]["position"] if events else after
+    page = {"events": events, "next_after": next_after, "head_position": head}
+    if checkpoints_after is not None:
+        page["checkpoints"] = feed_checkpoints(
+            runtime.service.ledger, checkpoints_after, next_after
+        )
+    return page
 
 
 @router.get("/v1/ledger/head", operation_id="get_ledger_head")

@@ -322,6 +322,37 @@ def test_events_feed_pages_by_after_and_limit(
     assert end == {"events": [], "next_after": 7, "head_position": 7}
 
 
+def test_events_feed_lists_checkpoints_only_when_asked(
+    client: TestClient, clock: AdjustableClock
+) -> None:
+    """With checkpoints_after, a page lists the signed checkpoints over positions
+    after it up to the page's last; without it, the page has no such field."""
+    _workload(client, clock)
+    first = client.post("/v1/ledger/checkpoints").json()["checkpoint"]
+    create(client, "later")
+    second = client.post("/v1/ledger/checkpoints").json()["checkpoint"]
+
+    plain = client.get("/v1/events", params={"after": 0}).json()
+    upto_first = client.get(
+        "/v1/events",
+        params={"after": 0, "limit": first["position"], "checkpoints_after": 0},
+    ).json()
+    held = client.get(
+        "/v1/events",
+        params={"after": second["position"], "checkpoints_after": first["position"]},
+    ).json()
+
+    assert "checkpoints" not in plain
+    assert upto_first["checkpoints"] == [first]
+    # a page with no entries still brings checkpoints over positions before it
+    assert held["events"] == [] and held["checkpoints"] == [second]
+    assert_error(
+        client.get("/v1/events", params={"checkpoints_after": -1}),
+        422,
+        "INVALID_FIELD",
+    )
+
+
 @contextmanager
 def _serving(runtime: Runtime) -> Iterator[str]:
     """A real HTTP server (uvicorn in a thread) over the test's runtime."""

@@ -34,7 +34,8 @@ from ledger.replica import (
 )
 from ledger.service import CommandContext, KeyService, load_local_secrets
 from ledger.signing import LedgerSigner, public_key_pem
-from ledger.store import SealedEntry
+from ledger.store import SealedEntry, checkpoint_table
+from ledger.verify import verify_ledger
 from projections import access_view
 from projections.rebuild import rebuild
 from tests.ledger._replica_support import (
@@ -97,9 +98,9 @@ def test_an_entry_delivered_again_is_a_no_op(
     workload(service, ctx, clock)
 
     class Repeating(ServiceSource):
-        def page(self, after: int, limit: int, wait: float) -> FeedPage:
+        def page(self, after: int, limit: int, wait: float, **options: Any) -> FeedPage:
             # pages start three entries early (the replica already holds them)
-            return super().page(max(after - 3, 0), limit + 3, wait)
+            return super().page(max(after - 3, 0), limit + 3, wait, **options)
 
     follower = open_replica(Repeating(service), batch=5)
     follow_all(follower)
@@ -169,6 +170,104 @@ def test_a_changed_entry_halts_and_keeps_what_was_verified(
         open_replica(ServiceSource(service))
     resumed = open_replica(ServiceSource(service), resume=True)
     follow_all(resumed)
+    assert_same_ledger(service, resumed.service)
+
+
+def _checkpoints(service: KeyService) -> list[dict[str, Any]]:
+    table = checkpoint_table(service.ledger.events_table_name)
+    rows = service.ledger.query(
+        f"SELECT position, hash, recorded_at, kid, signature FROM {table} "
+        "ORDER BY position"
+    )
+    return [{**row, "signature": bytes(row["signature"])} for row in rows]
+
+
+def test_the_primary_checkpoints_follow_and_verify_on_the_replica(
+    service: KeyService,
+    ctx: CommandContext,
+    clock: AdjustableClock,
+    open_replica: Callable[..., Follower],
+) -> None:
+    """Checkpoints over the entries followed, and one made later over entries the
+    replica already holds, are kept as signed; the replica's ledger verifies them."""
+    workload(service, ctx, clock)
+    service.checkpoint_now()
+    service.rotate(ctx, "alpha")
+    follower = open_replica(ServiceSource(service), batch=4)
+    follow_all(follower)
+    assert len(_checkpoints(follower.service)) == 1
+
+    # a checkpoint made once the replica caught up comes with the next (empty) page
+    late = service.checkpoint_now()
+    assert late is not None and follower.step() == 0
+
+    assert _checkpoints(follower.service) == _checkpoints(service)
+    assert len(_checkpoints(service)) == 2
+    report = verify_ledger(follower.service.ledger, service.public_keys())
+    assert report.ok, report.first_failure
+    assert report.checkpoints_checked == 2
+    assert report.latest_checkpoint == late.position
+
+
+class TamperedCheckpoints(ServiceSource):
+    """Changes every checkpoint the feed carries."""
+
+    def __init__(self, service: KeyService, change: Callable[..., Any]):
+        super().__init__(service)
+        self.change = change
+
+    def body(self, body: dict[str, Any]) -> dict[str, Any]:
+        for checkpoint in body.get("checkpoints", []):
+            self.change(self.service, checkpoint)
+        return body
+
+
+def _flip_checkpoint_signature(_: KeyService, checkpoint: dict[str, Any]) -> None:
+    signature = bytearray(bytes.fromhex(checkpoint["signature"]))
+    signature[0] ^= 1
+    checkpoint["signature"] = signature.hex()
+
+
+def _sign_another_hash(service: KeyService, checkpoint: dict[str, Any]) -> None:
+    # validly signed by the primary, over a hash that is not its entry's
+    signed = service.app.sequencer.checkpoint(
+        checkpoint["position"], "ab" * 32, checkpoint["recorded_at"]
+    )
+    checkpoint.update(signed.as_json())
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        pytest.param(_flip_checkpoint_signature, "CHECKPOINT_INVALID", id="signature"),
+        pytest.param(_sign_another_hash, "CHECKPOINT_MISMATCH", id="hash"),
+    ],
+)
+def test_a_bad_checkpoint_halts_and_is_not_kept(
+    service: KeyService,
+    ctx: CommandContext,
+    clock: AdjustableClock,
+    open_replica: Callable[..., Follower],
+    change: Callable[..., Any],
+    reason: str,
+) -> None:
+    """A checkpoint that does not check out halts the replica; none is kept."""
+    workload(service, ctx, clock)
+    checkpoint = service.checkpoint_now()
+    assert checkpoint is not None
+    follower = open_replica(TamperedCheckpoints(service, change), batch=100)
+
+    with pytest.raises(ReplicaHalted) as halted:
+        follow_all(follower)
+
+    assert halted.value.halt.reason == reason
+    assert halted.value.halt.position == checkpoint.position
+    assert _checkpoints(follower.service) == []
+    assert follower.status.as_json()["state"] == "halted"
+    # resumed against an honest feed, it keeps the checkpoint as signed
+    resumed = open_replica(ServiceSource(service), resume=True)
+    follow_all(resumed)
+    assert _checkpoints(resumed.service) == _checkpoints(service)
     assert_same_ledger(service, resumed.service)
 
 
@@ -376,11 +475,11 @@ def test_the_primary_lost_while_an_erasure_is_checked_is_retried_cleanly(
             self.fail_next = bool(found.erased) and not self.failed
             return found
 
-        def page(self, after: int, limit: int, wait: float) -> FeedPage:
+        def page(self, after: int, limit: int, wait: float, **options: Any) -> FeedPage:
             if self.fail_next:
                 self.fail_next, self.failed = False, True
                 raise SourceUnavailable("ConnectError: the primary went away")
-            return super().page(after, limit, wait)
+            return super().page(after, limit, wait, **options)
 
     source = Flaky(service)
     follower = open_replica(source)
