@@ -89,6 +89,8 @@ class HeadWatch:
         refused for the caps (it returns at once; the caller MUST answer with
         what it holds rather than retry in a loop).
         """
+        if timeout <= 0:
+            return "timeout"
         loop = asyncio.get_running_loop()
         waiter = _Waiter(position, principal, loop, loop.create_future())
         with self._lock:

@@ -52,7 +52,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import httpx
@@ -135,6 +135,7 @@ _PROJECTED_TOPICS = _topics(ManagedKey) | _topics(Principal) | _topics(KeyBackup
 _USAGE_TOPIC = KeyUse.KeyUsed.TOPIC
 MATERIAL_PAGE = 200
 FEED_CHECKPOINTS = 100  # at most, per feed page
+IDLE_PAUSE = 1.0  # seconds, after a long-poll the primary answered without waiting
 _AGGREGATE_CACHE = 1000
 
 
@@ -262,6 +263,7 @@ class FeedPage:
     head_position: int
     malformed: Halt | None = None  # an item after ``entries`` that is not an entry
     checkpoints: list[Checkpoint] = field(default_factory=list)
+    wait_refused: bool = False  # the primary did not long-poll (``Long-Poll: refused``)
 
 
 @dataclass
@@ -338,8 +340,11 @@ class HttpSource:
         params: dict[str, Any] = {"after": after, "limit": limit, "wait": wait}
         if checkpoints_after is not None:
             params["checkpoints_after"] = checkpoints_after
-        body = self._get("/v1/events", params, wait + self._timeout)
-        return decode_page(body, after)
+        response = self._request("/v1/events", params, wait + self._timeout)
+        page = decode_page(_json(response, after), after)
+        if response.headers.get("Long-Poll") == "refused":
+            page = replace(page, wait_refused=True)
+        return page
 
     def announce(self, public_key_pem: str) -> dict[str, Any]:
         """Ask the primary to announce this replica's signing key on its ledger."""
@@ -387,6 +392,15 @@ class HttpSource:
         params: Mapping[str, Any],
         timeout: float,
     ) -> Any:
+        response = self._request(path, params, timeout)
+        return _json(response, int(params.get("after", 0)))
+
+    def _request(
+        self,
+        path: str,
+        params: Mapping[str, Any],
+        timeout: float,
+    ) -> httpx.Response:
         try:
             response = self._client.get(path, params=dict(params), timeout=timeout)
         except httpx.TimeoutException as error:
@@ -403,11 +417,14 @@ class HttpSource:
             )
         if response.status_code != 200:
             raise SourceUnavailable(f"the primary answered {response.status_code}")
-        try:
-            return response.json()
-        except ValueError:
-            position = int(params.get("after", 0)) + 1
-            raise _MalformedFeedError(position, "the feed is not JSON") from None
+        return response
+
+
+def _json(response: httpx.Response, after: int) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        raise _MalformedFeedError(after + 1, "the feed is not JSON") from None
 
 
 def _code(response: httpx.Response) -> str | None:
@@ -597,6 +614,7 @@ class Follower:
         self._keys: OrderedDict[uuid.UUID, ManagedKey] = OrderedDict()
         self._held_checked = False
         self._checkpoints_after = 0  # the last of the primary's checkpoints kept
+        self._wait_refused = False  # the last page came without the long-poll
         self._applying = threading.RLock()
         head = self.ledger.head()
         self.status = ReplicaStatus(source.name, FOLLOWING, head.position, head.hash, 0)
@@ -722,6 +740,10 @@ class Follower:
             backoff = 0.2
             if until_caught_up and not applied and self.caught_up():
                 return None
+            if not applied and self._wait_refused:
+                # The primary answered without waiting (too many long-polls open
+                # there): poll again a little later, not in a tight loop.
+                stopping.wait(IDLE_PAUSE)
         return None
 
     def caught_up(self) -> bool:
@@ -765,6 +787,7 @@ class Follower:
             raise self.halt(
                 Halt(error.position, "MALFORMED_FEED", error.detail)
             ) from None
+        self._wait_refused = page.wait_refused
         with self._applying:
             if self.status.state == PROMOTED or self._head != held:
                 return 0

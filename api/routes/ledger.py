@@ -69,7 +69,9 @@ async def list_events(
     page = await run_sync(_feed_page, runtime, after, limit, checkpoints_after)
     if not page["events"] and wait > 0:
         watch = head_watch(runtime.service.ledger)
-        await watch.wait_for(after + 1, wait, principal=actor.principal)
+        outcome = await watch.wait_for(after + 1, wait, principal=actor.principal)
+        if outcome == "busy":
+            response.headers["Long-Poll"] = "refused"
         page = await run_sync(_feed_page, runtime, after, limit, checkpoints_after)
     response.headers["Ledger-Position"] = str(page["head_position"])
     return page

@@ -442,6 +442,7 @@ def test_long_polls_beyond_the_cap_answer_at_once(runtime: Runtime) -> None:
         refused = http.get("/v1/events", params={"after": head, "wait": 30})
 
         assert refused.status_code == 200
+        assert refused.headers["Long-Poll"] == "refused"
         assert refused.json() == {
             "events": [],
             "next_after": head,

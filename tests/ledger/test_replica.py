@@ -8,6 +8,7 @@ without a server; the end-to-end tests cover the HTTP path and kill -9.
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -23,6 +24,7 @@ from domain.clock import AdjustableClock
 from domain.errors import AuthenticationError
 from ledger.access import AccessService
 from ledger.replica import (
+    IDLE_PAUSE,
     FeedPage,
     Follower,
     Materials,
@@ -497,6 +499,42 @@ def test_the_primary_lost_while_an_erasure_is_checked_is_retried_cleanly(
     assert source.failed
     assert_same_ledger(service, follower.service)
     assert follower.status.state == "following"
+
+
+class _Stopping(threading.Event):
+    """A stop signal that records each pause of the follower, and stops it there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pauses: list[float | None] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.pauses.append(timeout)
+        self.set()
+        return True
+
+
+def test_a_long_poll_answered_without_waiting_is_not_repeated_at_once(
+    service: KeyService, ctx: CommandContext, open_replica: Callable[..., Follower]
+) -> None:
+    """When the primary answers a long-poll without waiting (its cap on open
+    long-polls is reached), the follower pauses before polling again."""
+
+    class Busy(ServiceSource):
+        def page(self, *args: Any, **options: Any) -> FeedPage:
+            return replace(super().page(*args, **options), wait_refused=True)
+
+    service.create_key(ctx, name="k")
+    source = Busy(service)
+    follower = open_replica(source)
+    follow_all(follower)
+    pages = source.pages
+    stopping = _Stopping()
+
+    assert follower.run(stopping, wait=10) is None
+
+    assert stopping.pauses == [IDLE_PAUSE]
+    assert source.pages == pages + 1
 
 
 def test_pinning_refuses_no_pin_and_a_wrong_key() -> None:
