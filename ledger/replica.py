@@ -31,6 +31,14 @@ already holds. Reasons are the verifier's codes (``GAP``, ``BROKEN_LINK``,
 ``MATERIAL_MISSING``       the primary sent no material for a version, and no
                            entry signed by it erases that version
 ``REPLICA_CONFLICT``       something else appended to the replica's own ledger
+``CHECKPOINT_INVALID``     a checkpoint of the primary is not signed by a trusted key
+``CHECKPOINT_MISMATCH``    a checkpoint of the primary names another hash than the
+                           entry the replica holds at its position
+
+The primary's signed checkpoints follow too: the feed carries those over the
+positions it delivers (and any made later over positions already held), and
+the replica stores each once it holds the entry it covers, after checking its
+signature and that it names that entry's hash.
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import httpx
@@ -69,11 +77,27 @@ from domain.principals import Principal
 from domain.usage import KeyUse
 from ledger.entry import canonical_json
 from ledger.material import KeyEncryptionKey, UnwrapError, fingerprint
-from ledger.offline import KeyBook, StoredEntry, _Signed, entry_hash, verify_entries
+from ledger.offline import (
+    KeyBook,
+    StoredEntry,
+    _Signed,
+    check_checkpoint_signature,
+    entry_hash,
+    verify_entries,
+)
 from ledger.service import KeyService
 from ledger.signing import key_id, load_public_key
 from ledger.signing import public_key_pem as pem_of
-from ledger.store import Actor, Head, LedgerWrite, SealedEntry, Statement
+from ledger.store import (
+    Actor,
+    Checkpoint,
+    Head,
+    LedgerRecorder,
+    LedgerWrite,
+    SealedEntry,
+    Statement,
+    checkpoint_table,
+)
 from projections import access_view, backup_status, key_view, usage_counts
 
 logger = logging.getLogger(__name__)
@@ -110,6 +134,8 @@ _PROJECTED_TOPICS = _topics(ManagedKey) | _topics(Principal) | _topics(KeyBackup
 # Usage records feed only the usage counts, written as on the primary.
 _USAGE_TOPIC = KeyUse.KeyUsed.TOPIC
 MATERIAL_PAGE = 200
+FEED_CHECKPOINTS = 100  # at most, per feed page
+IDLE_PAUSE = 1.0  # seconds, after a long-poll the primary answered without waiting
 _AGGREGATE_CACHE = 1000
 
 
@@ -236,6 +262,8 @@ class FeedPage:
     entries: list[SealedEntry]
     head_position: int
     malformed: Halt | None = None  # an item after ``entries`` that is not an entry
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+    wait_refused: bool = False  # the primary did not long-poll (``Long-Poll: refused``)
 
 
 @dataclass
@@ -257,7 +285,13 @@ class Source(Protocol):
     name: str
 
     def signing_key_pem(self) -> str: ...
-    def page(self, after: int, limit: int, wait: float) -> FeedPage: ...
+    def page(
+        self,
+        after: int,
+        limit: int,
+        wait: float,
+        checkpoints_after: int | None = None,
+    ) -> FeedPage: ...
     def materials(self, wanted: Sequence[tuple[str, int]]) -> Materials: ...
 
 
@@ -296,10 +330,21 @@ class HttpSource:
                 "the primary did not name its signing key"
             ) from None
 
-    def page(self, after: int, limit: int, wait: float) -> FeedPage:
-        params = {"after": after, "limit": limit, "wait": wait}
-        body = self._get("/v1/events", params, wait + self._timeout)
-        return decode_page(body, after)
+    def page(
+        self,
+        after: int,
+        limit: int,
+        wait: float,
+        checkpoints_after: int | None = None,
+    ) -> FeedPage:
+        params: dict[str, Any] = {"after": after, "limit": limit, "wait": wait}
+        if checkpoints_after is not None:
+            params["checkpoints_after"] = checkpoints_after
+        response = self._request("/v1/events", params, wait + self._timeout)
+        page = decode_page(_json(response, after), after)
+        if response.headers.get("Long-Poll") == "refused":
+            page = replace(page, wait_refused=True)
+        return page
 
     def announce(self, public_key_pem: str) -> dict[str, Any]:
         """Ask the primary to announce this replica's signing key on its ledger."""
@@ -347,6 +392,15 @@ class HttpSource:
         params: Mapping[str, Any],
         timeout: float,
     ) -> Any:
+        response = self._request(path, params, timeout)
+        return _json(response, int(params.get("after", 0)))
+
+    def _request(
+        self,
+        path: str,
+        params: Mapping[str, Any],
+        timeout: float,
+    ) -> httpx.Response:
         try:
             response = self._client.get(path, params=dict(params), timeout=timeout)
         except httpx.TimeoutException as error:
@@ -363,11 +417,14 @@ class HttpSource:
             )
         if response.status_code != 200:
             raise SourceUnavailable(f"the primary answered {response.status_code}")
-        try:
-            return response.json()
-        except ValueError:
-            position = int(params.get("after", 0)) + 1
-            raise _MalformedFeedError(position, "the feed is not JSON") from None
+        return response
+
+
+def _json(response: httpx.Response, after: int) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        raise _MalformedFeedError(after + 1, "the feed is not JSON") from None
 
 
 def _code(response: httpx.Response) -> str | None:
@@ -388,13 +445,66 @@ def decode_page(body: Any, after: int) -> FeedPage:
     head = body.get("head_position")
     if not isinstance(head, int) or isinstance(head, bool):
         raise _MalformedFeedError(after + 1, "the feed page has no head position")
+    checkpoints = decode_checkpoints(body.get("checkpoints", []), after)
     entries = []
     for offset, item in enumerate(body["events"]):
         try:
             entries.append(decode_entry(item, after + 1 + offset))
         except _MalformedFeedError as error:
-            return FeedPage(entries, head, error.halt())
-    return FeedPage(entries, head)
+            return FeedPage(entries, head, error.halt(), checkpoints)
+    return FeedPage(entries, head, checkpoints=checkpoints)
+
+
+def decode_checkpoints(items: Any, after: int) -> list[Checkpoint]:
+    """The checkpoints of a feed page (or _MalformedFeedError for the whole page)."""
+    if not isinstance(items, list):
+        raise _MalformedFeedError(after + 1, "the feed's checkpoints are not a list")
+    checkpoints = []
+    for item in items:
+        try:
+            position = item["position"]
+            if not isinstance(position, int) or isinstance(position, bool):
+                raise TypeError("a checkpoint's position must be an integer")
+            checkpoints.append(
+                Checkpoint(
+                    position=position,
+                    hash=str(item["hash"]),
+                    recorded_at=str(item["recorded_at"]),
+                    kid=str(item["kid"]),
+                    signature=bytes.fromhex(str(item["signature"])),
+                )
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise _MalformedFeedError(
+                after + 1, f"a checkpoint in the feed is malformed: {error}"
+            ) from None
+    return checkpoints
+
+
+def feed_checkpoints(
+    ledger: LedgerRecorder, after: int, upto: int
+) -> list[dict[str, Any]]:
+    """The signed checkpoints over positions after ``after`` up to ``upto``.
+
+    As the feed gives them, to replicas asking with ``checkpoints_after``: the
+    first ``FEED_CHECKPOINTS`` in position order.
+    """
+    rows = ledger.query(
+        "SELECT position, hash, recorded_at, kid, signature FROM "
+        f"{checkpoint_table(ledger.events_table_name)} "
+        "WHERE position > %s AND position <= %s ORDER BY position LIMIT %s",
+        (after, upto, FEED_CHECKPOINTS),
+    )
+    return [
+        {
+            "position": int(row["position"]),
+            "hash": str(row["hash"]),
+            "recorded_at": str(row["recorded_at"]),
+            "kid": str(row["kid"]),
+            "signature": bytes(row["signature"]).hex(),
+        }
+        for row in rows
+    ]
 
 
 def decode_entry(item: Any, expected: int) -> SealedEntry:
@@ -503,6 +613,8 @@ class Follower:
         self.kek = kek
         self._keys: OrderedDict[uuid.UUID, ManagedKey] = OrderedDict()
         self._held_checked = False
+        self._checkpoints_after = 0  # the last of the primary's checkpoints kept
+        self._wait_refused = False  # the last page came without the long-poll
         self._applying = threading.RLock()
         head = self.ledger.head()
         self.status = ReplicaStatus(source.name, FOLLOWING, head.position, head.hash, 0)
@@ -525,6 +637,7 @@ class Follower:
         self._head = head
         self.status.position, self.status.hash = head.position, head.hash
         self.book = key_book(self.service, self.public_keys)
+        self._checkpoints_after = self._last_checkpoint()
         if not rows:
             self.ledger.execute(
                 [
@@ -627,6 +740,10 @@ class Follower:
             backoff = 0.2
             if until_caught_up and not applied and self.caught_up():
                 return None
+            if not applied and self._wait_refused:
+                # The primary answered without waiting (too many long-polls open
+                # there): poll again a little later, not in a tight loop.
+                stopping.wait(IDLE_PAUSE)
         return None
 
     def caught_up(self) -> bool:
@@ -660,11 +777,17 @@ class Follower:
             self._check_held(held)
             self._held_checked = True
         try:
-            page = self.source.page(held.position, self.batch, wait)
+            page = self.source.page(
+                held.position,
+                self.batch,
+                wait,
+                checkpoints_after=self._checkpoints_after,
+            )
         except _MalformedFeedError as error:
             raise self.halt(
                 Halt(error.position, "MALFORMED_FEED", error.detail)
             ) from None
+        self._wait_refused = page.wait_refused
         with self._applying:
             if self.status.state == PROMOTED or self._head != held:
                 return 0
@@ -679,10 +802,12 @@ class Follower:
             raise self.halt(page.malformed)
         if not entries:
             self._seen_head(page.head_position)
+            self._keep_checkpoints(page.checkpoints)
             return 0
         verified, failure = self._verify(entries, held)
         if verified:
             self._apply(verified, page.head_position)
+            self._keep_checkpoints(page.checkpoints)
         failure = failure or page.malformed
         if failure is not None:
             if (
@@ -695,6 +820,48 @@ class Follower:
         if self.caught_up():
             self.status.caught_up_at = time.time()
         return len(verified)
+
+    def _keep_checkpoints(self, checkpoints: Sequence[Checkpoint]) -> None:
+        """Store the primary's checkpoints over entries held, each checked first.
+
+        A checkpoint is kept once the replica holds the entry it covers (until
+        then the next page brings it again); one whose signature or hash does
+        not check out halts the replica, as a bad entry does.
+        """
+        for checkpoint in checkpoints:
+            position = checkpoint.position
+            if not self._checkpoints_after < position <= self._head.position:
+                continue
+            failure = check_checkpoint_signature(
+                {
+                    "position": position,
+                    "hash": checkpoint.hash,
+                    "recorded_at": checkpoint.recorded_at,
+                    "kid": checkpoint.kid,
+                    "signature": checkpoint.signature,
+                },
+                self.book.keys,
+            )
+            if failure is not None:
+                raise self.halt(Halt(position, failure.reason, failure.detail))
+            if self._own_hash(position) != checkpoint.hash:
+                raise self.halt(
+                    Halt(
+                        position,
+                        "CHECKPOINT_MISMATCH",
+                        f"the primary's checkpoint at {position} names another "
+                        "hash than the entry the replica holds there",
+                    )
+                )
+            self.ledger.insert_checkpoint(checkpoint)
+            self._checkpoints_after = position
+
+    def _last_checkpoint(self) -> int:
+        rows = self.ledger.query(
+            "SELECT max(position) AS position FROM "
+            f"{checkpoint_table(self.ledger.events_table_name)}"
+        )
+        return int(rows[0]["position"] or 0) if rows else 0
 
     def _check_primary_head(self, head_position: int, held: Head) -> None:
         seen = max(self.status.primary_head, held.position)
@@ -1315,6 +1482,20 @@ def promote(
         extra={"epoch": epoch.epoch, "position": write.receipts[-1].position},
     )
     return epoch
+
+
+def promotion_entry(service: KeyService, epoch: Epoch) -> Head:
+    """The position, hash and time of the ``Promoted`` entry that recorded ``epoch``.
+
+    Not the head: a promoted service appends its start (and more) right after.
+    """
+    rows = service.ledger.query(
+        f"SELECT notification_id, entry_hash, recorded_at FROM "
+        f"{service.ledger.events_table_name} WHERE originator_id = %s",
+        (epoch.id.hex if _is_sqlite(service) else epoch.id,),
+    )
+    row = rows[0]
+    return Head(int(row["notification_id"]), str(row["entry_hash"]), row["recorded_at"])
 
 
 def unpromoted_replica(service: KeyService) -> dict[str, Any] | None:

@@ -13,7 +13,7 @@ import json
 import secrets
 import sys
 
-from ledger.replica import PromotionRefusedError, promote
+from ledger.replica import PromotionRefusedError, promote, promotion_entry
 from ledger.store import Actor
 from scripts.common import add_ledger_arguments, open_ledger_for
 
@@ -41,7 +41,7 @@ def main(args: argparse.Namespace) -> int:
             f"promote-{secrets.token_hex(8)}",
             force=args.force,
         )
-        head = service.ledger.head()
+        entry = promotion_entry(service, epoch)
     except PromotionRefusedError as refusal:
         print(
             f"keyledger promote: refused, {refusal.code}: {refusal.message} "
@@ -58,7 +58,7 @@ def main(args: argparse.Namespace) -> int:
         else ""
     )
     print(
-        f"promoted: epoch {epoch.epoch} at position {head.position} {head.hash}, "
+        f"promoted: epoch {epoch.epoch} at position {entry.position} {entry.hash}, "
         f"signed by {epoch.kid}{lost}"
     )
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
+from anyio.to_thread import run_sync
 from fastapi import APIRouter, Query, Request, Response
 
 from api.body import validate
@@ -19,9 +20,12 @@ from api.deps import (
     require_whole_ledger,
 )
 from api.errors import ApiError
+from api.runtime import Runtime
 from api.schemas import ClockAdvance
+from api.waiting import head_watch
 from domain.access import Permission, permissions_of
 from domain.clock import AdjustableClock, format_time
+from ledger.replica import feed_checkpoints
 from ledger.service import CommandResult
 from ledger.store import Actor, checkpoint_table
 from ledger.verify import verify_ledger
@@ -32,7 +36,7 @@ MAX_FEED_WAIT_SECONDS = 30
 
 
 @router.get("/v1/events", operation_id="list_events")
-def list_events(
+async def list_events(
     response: Response,
     runtime: RuntimeDep,
     actor: Annotated[Actor, require(Permission.LEDGER_READ, Permission.REPLICATION)],
@@ -45,21 +49,49 @@ def list_events(
             ge=0,
             le=MAX_FEED_WAIT_SECONDS,
             description="Long-poll: when nothing follows `after`, wait up to this "
-            "many seconds for the next entry before answering.",
+            "many seconds for the next entry before answering (at once when too "
+            "many long-polls are open already).",
         ),
     ] = 0,
+    checkpoints_after: Annotated[
+        int | None,
+        Query(
+            ge=0,
+            le=2**63 - 1,
+            description="Also list, under `checkpoints`, the signed checkpoints "
+            "over positions after this one up to the page's last (at most 100); "
+            "replicas ask for them.",
+        ),
+    ] = None,
 ) -> dict[str, Any]:
     """The ledger feed: entries with hashes and signatures, in position order."""
+    # Async, so a long-poll waits in the event loop and holds no worker thread;
+    # the reads themselves run in the threadpool, one short hop each.
     if Permission.REPLICATION not in permissions_of(actor.roles):
-        require_whole_ledger(runtime, actor)  # every key's entries are in it
+        await run_sync(require_whole_ledger, runtime, actor)  # every key is in it
+    page = await run_sync(_feed_page, runtime, after, limit, checkpoints_after)
+    if not page["events"] and wait > 0:
+        watch = head_watch(runtime.service.ledger)
+        outcome = await watch.wait_for(after + 1, wait, principal=actor.principal)
+        if outcome == "busy":
+            response.headers["Long-Poll"] = "refused"
+        page = await run_sync(_feed_page, runtime, after, limit, checkpoints_after)
+    response.headers["Ledger-Position"] = str(page["head_position"])
+    return page
+
+
+def _feed_page(
+    runtime: Runtime, after: int, limit: int, checkpoints_after: int | None
+) -> dict[str, Any]:
     events = runtime.service.events(after=after, limit=limit)
-    if not events and wait > 0:
-        runtime.service.ledger.wait_for_position(after + 1, wait)
-        events = runtime.service.events(after=after, limit=limit)
     head = runtime.service.head_position()
-    response.headers["Ledger-Position"] = str(head)
     next_after = events[-1]["position"] if events else after
-    return {"events": events, "next_after": next_after, "head_position": head}
+    page = {"events": events, "next_after": next_after, "head_position": head}
+    if checkpoints_after is not None:
+        page["checkpoints"] = feed_checkpoints(
+            runtime.service.ledger, checkpoints_after, next_after
+        )
+    return page
 
 
 @router.get("/v1/ledger/head", operation_id="get_ledger_head")

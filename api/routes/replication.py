@@ -12,6 +12,7 @@ honoured.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
@@ -25,9 +26,15 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 from api.body import validate
 from api.deps import BodyDep, RequestIdDep, RuntimeDep, require
 from api.errors import ApiError, error_body
+from api.waiting import head_watch
 from domain.access import Permission
 from domain.errors import LedgerUnavailableError
-from ledger.replica import PromotionRefusedError, announce_signer, erasure_position
+from ledger.replica import (
+    PromotionRefusedError,
+    announce_signer,
+    erasure_position,
+    promotion_entry,
+)
 from ledger.store import Actor
 
 router = APIRouter(tags=["replication"])
@@ -155,11 +162,11 @@ def post_promote(
         epoch = follower.promote(actor, request_id, force=command.force)
     except PromotionRefusedError as refusal:
         raise ApiError(409, refusal.code, refusal.message, **refusal.details) from None
+    entry = promotion_entry(runtime.service, epoch)
     runtime.record_start()
     runtime.start_scheduler()
-    head = runtime.service.ledger.head()
-    response.headers["Ledger-Position"] = str(head.position)
-    return {"epoch": epoch_json(epoch), "position": head.position, "hash": head.hash}
+    response.headers["Ledger-Position"] = str(entry.position)
+    return {"epoch": epoch_json(epoch), "position": entry.position, "hash": entry.hash}
 
 
 def epoch_json(epoch: Any) -> dict[str, Any]:
@@ -240,7 +247,7 @@ def install_replica(app: FastAPI, follower: Any, *, min_position_wait: float) ->
         reading = request.method in _READS
         try:
             if wanted is not None:
-                reached = await _wait_for(follower, wanted, min_position_wait)
+                reached = await _wait_for(follower, wanted, min_position_wait, request)
                 if isinstance(reached, Response):
                     return reached
                 before = reached
@@ -270,8 +277,15 @@ async def _held(follower: Any) -> int:
     return int(head.position)
 
 
-async def _wait_for(follower: Any, wanted: str, timeout: float) -> Response | int:
-    """The position held once it reaches ``wanted``; else the 4xx to answer with."""
+async def _wait_for(
+    follower: Any, wanted: str, timeout: float, request: Request
+) -> Response | int:
+    """The position held once it reaches ``wanted``; else the 4xx to answer with.
+
+    The wait happens in the event loop (see ``api.waiting``), so waiting reads
+    hold no worker thread. A request without credentials does not wait (it is
+    refused after), and beyond the caps on waiters a read answers at once.
+    """
     if not wanted.isdigit() or len(wanted) > 18:
         return JSONResponse(
             error_body(
@@ -281,9 +295,15 @@ async def _wait_for(follower: Any, wanted: str, timeout: float) -> Response | in
             status_code=422,
         )
     position = int(wanted)
-    if follower.status.position < position:
-        await anyio.to_thread.run_sync(
-            follower.ledger.wait_for_position, position, timeout
+    credentials = request.headers.get("authorization") or request.headers.get(
+        "x-vault-token"
+    )
+    if follower.status.position < position and credentials:
+        # Not authenticated yet (that happens in the route, after): waiters are
+        # counted per credential, kept only as a digest, in memory.
+        principal = hashlib.sha256(credentials.encode()).hexdigest()
+        await head_watch(follower.ledger).wait_for(
+            position, timeout, principal=principal
         )
     current = await _held(follower)
     if current >= position:

@@ -6,14 +6,21 @@ Also idempotent retries, which replay a saved response instead of appending agai
 from __future__ import annotations
 
 import hashlib
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 
 from api.main import create_app
 from api.runtime import Runtime, token_digest
+from api.waiting import head_watch
 from domain.clock import AdjustableClock, format_time
 from ledger.entry import (
     GENESIS_HASH,
@@ -36,11 +43,12 @@ from tests.api._support import (
     version_of,
 )
 from tests.api.conftest import TOKEN
-from tests.conftest import T0
+from tests.conftest import T0, wait_until
 
 SECOND = timedelta(seconds=1)
 WEEK = timedelta(days=7)
 HEX64 = set("0123456789abcdef")
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def _is_hash(value: Any) -> bool:
@@ -312,6 +320,139 @@ def test_events_feed_pages_by_after_and_limit(
     assert [e["position"] for e in rest["events"]] == [6, 7]
     end = client.get("/v1/events", params={"after": 7}).json()
     assert end == {"events": [], "next_after": 7, "head_position": 7}
+
+
+def test_events_feed_lists_checkpoints_only_when_asked(
+    client: TestClient, clock: AdjustableClock
+) -> None:
+    """With checkpoints_after, a page lists the signed checkpoints over positions
+    after it up to the page's last; without it, the page has no such field."""
+    _workload(client, clock)
+    first = client.post("/v1/ledger/checkpoints").json()["checkpoint"]
+    create(client, "later")
+    second = client.post("/v1/ledger/checkpoints").json()["checkpoint"]
+
+    plain = client.get("/v1/events", params={"after": 0}).json()
+    upto_first = client.get(
+        "/v1/events",
+        params={"after": 0, "limit": first["position"], "checkpoints_after": 0},
+    ).json()
+    held = client.get(
+        "/v1/events",
+        params={"after": second["position"], "checkpoints_after": first["position"]},
+    ).json()
+
+    assert "checkpoints" not in plain
+    assert upto_first["checkpoints"] == [first]
+    # a page with no entries still brings checkpoints over positions before it
+    assert held["events"] == [] and held["checkpoints"] == [second]
+    assert_error(
+        client.get("/v1/events", params={"checkpoints_after": -1}),
+        422,
+        "INVALID_FIELD",
+    )
+
+
+@contextmanager
+def _serving(runtime: Runtime) -> Iterator[str]:
+    """A real HTTP server (uvicorn in a thread) over the test's runtime."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    config = uvicorn.Config(
+        create_app(runtime.settings, runtime=runtime),
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    wait_until(lambda: server.started)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def _long_polls(
+    url: str, count: int, after: int, answers: list[httpx.Response]
+) -> list[threading.Thread]:
+    def poll() -> None:
+        with httpx.Client(base_url=url, headers=AUTH, timeout=120) as http:
+            answers.append(http.get("/v1/events", params={"after": after, "wait": 30}))
+
+    threads = [threading.Thread(target=poll) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def test_open_long_polls_hold_no_worker_thread_and_wake_on_the_next_entry(
+    runtime: Runtime,
+) -> None:
+    """Sixty open long-polls (more than the threadpool's 40 threads) leave every
+    other request answered, and all of them answer with the next entry."""
+    watch = head_watch(runtime.service.ledger)
+    with (
+        _serving(runtime) as url,
+        httpx.Client(base_url=url, headers=AUTH, timeout=120) as http,
+    ):
+        assert http.post("/v1/keys", json={"name": "payments"}).status_code == 201
+        head = http.get("/v1/ledger/head").json()["head"]["position"]
+        answers: list[httpx.Response] = []
+        # given sixty long-polls waiting for the entry after the head
+        threads = _long_polls(url, 60, head, answers)
+        wait_until(lambda: watch.waiting == 60)
+
+        # when other requests come, they are answered while all sixty still wait
+        assert http.get("/v1/keys/payments").status_code == 200
+        assert http.get("/v1/ledger/head").status_code == 200
+        assert watch.waiting == 60 and answers == []
+        created = http.post("/v1/keys", json={"name": "orders"})
+        assert created.status_code == 201
+        for thread in threads:
+            thread.join()
+
+    # then each long-poll answered with the new entry, none ran out its wait
+    assert len(answers) == 60
+    for answer in answers:
+        assert answer.status_code == 200
+        page = answer.json()
+        assert [event["position"] for event in page["events"]] == [head + 1]
+        assert page["next_after"] == head + 1
+
+
+def test_long_polls_beyond_the_cap_answer_at_once(runtime: Runtime) -> None:
+    """Past the per-principal cap a long-poll does not wait: an empty page at once."""
+    watch = head_watch(runtime.service.ledger)
+    watch.max_per_principal = 1
+    with (
+        _serving(runtime) as url,
+        httpx.Client(base_url=url, headers=AUTH, timeout=120) as http,
+    ):
+        head = http.get("/v1/ledger/head").json()["head"]["position"]
+        answers: list[httpx.Response] = []
+        threads = _long_polls(url, 1, head, answers)
+        wait_until(lambda: watch.waiting == 1)
+
+        refused = http.get("/v1/events", params={"after": head, "wait": 30})
+
+        assert refused.status_code == 200
+        assert refused.headers["Long-Poll"] == "refused"
+        assert refused.json() == {
+            "events": [],
+            "next_after": head,
+            "head_position": head,
+        }
+        assert watch.waiting == 1 and answers == []  # the first one still waits
+        assert http.post("/v1/keys", json={"name": "k"}).status_code == 201
+        for thread in threads:
+            thread.join()
+    assert [e["position"] for e in answers[0].json()["events"]] == [head + 1]
 
 
 BAD_FEED_QUERIES = [

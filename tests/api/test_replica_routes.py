@@ -2,25 +2,33 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+import uvicorn
 from eventsourcing.persistence import PersistenceError
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from api.main import create_app
 from api.routes.replication import install_replica
 from api.runtime import Runtime, token_digest
+from api.waiting import head_watch
 from domain.clock import AdjustableClock
+from domain.epochs import PROMOTED_TOPIC
 from ledger.replica import Follower, ReplicaHalted, announce_signer
 from ledger.service import CommandContext, KeyService
 from ledger.settings import Settings
 from ledger.signing import public_key_pem
 from tests.api._support import assert_error, assert_refused, head_position, snapshot
 from tests.api.conftest import TOKEN
+from tests.conftest import wait_until
 from tests.ledger._replica_support import (
     ServiceSource,
     announced_replica,
@@ -77,14 +85,7 @@ def test_min_position_waits_for_the_position_then_answers_it(
     follower = caught_up(service, ctx, open_replica)
     client = replica_client(follower)
     rotated = service.rotate(ctx, "k")
-    waiting = threading.Event()
-    wait_for_position = follower.ledger.wait_for_position
-
-    def observed(position: int, timeout: float) -> Any:
-        waiting.set()
-        return wait_for_position(position, timeout)
-
-    follower.ledger.wait_for_position = observed  # type: ignore[method-assign]
+    watch = head_watch(follower.ledger)
     answers: list[Any] = []
     reader = threading.Thread(
         target=lambda: answers.append(
@@ -93,7 +94,7 @@ def test_min_position_waits_for_the_position_then_answers_it(
     )
     reader.start()
     # the read is waiting before the position arrives; then the replica applies it
-    assert waiting.wait(timeout=30)
+    wait_until(lambda: watch.waiting == 1)
     assert not answers
     follow_all(follower)
     reader.join(timeout=60)
@@ -102,6 +103,85 @@ def test_min_position_waits_for_the_position_then_answers_it(
     assert answer.status_code == 200, answer.text
     assert answer.json()["stream_version"] == rotated.key["stream_version"]
     assert int(answer.headers["Ledger-Position"]) >= rotated.position
+
+
+@contextmanager
+def _serving(app: FastAPI) -> Iterator[str]:
+    """A real HTTP server (uvicorn in a thread) for ``app``."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_config=None, access_log=False
+        )
+    )
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    wait_until(lambda: server.started)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def test_reads_waiting_for_a_min_position_hold_no_worker_thread(
+    service: KeyService,
+    ctx: CommandContext,
+    clock: AdjustableClock,
+    tmp_path: Path,
+    open_replica: Callable[..., Follower],
+) -> None:
+    """Sixty reads waiting for a position (more than the threadpool's 40 threads)
+    leave other reads answered; all answer once the replica applies it."""
+    follower = caught_up(service, ctx, open_replica)
+    settings = Settings(data_dir=tmp_path / "replica", max_body_bytes=64 * 1024)
+    runtime = Runtime(
+        settings, follower.service, clock, token_digest(TOKEN), record_access=False
+    )
+    app = create_app(settings, runtime=runtime)
+    install_replica(app, follower, min_position_wait=30)
+    rotated = service.rotate(ctx, "k")
+    watch = head_watch(follower.ledger)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    answers: list[httpx.Response] = []
+
+    with _serving(app) as url:
+
+        def read() -> None:
+            with httpx.Client(base_url=url, headers=auth, timeout=120) as http:
+                wanted = {"Min-Position": str(rotated.position)}
+                answers.append(http.get("/v1/keys/k", headers=wanted))
+
+        # given sixty reads waiting for a position the replica lacks
+        readers = [threading.Thread(target=read) for _ in range(60)]
+        for reader in readers:
+            reader.start()
+        wait_until(lambda: watch.waiting == 60)
+
+        # when other reads come, they are answered while the sixty still wait
+        with httpx.Client(base_url=url, headers=auth, timeout=120) as http:
+            assert http.get("/v1/keys/k").status_code == 200
+            assert http.get("/v1/replication/status").status_code == 200
+            # a read without credentials does not wait: it is refused at once
+            late = http.get(
+                "/v1/keys/k",
+                headers={"Min-Position": str(rotated.position), "Authorization": ""},
+            )
+            assert late.status_code == 412
+        assert watch.waiting == 60 and answers == []
+        follow_all(follower)
+        for reader in readers:
+            reader.join()
+    runtime.stopping.set()
+
+    # then every waiting read answered with the rotated key
+    assert len(answers) == 60
+    for answer in answers:
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["stream_version"] == rotated.key["stream_version"]
+        assert int(answer.headers["Ledger-Position"]) >= rotated.position
 
 
 def test_ledger_position_is_at_least_the_min_position_reached(
@@ -245,6 +325,15 @@ def test_status_shows_the_primary_head_the_lag_and_the_promotion(
     promoted = client.post("/v1/replication/promote", json={})
     assert promoted.status_code == 200, promoted.text
     assert promoted.json()["epoch"]["epoch"] == 2
+    # the answer names the Promoted entry, not the service's start recorded after it
+    body = promoted.json()
+    [entry] = client.get(
+        "/v1/events", params={"after": body["position"] - 1, "limit": 1}
+    ).json()["events"]
+    assert entry["type"] == PROMOTED_TOPIC
+    assert entry["hash"] == body["hash"]
+    assert promoted.headers["Ledger-Position"] == str(body["position"])
+    assert follower.ledger.head().position > body["position"]
     status = client.get("/v1/replication/status").json()
     assert status["state"] == "promoted"
     assert status["role"] == "primary"

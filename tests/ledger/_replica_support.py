@@ -17,6 +17,7 @@ from ledger.replica import (
     announce_signer,
     decode_page,
     erasure_position,
+    feed_checkpoints,
     pin_keys,
 )
 from ledger.service import CommandContext, KeyService
@@ -40,12 +41,24 @@ class ServiceSource:
     def signing_key_pem(self) -> str:
         return public_key_pem(self.service.signer.public_key)
 
-    def page(self, after: int, limit: int, wait: float) -> FeedPage:
+    def page(
+        self,
+        after: int,
+        limit: int,
+        wait: float,
+        checkpoints_after: int | None = None,
+    ) -> FeedPage:
         self.pages += 1
-        body = {
-            "events": self.service.events(after=after, limit=limit),
+        events = self.service.events(after=after, limit=limit)
+        body: dict[str, Any] = {
+            "events": events,
             "head_position": self.service.head_position(),
         }
+        if checkpoints_after is not None:
+            upto = events[-1]["position"] if events else after
+            body["checkpoints"] = feed_checkpoints(
+                self.service.ledger, checkpoints_after, upto
+            )
         return decode_page(json.loads(json.dumps(self.body(body))), after)
 
     def body(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ without a server; the end-to-end tests cover the HTTP path and kill -9.
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -23,6 +24,7 @@ from domain.clock import AdjustableClock
 from domain.errors import AuthenticationError
 from ledger.access import AccessService
 from ledger.replica import (
+    IDLE_PAUSE,
     FeedPage,
     Follower,
     Materials,
@@ -32,9 +34,10 @@ from ledger.replica import (
     pin_keys,
     public_key_fingerprint,
 )
-from ledger.service import CommandContext, KeyService
+from ledger.service import CommandContext, KeyService, load_local_secrets
 from ledger.signing import LedgerSigner, public_key_pem
-from ledger.store import SealedEntry
+from ledger.store import SealedEntry, checkpoint_table
+from ledger.verify import verify_ledger
 from projections import access_view
 from projections.rebuild import rebuild
 from tests.ledger._replica_support import (
@@ -97,9 +100,9 @@ def test_an_entry_delivered_again_is_a_no_op(
     workload(service, ctx, clock)
 
     class Repeating(ServiceSource):
-        def page(self, after: int, limit: int, wait: float) -> FeedPage:
+        def page(self, after: int, limit: int, wait: float, **options: Any) -> FeedPage:
             # pages start three entries early (the replica already holds them)
-            return super().page(max(after - 3, 0), limit + 3, wait)
+            return super().page(max(after - 3, 0), limit + 3, wait, **options)
 
     follower = open_replica(Repeating(service), batch=5)
     follow_all(follower)
@@ -169,6 +172,104 @@ def test_a_changed_entry_halts_and_keeps_what_was_verified(
         open_replica(ServiceSource(service))
     resumed = open_replica(ServiceSource(service), resume=True)
     follow_all(resumed)
+    assert_same_ledger(service, resumed.service)
+
+
+def _checkpoints(service: KeyService) -> list[dict[str, Any]]:
+    table = checkpoint_table(service.ledger.events_table_name)
+    rows = service.ledger.query(
+        f"SELECT position, hash, recorded_at, kid, signature FROM {table} "
+        "ORDER BY position"
+    )
+    return [{**row, "signature": bytes(row["signature"])} for row in rows]
+
+
+def test_the_primary_checkpoints_follow_and_verify_on_the_replica(
+    service: KeyService,
+    ctx: CommandContext,
+    clock: AdjustableClock,
+    open_replica: Callable[..., Follower],
+) -> None:
+    """Checkpoints over the entries followed, and one made later over entries the
+    replica already holds, are kept as signed; the replica's ledger verifies them."""
+    workload(service, ctx, clock)
+    service.checkpoint_now()
+    service.rotate(ctx, "alpha")
+    follower = open_replica(ServiceSource(service), batch=4)
+    follow_all(follower)
+    assert len(_checkpoints(follower.service)) == 1
+
+    # a checkpoint made once the replica caught up comes with the next (empty) page
+    late = service.checkpoint_now()
+    assert late is not None and follower.step() == 0
+
+    assert _checkpoints(follower.service) == _checkpoints(service)
+    assert len(_checkpoints(service)) == 2
+    report = verify_ledger(follower.service.ledger, service.public_keys())
+    assert report.ok, report.first_failure
+    assert report.checkpoints_checked == 2
+    assert report.latest_checkpoint == late.position
+
+
+class TamperedCheckpoints(ServiceSource):
+    """Changes every checkpoint the feed carries."""
+
+    def __init__(self, service: KeyService, change: Callable[..., Any]):
+        super().__init__(service)
+        self.change = change
+
+    def body(self, body: dict[str, Any]) -> dict[str, Any]:
+        for checkpoint in body.get("checkpoints", []):
+            self.change(self.service, checkpoint)
+        return body
+
+
+def _flip_checkpoint_signature(_: KeyService, checkpoint: dict[str, Any]) -> None:
+    signature = bytearray(bytes.fromhex(checkpoint["signature"]))
+    signature[0] ^= 1
+    checkpoint["signature"] = signature.hex()
+
+
+def _sign_another_hash(service: KeyService, checkpoint: dict[str, Any]) -> None:
+    # validly signed by the primary, over a hash that is not its entry's
+    signed = service.app.sequencer.checkpoint(
+        checkpoint["position"], "ab" * 32, checkpoint["recorded_at"]
+    )
+    checkpoint.update(signed.as_json())
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        pytest.param(_flip_checkpoint_signature, "CHECKPOINT_INVALID", id="signature"),
+        pytest.param(_sign_another_hash, "CHECKPOINT_MISMATCH", id="hash"),
+    ],
+)
+def test_a_bad_checkpoint_halts_and_is_not_kept(
+    service: KeyService,
+    ctx: CommandContext,
+    clock: AdjustableClock,
+    open_replica: Callable[..., Follower],
+    change: Callable[..., Any],
+    reason: str,
+) -> None:
+    """A checkpoint that does not check out halts the replica; none is kept."""
+    workload(service, ctx, clock)
+    checkpoint = service.checkpoint_now()
+    assert checkpoint is not None
+    follower = open_replica(TamperedCheckpoints(service, change), batch=100)
+
+    with pytest.raises(ReplicaHalted) as halted:
+        follow_all(follower)
+
+    assert halted.value.halt.reason == reason
+    assert halted.value.halt.position == checkpoint.position
+    assert _checkpoints(follower.service) == []
+    assert follower.status.as_json()["state"] == "halted"
+    # resumed against an honest feed, it keeps the checkpoint as signed
+    resumed = open_replica(ServiceSource(service), resume=True)
+    follow_all(resumed)
+    assert _checkpoints(resumed.service) == _checkpoints(service)
     assert_same_ledger(service, resumed.service)
 
 
@@ -376,11 +477,11 @@ def test_the_primary_lost_while_an_erasure_is_checked_is_retried_cleanly(
             self.fail_next = bool(found.erased) and not self.failed
             return found
 
-        def page(self, after: int, limit: int, wait: float) -> FeedPage:
+        def page(self, after: int, limit: int, wait: float, **options: Any) -> FeedPage:
             if self.fail_next:
                 self.fail_next, self.failed = False, True
                 raise SourceUnavailable("ConnectError: the primary went away")
-            return super().page(after, limit, wait)
+            return super().page(after, limit, wait, **options)
 
     source = Flaky(service)
     follower = open_replica(source)
@@ -400,6 +501,42 @@ def test_the_primary_lost_while_an_erasure_is_checked_is_retried_cleanly(
     assert follower.status.state == "following"
 
 
+class _Stopping(threading.Event):
+    """A stop signal that records each pause of the follower, and stops it there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pauses: list[float | None] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.pauses.append(timeout)
+        self.set()
+        return True
+
+
+def test_a_long_poll_answered_without_waiting_is_not_repeated_at_once(
+    service: KeyService, ctx: CommandContext, open_replica: Callable[..., Follower]
+) -> None:
+    """When the primary answers a long-poll without waiting (its cap on open
+    long-polls is reached), the follower pauses before polling again."""
+
+    class Busy(ServiceSource):
+        def page(self, *args: Any, **options: Any) -> FeedPage:
+            return replace(super().page(*args, **options), wait_refused=True)
+
+    service.create_key(ctx, name="k")
+    source = Busy(service)
+    follower = open_replica(source)
+    follow_all(follower)
+    pages = source.pages
+    stopping = _Stopping()
+
+    assert follower.run(stopping, wait=10) is None
+
+    assert stopping.pauses == [IDLE_PAUSE]
+    assert source.pages == pages + 1
+
+
 def test_pinning_refuses_no_pin_and_a_wrong_key() -> None:
     primary = LedgerSigner(Ed25519PrivateKey.generate())
     stranger = LedgerSigner(Ed25519PrivateKey.generate())
@@ -415,6 +552,33 @@ def test_pinning_refuses_no_pin_and_a_wrong_key() -> None:
     assert set(pin_keys(pem, key_files=[pem.encode()])) == {primary.kid}
     fingerprint = public_key_fingerprint(primary.public_key)
     assert set(pin_keys(pem, fingerprints=[fingerprint])) == {primary.kid}
+
+
+def test_verify_fingerprints_prints_what_a_replica_pins(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """keyledger verify --fingerprints prints the line --pin-fingerprint accepts,
+    from the data folder's key or a PEM file; a folder without keys exits 2."""
+    from scripts.cli import main
+
+    data_dir = tmp_path / "primary"
+    signer, _, _ = load_local_secrets(data_dir)
+    pem = public_key_pem(signer.public_key)
+    pem_file = tmp_path / "primary.pem"
+    pem_file.write_text(pem)
+
+    assert main(["verify", "--data-dir", str(data_dir), "--fingerprints"]) == 0
+    own = capsys.readouterr().out.split()
+    assert main(["verify", "--public-key", str(pem_file), "--fingerprints"]) == 0
+    from_file = capsys.readouterr().out.split()
+
+    expected = [public_key_fingerprint(signer.public_key), signer.kid]
+    assert own[:2] == expected
+    assert from_file[:2] == expected
+    assert set(pin_keys(pem, fingerprints=[own[0]])) == {signer.kid}
+    empty = tmp_path / "empty"
+    assert main(["verify", "--data-dir", str(empty), "--fingerprints"]) == 2
+    assert "cannot read the key" in capsys.readouterr().err
 
 
 def test_decoded_entries_are_the_stored_bytes(

@@ -11,6 +11,7 @@ import http.server
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import sqlite3
@@ -169,6 +170,12 @@ def verify_replica(env: dict[str, str], pin: str) -> str:
     return result.stdout
 
 
+def _verify(env: dict[str, str]) -> str:
+    result = _cli(env, "verify")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
 def test_replica_follows_the_demo_serves_reads_and_refuses_commands(
     stores: Stores, tmp_path: Path
 ) -> None:
@@ -264,6 +271,10 @@ def test_replica_follows_the_demo_serves_reads_and_refuses_commands(
         pin = env["KEYLEDGER_REPLICA_PIN_KEY"]
         report = verify_replica(env, pin)
         assert head(primary)["hash"] in report
+        # the primary's signed checkpoints came along and verify on the replica
+        on_primary = re.search(r"(\d+) checkpoints verified", _verify(primary.env))
+        assert on_primary is not None and int(on_primary[1]) > 0
+        assert f"{on_primary[1]} checkpoints verified" in report
         rebuilt = _cli(env, "rebuild", "--check-only")
         assert "equals the live read side" in rebuilt.stdout, rebuilt.stdout
 
