@@ -330,10 +330,10 @@ def raw_page(
     """The same page by one indexed SELECT, no projection catch-up, no decoding."""
     clauses, params = query.where()
     sql = (
-        "SELECT e.notification_id, e.state, e.entry_hash, e.signature, e.kid "
-        f"FROM audit_index a JOIN {table} e ON e.notification_id = a.position "
-        f"WHERE {' AND '.join(['a.' + c for c in clauses] + ['a.position > %s'])} "
-        "ORDER BY a.position LIMIT %s"
+        "SELECT notification_id, state, entry_hash, signature, kid "
+        f"FROM {table} WHERE notification_id IN (SELECT position FROM audit_index "
+        f"WHERE {' AND '.join([*clauses, 'position > %s'])} "
+        "ORDER BY position LIMIT %s) ORDER BY notification_id"
     )
     return conn.execute(sql.encode(), (*params, after, PAGE + 1)).fetchall()
 
