@@ -21,9 +21,11 @@ It creates a scratch database on that server, drops it at the end, and:
    outcome, and a deep page) against a raw indexed SELECT of the same page on a
    plain psycopg connection;
 3. times the state of a key at a time and at a position
-   (``ledger.audit.key_state``) for the busy key (``--busy-key-events``
-   lifecycle events) and an ordinary key, against reading the key's current
-   state from its projection (``GET /v1/keys/{name}``);
+   (``ledger.audit.key_state``, through the key's snapshots) for the busy key
+   (``--busy-key-events`` lifecycle events) and an ordinary key, against
+   reading the key's current state from its projection (``GET
+   /v1/keys/{name}``) and against the library's replay of the key from its
+   first event (what a past state cost before snapshots);
 4. times a compliance export of a period (``ledger.export.build_export``, which
    verifies the whole ledger first) and the offline verification of the
    archive (``ledger.offline.verify_export``, what ``keyledger verify-export``
@@ -59,7 +61,7 @@ from eventsourcing.domain import Aggregate
 
 from domain.access_audit import RequestRefusal
 from domain.clock import AdjustableClock
-from domain.keys import ManagedKey
+from domain.keys import ManagedKey, key_id_for
 from domain.usage import KeyUse
 from ledger import offline
 from ledger.application import redact_url
@@ -400,8 +402,9 @@ def bench_pages(
 
 def bench_states(
     service: KeyService, loaded: Loaded, repeats: int
-) -> list[tuple[str, float, Timing, Timing]]:
-    """State at a time and at a position, against the current state's projection.
+) -> list[tuple[str, float, Timing, Timing, Timing]]:
+    """State at a time and at a position, against the current state's projection
+    and against the library's replay of the key from its first event.
 
     The first call of each replays from the nearest snapshot stored so far and
     stores the ones it passes; its time is shown apart from the timed calls.
@@ -418,9 +421,9 @@ def bench_states(
             ("at a position, mid-ledger", {"position": head // 2}),
         ]
         for point, where in points:
-            timed, baseline = Timing(), Timing()
+            timed, baseline, replay = Timing(), Timing(), Timing()
             t0 = time.perf_counter()
-            key_state(service, name, **where)
+            version = key_state(service, name, **where)["stream_version"]
             first = time.perf_counter() - t0
             for _ in range(repeats):
                 t0 = time.perf_counter()
@@ -428,9 +431,13 @@ def bench_states(
                 t1 = time.perf_counter()
                 service.get_key(name)
                 t2 = time.perf_counter()
+                # What it cost before snapshots: the library replays from event 1.
+                service.app.repository.get(key_id_for(name), version=version)
+                t3 = time.perf_counter()
                 timed.samples.append(t1 - t0)
                 baseline.samples.append(t2 - t1)
-            results.append((f"{label}, {point}", first, timed, baseline))
+                replay.samples.append(t3 - t2)
+            results.append((f"{label}, {point}", first, timed, baseline, replay))
     return results
 
 
@@ -623,12 +630,15 @@ def run(args: argparse.Namespace, conninfo: str) -> None:
             )
         print()
         print("3. State of a key (ledger.audit.key_state vs current-state projection)")
-        for title, first, timed, current in bench_states(service, loaded, args.repeats):
+        for title, first, timed, current, replay in bench_states(
+            service, loaded, args.repeats
+        ):
             print(
                 f"   {title:<52} first {ms(first):>10}  "
                 f"p50 {ms(timed.p50):>10} p95 {ms(timed.p95):>10}  "
-                f"projection p50 {ms(current.p50):>8}  "
-                f"ratio {timed.p50 / current.p50:6.1f}x"
+                f"projection p50 {ms(current.p50):>8} "
+                f"(ratio {timed.p50 / current.p50:5.1f}x)  "
+                f"replay from event 1 p50 {ms(replay.p50):>10}"
             )
         print()
         figures = bench_export(service, loaded, args.export_fraction)
