@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-use bench-replica clean
+.PHONY: run test lint bench bench-use bench-replica bench-audit clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ bench-use: $(STAMP)
 
 bench-replica: $(STAMP)
 	$(BIN)/python -m scripts.bench_replica $(ARGS)
+
+bench-audit: $(STAMP)
+	$(BIN)/python -m scripts.bench_audit $(ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

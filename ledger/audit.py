@@ -13,7 +13,7 @@ from typing import Any
 
 from domain.clock import format_time
 from domain.errors import InvalidArgumentError, KeyNotFoundError
-from domain.keys import ManagedKey, key_id_for, validate_key_name
+from domain.keys import key_id_for, validate_key_name
 from ledger.entry import GENESIS_HASH
 from ledger.offline import Failure, check_checkpoint_signature, verify_entries
 from ledger.service import KeyService, entry_json
@@ -120,7 +120,8 @@ def key_state(
     """The key as recorded at time ``at`` or ledger position ``position``.
 
     The stream version is found through an index, then the aggregate is loaded
-    up to it; the library's snapshots (when enabled) spare the replay.
+    up to it from its nearest snapshot (``projections.key_snapshots``), so
+    the replay is short however long the key's history is.
     """
     if (at is None) == (position is None):
         raise InvalidArgumentError(
@@ -142,7 +143,7 @@ def key_state(
             key=name,
             position=position,
         )
-    past: ManagedKey = service.app.repository.get(key_id_for(name), version=version)
+    past = service.key_at_version(name, int(version))
     view = past.summary()
     view["versions"] = [past.version_view(n) for n in sorted(past.versions)]
     view["as_of_position"] = position

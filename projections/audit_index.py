@@ -27,6 +27,8 @@ DDL = [
     "CREATE INDEX IF NOT EXISTS audit_index_type_idx ON audit_index (type, position)",
     "CREATE INDEX IF NOT EXISTS audit_index_time_idx "
     "ON audit_index (recorded_at, position)",
+    "CREATE INDEX IF NOT EXISTS audit_index_outcome_idx "
+    "ON audit_index (outcome, position)",
 ]
 
 REFUSED_TYPES = frozenset(

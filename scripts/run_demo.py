@@ -4,7 +4,9 @@ Each key lives a life: rotations, a disable and re-enable, a scheduled and a
 cancelled destruction, a destruction that completes by the service's controlled
 clock, a compromise and two kinds of rollback. Some keys are backed up to two
 locations, verified, and restored from each. Then the whole ledger is verified,
-and an auditor exports the period and verifies the export offline against the
+and an auditor (a principal with the ``auditor`` role and its own token, both
+created through the admin API) exports the demo's period and verifies the
+export with ``keyledger verify-export``, in a process of its own, against the
 checkpoint the demo just had signed.
 """
 
@@ -15,18 +17,20 @@ import base64
 import json
 import os
 import secrets
+import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 from tqdm import tqdm
 
-from ledger import offline
+from domain.clock import format_time, parse_time
 
 
 class DemoError(Exception):
@@ -170,13 +174,16 @@ def main(args: argparse.Namespace) -> int:
     prefix = args.prefix or f"demo-{secrets.token_hex(3)}"
     clients = [Client(args.url, args.token) for _ in range(max(1, args.workers))]
     try:
-        first_head = clients[0].get("/v1/ledger/head")["head"]["position"]
+        head = clients[0].get("/v1/ledger/head")["head"]
+        first_head = head["position"]
     except (httpx.HTTPError, DemoError) as error:
         print(
             f"keyledger demo: service not reachable at {args.url}: {error}",
             file=sys.stderr,
         )
         return 2
+    # The period the auditor exports starts where the demo found the ledger.
+    first_recorded_at = head.get("recorded_at") or "1970-01-01T00:00:00Z"
     started = time.perf_counter()
     names = [f"{prefix}-{index:03d}" for index in range(args.keys)]
     try:
@@ -202,9 +209,11 @@ def main(args: argparse.Namespace) -> int:
         destroyed = _complete_destructions(client)
         data = _check_data(client, lives, destroyed=" completed" in destroyed)
         backups += "\n" + _after_destruction(client, lives[0])
+        auditor_name, auditor = _enrol_auditor(client, args.url, prefix)
         checkpoint = client.post("/v1/ledger/checkpoints", expect=201)["checkpoint"]
         report = client.get("/v1/ledger/verify")
-        evidence = _audit_offline(client, checkpoint)
+        period = (first_recorded_at, _just_after(checkpoint["recorded_at"]))
+        evidence = _audit_offline(auditor, auditor_name, period, checkpoint)
     except (httpx.HTTPError, DemoError) as error:
         print(f"keyledger demo: {error}", file=sys.stderr)
         return 1
@@ -232,9 +241,33 @@ def main(args: argparse.Namespace) -> int:
     return 1
 
 
-def _audit_offline(client: Client, checkpoint: dict[str, Any]) -> str:
-    """As an auditor: export the whole period, then verify it with no service."""
-    response = client.http.get("/v1/exports")
+def _enrol_auditor(client: Client, url: str, prefix: str) -> tuple[str, Client]:
+    """Create an ``auditor`` principal and its token through the admin API."""
+    name = f"auditor-{prefix}"
+    client.post(
+        "/v1/principals",
+        {"name": name, "roles": ["auditor"], "description": "demo auditor"},
+        expect=201,
+    )
+    issued = client.post(
+        f"/v1/principals/{name}/tokens",
+        {"expires_in_seconds": 3600, "label": "demo export"},
+        expect=201,
+    )
+    return name, Client(url, issued["token"])
+
+
+def _audit_offline(
+    auditor: Client, name: str, period: tuple[str, str], checkpoint: dict[str, Any]
+) -> str:
+    """As the auditor: export the period, then verify it with no service.
+
+    The export is verified by ``keyledger verify-export`` in a process of its
+    own, given only the archive and the checkpoint the auditor kept.
+    """
+    auditor.refused(f"/v1/keys/{name}-never/rotate", {}, "FORBIDDEN")
+    start, end = period
+    response = auditor.http.get("/v1/exports", params={"from": start, "to": end})
     if response.status_code != 200:
         raise DemoError(
             f"GET /v1/exports -> {response.status_code}: {response.text[:300]}"
@@ -242,13 +275,38 @@ def _audit_offline(client: Client, checkpoint: dict[str, Any]) -> str:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "evidence.zip"
         path.write_bytes(response.content)
-        files, duplicates = offline.read_archive(path)
-        kept = offline.load_checkpoint(json.dumps(checkpoint).encode())
-        result = offline.verify_export(
-            files, duplicates=duplicates, outside_checkpoint=kept
+        kept = Path(folder) / "checkpoint.json"
+        kept.write_text(json.dumps(checkpoint), encoding="utf-8")
+        verified = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "scripts.cli",
+                "verify-export",
+                str(path),
+                "--checkpoint",
+                str(kept),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
         )
-    summary = offline.describe(result).splitlines()[0]
-    return f"auditor: {summary} ({len(response.content):,} bytes, checked offline)"
+    lines = verified.stdout.splitlines() or [verified.stderr.strip()]
+    if verified.returncode != 0:
+        return (
+            f"auditor: {lines[0]} (keyledger verify-export exit {verified.returncode})"
+        )
+    return (
+        f"auditor: {lines[0]} ({len(response.content):,} bytes, period {start} to "
+        f"{end}, exported by {name} with its own token, checked offline by "
+        f"keyledger verify-export: {lines[-1]})"
+    )
+
+
+def _just_after(recorded_at: str) -> str:
+    """A time one microsecond after ``recorded_at``: the end of a period, exclusive."""
+    return format_time(parse_time(recorded_at) + timedelta(microseconds=1))
 
 
 def _back_up_and_restore(client: Client, lives: list[Sealed], folder: Path) -> str:

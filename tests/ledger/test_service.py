@@ -26,6 +26,7 @@ from domain.errors import (
 )
 from ledger.entry import GENESIS_HASH
 from ledger.service import CommandContext, CommandResult, KeyService
+from projections import key_snapshots
 from projections.key_view import snapshot_tables
 from tests.conftest import T0
 
@@ -552,6 +553,108 @@ def test_get_key_at_time_before_creation_is_not_found(
         service.get_key(NAME, at=T0 - timedelta(microseconds=1))
 
     assert caught.value.code == "KEY_NOT_FOUND"
+
+
+def varied_history(
+    service: KeyService, ctx: CommandContext, clock: AdjustableClock
+) -> int:
+    """Give NAME a history of many kinds of event; its last stream version."""
+    service.create_key(ctx, name=NAME)
+    for _ in range(3):
+        clock.advance(HOUR)
+        service.rotate(ctx, NAME)
+    service.disable_version(ctx, NAME, 1)
+    service.configure_key(
+        ctx, NAME, rotation_period_seconds=30 * 86400, set_rotation_period=True
+    )
+    service.mark_compromised(ctx, NAME, 2, reason="laptop lost")
+    service.configure_key(ctx, NAME, min_decryption_version=2)
+    service.disable_key(ctx, NAME)
+    service.enable_key(ctx, NAME)
+    service.enable_version(ctx, NAME, 1)
+    clock.advance(HOUR)
+    service.rotate(ctx, NAME)
+    return int(service.get_key(NAME)["stream_version"])
+
+
+def replayed_view(service: KeyService, version: int) -> dict[str, Any]:
+    """The key at ``version`` replayed by the library from its first event."""
+    from domain.keys import key_id_for
+
+    past = service.app.repository.get(key_id_for(NAME), version=version)
+    return past.to_view()
+
+
+def test_key_at_version_through_snapshots_matches_a_full_replay(
+    service: KeyService,
+    ctx: CommandContext,
+    clock: AdjustableClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A past state read through snapshots equals the replay from the first event."""
+    # given: snapshots every 3 stream versions, and a key with a varied history
+    monkeypatch.setattr(key_snapshots, "INTERVAL", 3)
+    last = varied_history(service, ctx, clock)
+    # when: every version is asked for, newest first, then again
+    first_pass = {
+        v: service.key_at_version(NAME, v).to_view() for v in range(last, 0, -1)
+    }
+    second_pass = {
+        v: service.key_at_version(NAME, v).to_view() for v in range(1, last + 1)
+    }
+    # then: both passes equal the full replay, and the snapshots were stored
+    for version in range(1, last + 1):
+        assert first_pass[version] == replayed_view(service, version)
+        assert second_pass[version] == first_pass[version]
+    stored = service.ledger.query(
+        "SELECT stream_version FROM key_snapshots ORDER BY stream_version"
+    )
+    assert [row["stream_version"] for row in stored] == list(range(3, last + 1, 3))
+
+
+def test_snapshot_of_another_history_or_format_is_ignored(
+    service: KeyService,
+    ctx: CommandContext,
+    clock: AdjustableClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A snapshot whose entry hash or format does not match is not used."""
+    monkeypatch.setattr(key_snapshots, "INTERVAL", 3)
+    last = varied_history(service, ctx, clock)
+    service.key_at_version(NAME, last)
+    wrong = key_snapshots.encode(service.key_at_version(NAME, 1))
+    # given: the snapshot at 3 names another entry, the one at 6 another format
+    service.ledger.execute(
+        [
+            (
+                "UPDATE key_snapshots SET entry_hash = %s, state = %s "
+                "WHERE stream_version = 3",
+                ("0" * 64, wrong),
+            ),
+            (
+                "UPDATE key_snapshots SET format = 99, state = %s "
+                "WHERE stream_version = 6",
+                (wrong,),
+            ),
+        ]
+    )
+    # when / then: the answers still equal the full replay
+    for version in (4, 5, 7, 8):
+        assert service.key_at_version(NAME, version).to_view() == replayed_view(
+            service, version
+        )
+
+
+def test_get_key_at_time_of_an_unknown_key_is_not_found(
+    service: KeyService,
+) -> None:
+    """A key that never existed is KEY_NOT_FOUND at any time, and nothing is written."""
+    with pytest.raises(KeyledgerError) as caught:
+        service.get_key("never-made", at=T0)
+
+    assert caught.value.code == "KEY_NOT_FOUND"
+    assert service.ledger.query("SELECT count(*) AS n FROM key_snapshots")[0]["n"] == 0
+    assert service.head_position() == 0
 
 
 def test_roll_back_to_stream_version_appends_one_event_and_keeps_history(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -16,16 +17,18 @@ from tests.conftest import T0
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    """A data folder with an empty ledger, as a first start of the service leaves it."""
+def data_dir(tmp_path: Path, store_url: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A data folder and an empty ledger on either store, as a first start of the
+    service leaves them; the commands find the store through KEYLEDGER_DATABASE_URL."""
     folder = tmp_path / "data"
     signer, kek, _ = load_local_secrets(folder)
     KeyService.open(
-        database_url=f"sqlite:///{folder / 'ledger.sqlite3'}",
+        database_url=store_url,
         signer=signer,
         kek=kek,
         clock=AdjustableClock(T0),
     ).close()
+    monkeypatch.setenv("KEYLEDGER_DATABASE_URL", store_url)
     return folder
 
 
@@ -38,7 +41,7 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
 def _open(data_dir: Path) -> KeyService:
     signer, kek, _ = load_local_secrets(data_dir, create=False)
     return KeyService.open(
-        database_url=f"sqlite:///{data_dir / 'ledger.sqlite3'}",
+        database_url=os.environ["KEYLEDGER_DATABASE_URL"],
         signer=signer,
         kek=kek,
         clock=AdjustableClock(T0),
@@ -47,7 +50,7 @@ def _open(data_dir: Path) -> KeyService:
 
 
 def test_principals_and_tokens_from_the_command_line(
-    data_dir: Path, capsys: pytest.CaptureFixture[str]
+    data_dir: Path, store_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Create, issue (printed once), use, revoke; every change on the ledger."""
     folder = str(data_dir)
@@ -83,8 +86,13 @@ def test_principals_and_tokens_from_the_command_line(
         assert refused.value.code == "TOKEN_REVOKED"
     finally:
         service.close()
-    code, out, _ = _run(capsys, "principals", "list", "--data-dir", folder)
+    code, out, _ = _run(
+        capsys, "principals", "list", "--data-dir", folder,
+        "--database-url", store_url,
+    )  # fmt: skip
     assert [p["name"] for p in json.loads(out)] == ["ops"]
+    # The commands used the store given, never a default file in the data folder.
+    assert not (data_dir / "ledger.sqlite3").exists()
     code, out, _ = _run(
         capsys, "principals", "grant", "ops", "--keys", "pay-*",
         "--permission", "key:read", "--data-dir", folder,

@@ -122,7 +122,15 @@ def test_demo_against_real_server_then_verify(
         )
         assert demo.returncode == 0, demo.stdout + demo.stderr
         assert "verification: OK" in demo.stdout
-        assert "auditor: export intact" in demo.stdout
+        # An auditor principal exports the demo's period with its own token, and
+        # ``keyledger verify-export`` proves it against the kept checkpoint.
+        auditor = re.search(r"^auditor: export intact.*$", demo.stdout, re.MULTILINE)
+        assert auditor, demo.stdout
+        assert "exported by auditor-" in auditor.group(0)
+        assert (
+            "checked offline by keyledger verify-export: consistent with your "
+            "checkpoint at position" in auditor.group(0)
+        )
         assert (
             "data: 6 ciphertexts under version 2 still decrypt; 6 under version 1 "
             "are refused (VERSION_DESTROYED)" in demo.stdout

@@ -29,13 +29,10 @@ _NETWORK_TROUBLE = (
 )
 
 
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    """A data folder holding a ledger of six entries, as the service leaves it."""
-    folder = tmp_path / "data"
+def _six_entries(folder: Path, database_url: str) -> Path:
     signer, kek, _ = load_local_secrets(folder)
     service = KeyService.open(
-        database_url=f"sqlite:///{folder / 'ledger.sqlite3'}",
+        database_url=database_url,
         signer=signer,
         kek=kek,
         clock=AdjustableClock(T0),
@@ -47,6 +44,21 @@ def data_dir(tmp_path: Path) -> Path:
         service.rotate(context, "k")
     service.close()
     return folder
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, store_url: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A data folder and a ledger of six entries on either store, as the service
+    leaves them; the commands find the store through KEYLEDGER_DATABASE_URL."""
+    monkeypatch.setenv("KEYLEDGER_DATABASE_URL", store_url)
+    return _six_entries(tmp_path / "data", store_url)
+
+
+@pytest.fixture
+def sqlite_data_dir(tmp_path: Path) -> Path:
+    """A data folder holding its ledger of six entries in SQLite."""
+    folder = tmp_path / "data"
+    return _six_entries(folder, f"sqlite:///{folder / 'ledger.sqlite3'}")
 
 
 def _export(data_dir: Path, out: Path, *extra: str) -> int:
@@ -89,6 +101,23 @@ def test_verify_export_with_a_kept_checkpoint_as_json(
     assert report["scope"] == {"kind": "keys", "keys": ["k"]}
 
 
+def test_export_of_a_period_and_of_an_empty_one_verify(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A period holding the entries exports them all; a later one exports none."""
+    period = tmp_path / "period.zip"
+    empty = tmp_path / "empty.zip"
+
+    assert _export(data_dir, period, "--from", T, "--to", "2026-03-02T00:00:00Z") == 0
+    assert _export(data_dir, empty, "--from", "2026-03-02T00:00:00Z") == 0
+    assert "exported 0 entries (no entries in that scope)" in capsys.readouterr().out
+
+    assert main(["verify-export", str(period)]) == 0
+    assert "export intact: 6 entries, positions 1..6" in capsys.readouterr().out
+    assert main(["verify-export", str(empty)]) == 0
+    assert "export intact and EMPTY" in capsys.readouterr().out
+
+
 def test_verify_export_exit_codes(
     data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -124,11 +153,11 @@ def test_export_refuses_an_existing_file_and_a_mixed_scope(
 
 
 def test_archived_verifier_runs_with_only_cryptography(
-    data_dir: Path, tmp_path: Path
+    sqlite_data_dir: Path, tmp_path: Path
 ) -> None:
     """The verifier copied into an export runs from a venv holding only cryptography."""
     out = tmp_path / "evidence.zip"
-    assert _export(data_dir, out) == 0
+    assert _export(sqlite_data_dir, out) == 0
     auditor = tmp_path / "auditor"
     auditor.mkdir()
     with zipfile.ZipFile(out) as archive:
