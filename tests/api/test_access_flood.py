@@ -21,9 +21,7 @@ def test_unauthenticated_requests_for_many_keys_cost_two_entries_per_window(
     head = recording_runtime.service.head_position()
 
     for number in range(300):
-        assert_error(
-            recording_client.get(f"/v1/keys/x{number}"), 401, "MISSING_TOKEN"
-        )
+        assert_error(recording_client.get(f"/v1/keys/x{number}"), 401, "MISSING_TOKEN")
     clock.advance(recording_runtime.coalescer.window)
     recording_runtime.coalescer.flush()
 
