@@ -430,6 +430,8 @@ def checkpoint_table(events_table_name: str) -> str:
 
 
 _library_select_events = PostgresApplicationRecorder.select_events.__wrapped__
+# How long an exclusive transaction may sit idle between two of its statements.
+EXCLUSIVE_IDLE_LIMIT = "10min"
 
 Method = TypeVar("Method", bound=Callable[..., Any])
 
@@ -917,13 +919,22 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
 
     @contextmanager
     def exclusive(self) -> Iterator[LedgerTransaction]:
-        """A transaction that holds the ledger's write lock: appends wait for it."""
+        """A transaction that holds the ledger's write lock: appends wait for it.
+
+        A rebuild or a ledger archive computes for seconds between statements on
+        a large ledger, longer than the library's idle-in-transaction limit, so
+        this transaction alone may idle up to ``EXCLUSIVE_IDLE_LIMIT``.
+        """
         with (
             self.datastore.get_connection() as conn,
             conn.transaction(),
             conn.cursor() as curs,
         ):
             curs.execute(self._set_search_path)
+            curs.execute(
+                "SET LOCAL idle_in_transaction_session_timeout = "
+                f"'{EXCLUSIVE_IDLE_LIMIT}'"
+            )
             self._lock_table(curs)
             yield _PostgresTransaction(curs)
 

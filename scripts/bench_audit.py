@@ -592,10 +592,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace, conninfo: str) -> None:
-    # The rebuild replays the whole ledger inside one transaction, and between two
-    # of its statements it computes in Python for longer than the library's default
-    # idle-in-transaction timeout (5 s) once the ledger holds a million entries.
-    os.environ.setdefault("POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT", "600")
     clock = AdjustableClock(START)
     service = KeyService.open(
         database_url=conninfo,
