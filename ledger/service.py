@@ -582,23 +582,27 @@ class KeyService:
         """
         key_id = key_id_for(validate_key_name(name))
         rows = self.ledger.query(
-            "SELECT stream_version, format, entry_hash, state FROM key_snapshots "
-            "WHERE key_id = %s AND stream_version <= %s "
+            "SELECT stream_version, format, entry_hash, state, digest "
+            "FROM key_snapshots WHERE key_id = %s AND stream_version <= %s "
             "ORDER BY stream_version DESC LIMIT 1",
             (str(key_id), version),
         )
-        snapshot = (
-            rows[0] if rows and rows[0]["format"] == key_snapshots.FORMAT else None
-        )
-        first = int(snapshot["stream_version"]) if snapshot else 1
+        first = int(rows[0]["stream_version"]) if rows else 1
         events = self._stream_rows(key_id, first, version)
         key: ManagedKey | None = None
-        if snapshot is not None:
-            # A snapshot counts only while its entry still has the hash it names.
-            if events and events[0]["entry_hash"] == snapshot["entry_hash"]:
-                key = key_snapshots.decode(snapshot["state"])
+        if rows:
+            key = key_snapshots.usable(
+                rows[0], events[0]["entry_hash"] if events else None
+            )
+            if key is not None:
                 events = events[1:]
             else:
+                # Another release's format, another history or damaged bytes:
+                # replay from the first event, rewriting the snapshot on the way.
+                logger.warning(
+                    "key_snapshot_discarded",
+                    extra={"key": name, "stream_version": first},
+                )
                 events = self._stream_rows(key_id, 1, version)
         statements: list[Statement] = []
         for row in events:

@@ -7,15 +7,20 @@ the key's history is, instead of every event from the first.
 
 Snapshots are written on the read path, while a past state is replayed, and
 cost the write path nothing. They are a cache, never evidence: each names the
-hash of the entry it stands for, and one whose entry no longer has that hash,
-or whose format is not ``FORMAT``, is ignored and the key replayed from its
-first event. Entries never change, so a snapshot never goes stale otherwise.
+hash of the entry it stands for and a digest over its format, that hash and its
+state. One whose entry no longer has that hash, whose format is not ``FORMAT``
+(written by another release), whose digest does not match (damaged bytes) or
+that does not decode is discarded: the key is replayed from its first event and
+the snapshot rewritten on the way (case C17). Entries never change, so a
+snapshot never goes stale otherwise.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from domain.clock import format_time, parse_time
@@ -28,7 +33,7 @@ DDL = [
     "CREATE TABLE IF NOT EXISTS key_snapshots ("
     "key_id TEXT NOT NULL, stream_version INTEGER NOT NULL, "
     "format INTEGER NOT NULL, entry_hash TEXT NOT NULL, state TEXT NOT NULL, "
-    "PRIMARY KEY (key_id, stream_version))",
+    "digest TEXT NOT NULL, PRIMARY KEY (key_id, stream_version))",
 ]
 
 INTERVAL = 200
@@ -85,13 +90,44 @@ def decode(text: str) -> ManagedKey:
 
 
 def snapshot_statement(key: ManagedKey, entry_hash: str) -> Statement:
-    """Store ``key`` as it is at its current stream version, unless already stored."""
+    """Store ``key`` as it is at its current stream version, replacing any other."""
+    state = encode(key)
     return (
         "INSERT INTO key_snapshots (key_id, stream_version, format, entry_hash, "
-        "state) VALUES (%s, %s, %s, %s, %s) "
-        "ON CONFLICT (key_id, stream_version) DO NOTHING",
-        (str(key.id), key.version, FORMAT, entry_hash, encode(key)),
+        "state, digest) VALUES (%s, %s, %s, %s, %s, %s) "
+        "ON CONFLICT (key_id, stream_version) DO UPDATE SET "
+        "format = excluded.format, entry_hash = excluded.entry_hash, "
+        "state = excluded.state, digest = excluded.digest",
+        (
+            str(key.id),
+            key.version,
+            FORMAT,
+            entry_hash,
+            state,
+            digest_of(FORMAT, entry_hash, state),
+        ),
     )
+
+
+def digest_of(format: int, entry_hash: str, state: str) -> str:
+    """What a snapshot row must carry for its state to be used."""
+    text = f"keyledger/key-snapshot\n{format}\n{entry_hash}\n{state}"
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def usable(row: Mapping[str, Any], entry_hash: str | None) -> ManagedKey | None:
+    """The key a snapshot row holds, or None when it must be discarded.
+
+    ``entry_hash`` is the stored hash of the entry at the row's stream version.
+    """
+    if row["format"] != FORMAT or row["entry_hash"] != entry_hash:
+        return None
+    if row["digest"] != digest_of(row["format"], row["entry_hash"], row["state"]):
+        return None
+    try:
+        return decode(row["state"])
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
 
 
 def due(version: int) -> bool:

@@ -645,6 +645,44 @@ def test_snapshot_of_another_history_or_format_is_ignored(
         )
 
 
+def test_c17_a_damaged_snapshot_is_discarded_and_rewritten(
+    service: KeyService,
+    ctx: CommandContext,
+    clock: AdjustableClock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Bytes changed under a snapshot that names the right entry: not trusted."""
+    monkeypatch.setattr(key_snapshots, "INTERVAL", 3)
+    last = varied_history(service, ctx, clock)
+    service.key_at_version(NAME, last)
+    [kept] = service.ledger.query(
+        "SELECT state, digest FROM key_snapshots WHERE stream_version = 3"
+    )
+    # given: the snapshot at 3 has one value changed, its digest left alone
+    damaged = kept["state"].replace('"state":"enabled"', '"state":"disabled"', 1)
+    assert damaged != kept["state"]
+    service.ledger.execute(
+        [("UPDATE key_snapshots SET state = %s WHERE stream_version = 3", (damaged,))]
+    )
+
+    # then: answers equal the full replay, a warning says so, and the
+    # snapshot is written again as it should be
+    with caplog.at_level("WARNING"):
+        for version in (4, 5):
+            assert service.key_at_version(NAME, version).to_view() == replayed_view(
+                service, version
+            )
+    assert "key_snapshot_discarded" in [record.message for record in caplog.records]
+    [rewritten] = service.ledger.query(
+        "SELECT state, digest FROM key_snapshots WHERE stream_version = 3"
+    )
+    assert rewritten == kept
+    # and commands, which never read snapshots, go on at the next stream version
+    expecting = dataclasses.replace(ctx, expected_version=last)
+    assert service.rotate(expecting, NAME).key["stream_version"] == last + 1
+
+
 def test_get_key_at_time_of_an_unknown_key_is_not_found(
     service: KeyService,
 ) -> None:
