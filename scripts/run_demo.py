@@ -204,11 +204,13 @@ def main(args: argparse.Namespace) -> int:
                 lives.append(future.result())
                 progress.update()
         client = clients[0]
-        backup_dir = Path(args.backup_dir or tempfile.mkdtemp(prefix="kl-demo-"))
+        backup_dir = _backup_folder(client, args.backup_dir)
         backups = _back_up_and_restore(client, lives[:3], backup_dir)
         destroyed = _complete_destructions(client)
-        data = _check_data(client, lives, destroyed=" completed" in destroyed)
-        backups += "\n" + _after_destruction(client, lives[0])
+        completed = " completed" in destroyed
+        data = _check_data(client, lives, destroyed=completed)
+        if completed:
+            backups += "\n" + _after_destruction(client, lives[0])
         auditor_name, auditor = _enrol_auditor(client, args.url, prefix)
         checkpoint = client.post("/v1/ledger/checkpoints", expect=201)["checkpoint"]
         report = client.get("/v1/ledger/verify")
@@ -307,6 +309,21 @@ def _audit_offline(
 def _just_after(recorded_at: str) -> str:
     """A time one microsecond after ``recorded_at``: the end of a period, exclusive."""
     return format_time(parse_time(recorded_at) + timedelta(microseconds=1))
+
+
+def _backup_folder(client: Client, asked: str | None) -> Path:
+    """The folder of the demo's two backup targets.
+
+    The one asked for; else the one an earlier run configured, so its backups
+    stay readable (moving a target leaves its copies behind); else a new one.
+    """
+    if asked:
+        return Path(asked)
+    targets = client.get("/v1/backup-targets")["targets"]
+    for target in targets:
+        if target.get("name") == "demo-site-a":
+            return Path(target["options"]["path"]).parent
+    return Path(tempfile.mkdtemp(prefix="kl-demo-"))
 
 
 def _back_up_and_restore(client: Client, lives: list[Sealed], folder: Path) -> str:

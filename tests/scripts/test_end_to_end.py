@@ -157,6 +157,51 @@ def test_demo_against_real_server_then_verify(
     assert log.read_text().count(token.group(0)) == 1
 
 
+def test_demo_without_the_dev_clock_runs_twice_and_keeps_its_backups_readable(
+    tmp_path: Path,
+) -> None:
+    """Without the dev clock the demo still exits 0; a second run reuses the
+    first run's backup folders, so the first run's backups still verify."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYLEDGER_")}
+    env.update(
+        KEYLEDGER_DATA_DIR=str(tmp_path / "data"), KEYLEDGER_PORT=str(_free_port())
+    )
+    log = tmp_path / "server.log"
+    server = Server(env, log)
+    try:
+        token = re.search(r"kl_[A-Za-z0-9_-]+", log.read_text())
+        assert token
+        small = ["--keys", "2", "--rotations", "2", "--workers", "1", "--quiet"]
+        runs = [
+            _cli(
+                env,
+                "demo",
+                "--url",
+                server.url,
+                "--token",
+                token.group(0),
+                "--prefix",
+                prefix,
+                *small,
+            )
+            for prefix in ("one", "two")
+        ]
+        for run in runs:
+            assert run.returncode == 0, run.stdout + run.stderr
+            assert "scheduled destructions left pending" in run.stdout
+            assert "RESTORE_WOULD_UNDESTROY" not in run.stdout
+        headers = {"Authorization": f"Bearer {token.group(0)}"}
+        listed = httpx.get(f"{server.url}/v1/keys/one-000/backups", headers=headers)
+        [first] = listed.json()["backups"]
+        verified = httpx.post(
+            f"{server.url}/v1/backups/{first['backup_id']}/verify", headers=headers
+        )
+        assert verified.status_code == 200, verified.text
+        assert verified.json()["backup"]["verified_ok"] is True
+    finally:
+        server.stop()
+
+
 def test_second_start_reuses_keys_and_token(
     server_env: dict[str, str], tmp_path: Path
 ) -> None:
