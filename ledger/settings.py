@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -37,7 +38,13 @@ class Settings(BaseSettings):
         default=False,
         description="Experimental: allow the admin to move the clock forward.",
     )
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    forwarded_allow_ips: str | None = Field(
+        default=None,
+        description="Proxies (comma-separated addresses, or *) whose "
+        "X-Forwarded-For names the client; by default none is trusted and the "
+        "recorded client address is the connection's peer.",
+    )
     backup_settings_file: Path | None = Field(
         default=None,
         description="JSON file of backup targets and the default backup policy; "

@@ -280,6 +280,8 @@ def _serve(
             port=settings.port,
             log_config=None,
             access_log=False,
+            proxy_headers=settings.forwarded_allow_ips is not None,
+            forwarded_allow_ips=settings.forwarded_allow_ips,
         )
     )
     stopping = threading.Event()

@@ -82,6 +82,10 @@ def main(args: argparse.Namespace) -> int:
             port=settings.port,
             log_config=None,
             access_log=False,
+            # The client address goes into the ledger: believe a forwarded one
+            # only from the proxies the operator names.
+            proxy_headers=settings.forwarded_allow_ips is not None,
+            forwarded_allow_ips=settings.forwarded_allow_ips,
         )
     finally:
         runtime.close()

@@ -220,7 +220,9 @@ def test_second_start_reuses_keys_and_token(
     server = Server(server_env, second_log)
     try:
         assert "kl_" not in second_log.read_text()
-        rotated = httpx.post(f"{server.url}/v1/keys/kept/rotate", headers=headers)
+        # a forwarded address from no trusted proxy is not what the ledger records
+        spoofed = {**headers, "X-Forwarded-For": "203.0.113.9"}
+        rotated = httpx.post(f"{server.url}/v1/keys/kept/rotate", headers=spoofed)
         assert rotated.status_code == 200
         report = httpx.get(f"{server.url}/v1/ledger/verify", headers=headers).json()
         # per run: started, the first use of the bootstrap token, the command;
@@ -230,6 +232,7 @@ def test_second_start_reuses_keys_and_token(
         assert report["ok"] and report["checked"] == 7, types
         assert types[0] == types[4] == "keyledger.service.Started"
         assert types[3] == "keyledger.service.Stopping"
+        assert feed["events"][6]["actor"]["client"] == "127.0.0.1"
     finally:
         server.stop()
 
