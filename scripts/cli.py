@@ -95,7 +95,10 @@ COMMANDS: dict[str, tuple[Any, str]] = {
         backup_tools.Scheduler,
         "Carry out due destructions and take due backups (--once for cron).",
     ),
-    "principals": (principals, "List, show, create principals; replace roles."),
+    "principals": (
+        principals,
+        "List, show, create principals; replace roles; grant and ungrant keys.",
+    ),
     "tokens": (tokens, "Issue (printed once) and revoke principals' tokens."),
     "replica": (
         replica,

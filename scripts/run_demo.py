@@ -176,9 +176,15 @@ def main(args: argparse.Namespace) -> int:
     try:
         head = clients[0].get("/v1/ledger/head")["head"]
         first_head = head["position"]
-    except (httpx.HTTPError, DemoError) as error:
+    except httpx.HTTPError as error:
         print(
             f"keyledger demo: service not reachable at {args.url}: {error}",
+            file=sys.stderr,
+        )
+        return 2
+    except DemoError as error:
+        print(
+            f"keyledger demo: the service at {args.url} refused the demo: {error}",
             file=sys.stderr,
         )
         return 2
