@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import uvicorn
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
+
+from tests.conftest import wait_until
 
 JSON = {"content-type": "application/json"}
 
@@ -134,3 +141,29 @@ def version_of(view: dict[str, Any], number: int) -> dict[str, Any]:
 def states(view: dict[str, Any]) -> dict[int, str]:
     """Each version's state in a key view."""
     return {v["version"]: v["state"] for v in view["versions"]}
+
+
+@contextmanager
+def serving(app: FastAPI) -> Iterator[str]:
+    """A real HTTP server (uvicorn in a thread, h11) for ``app``; its base URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        http="h11",  # which also knows Vault's LIST method
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    wait_until(lambda: server.started)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

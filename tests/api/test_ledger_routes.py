@@ -6,7 +6,6 @@ Also idempotent retries, which replay a saved response instead of appending agai
 from __future__ import annotations
 
 import hashlib
-import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,7 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from api.main import create_app
@@ -39,6 +37,7 @@ from tests.api._support import (
     get_key,
     head_position,
     post_ok,
+    serving,
     snapshot,
     version_of,
 )
@@ -356,26 +355,8 @@ def test_events_feed_lists_checkpoints_only_when_asked(
 @contextmanager
 def _serving(runtime: Runtime) -> Iterator[str]:
     """A real HTTP server (uvicorn in a thread) over the test's runtime."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
-    config = uvicorn.Config(
-        create_app(runtime.settings, runtime=runtime),
-        host="127.0.0.1",
-        port=port,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    wait_until(lambda: server.started)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    with serving(create_app(runtime.settings, runtime=runtime)) as url:
+        yield url
 
 
 def _long_polls(

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from eventsourcing.persistence import PersistenceError
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from api.main import create_app
@@ -26,7 +22,13 @@ from ledger.replica import Follower, ReplicaHalted, announce_signer
 from ledger.service import CommandContext, KeyService
 from ledger.settings import Settings
 from ledger.signing import public_key_pem
-from tests.api._support import assert_error, assert_refused, head_position, snapshot
+from tests.api._support import (
+    assert_error,
+    assert_refused,
+    head_position,
+    serving,
+    snapshot,
+)
 from tests.api.conftest import TOKEN
 from tests.conftest import wait_until
 from tests.ledger._replica_support import (
@@ -105,27 +107,6 @@ def test_min_position_waits_for_the_position_then_answers_it(
     assert int(answer.headers["Ledger-Position"]) >= rotated.position
 
 
-@contextmanager
-def _serving(app: FastAPI) -> Iterator[str]:
-    """A real HTTP server (uvicorn in a thread) for ``app``."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_config=None, access_log=False
-        )
-    )
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    wait_until(lambda: server.started)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-
-
 def test_reads_waiting_for_a_min_position_hold_no_worker_thread(
     service: KeyService,
     ctx: CommandContext,
@@ -147,7 +128,7 @@ def test_reads_waiting_for_a_min_position_hold_no_worker_thread(
     auth = {"Authorization": f"Bearer {TOKEN}"}
     answers: list[httpx.Response] = []
 
-    with _serving(app) as url:
+    with serving(app) as url:
 
         def read() -> None:
             with httpx.Client(base_url=url, headers=auth, timeout=120) as http:

@@ -8,8 +8,6 @@ service written for Vault's transit engine holds: it runs here unchanged.
 from __future__ import annotations
 
 import base64
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,45 +15,20 @@ from typing import Any
 import hvac
 import hvac.exceptions
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from api.main import create_app
 from api.runtime import Runtime
-from tests.api._support import head_position, post_ok
+from tests.api._support import head_position, post_ok, serving
 from tests.api.conftest import TOKEN
 from tests.api.test_transit import configure_target, usage_payloads
-from tests.conftest import wait_until
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture
 def server_url(runtime: Runtime) -> Iterator[str]:
     """A real HTTP server over the test's runtime (h11, which knows LIST)."""
-    port = _free_port()
-    config = uvicorn.Config(
-        create_app(runtime.settings, runtime=runtime),
-        host="127.0.0.1",
-        port=port,
-        http="h11",
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    wait_until(lambda: server.started)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    with serving(create_app(runtime.settings, runtime=runtime)) as url:
+        yield url
 
 
 @pytest.fixture
