@@ -131,6 +131,24 @@ class KeyVersion:
     destroy_at: str | None = None
     destroyed_at: str | None = None
 
+    def fields(self) -> dict[str, Any]:
+        """Every field by name: ``KeyVersion(**record.fields())`` is the record.
+
+        Field by field: ``dataclasses.asdict`` deep-copies every value, which
+        shows on the write path of a key with many versions.
+        """
+        return {
+            "version": self.version,
+            "state": self.state,
+            "fingerprint": self.fingerprint,
+            "created_at": self.created_at,
+            "compromised": self.compromised,
+            "compromise_reason": self.compromise_reason,
+            "scheduled_at": self.scheduled_at,
+            "destroy_at": self.destroy_at,
+            "destroyed_at": self.destroyed_at,
+        }
+
 
 class ManagedKey(Aggregate):
     """A named key with an ordered list of versions, one of them primary."""
@@ -1034,21 +1052,7 @@ class ManagedKey(Aggregate):
 
     def version_view(self, number: int) -> dict[str, Any]:
         """One version as the read side shows it."""
-        record = self.versions[number]
-        # Field by field: dataclasses.asdict deep-copies every value, which shows
-        # on the write path of a key with many versions.
-        return {
-            "version": record.version,
-            "state": record.state,
-            "fingerprint": record.fingerprint,
-            "created_at": record.created_at,
-            "compromised": record.compromised,
-            "compromise_reason": record.compromise_reason,
-            "scheduled_at": record.scheduled_at,
-            "destroy_at": record.destroy_at,
-            "destroyed_at": record.destroyed_at,
-            "primary": number == self.primary,
-        }
+        return {**self.versions[number].fields(), "primary": number == self.primary}
 
     # Guards ----------------------------------------------------------------
 

@@ -62,7 +62,7 @@ def encode(key: ManagedKey) -> str:
         elif name in _TIME_FIELDS:
             state[name] = format_time(value)
         elif name == "versions":
-            state[name] = [_version_json(record) for record in value.values()]
+            state[name] = [record.fields() for record in value.values()]
         elif _plain(value):
             state[name] = value
         else:
@@ -133,20 +133,6 @@ def usable(row: Mapping[str, Any], entry_hash: str | None) -> ManagedKey | None:
 def due(version: int) -> bool:
     """Whether a key at this stream version should have a snapshot."""
     return version % INTERVAL == 0
-
-
-def _version_json(record: KeyVersion) -> dict[str, Any]:
-    return {
-        "version": record.version,
-        "state": record.state,
-        "fingerprint": record.fingerprint,
-        "created_at": record.created_at,
-        "compromised": record.compromised,
-        "compromise_reason": record.compromise_reason,
-        "scheduled_at": record.scheduled_at,
-        "destroy_at": record.destroy_at,
-        "destroyed_at": record.destroyed_at,
-    }
 
 
 def _plain(value: Any) -> bool:
